@@ -1,0 +1,246 @@
+"""The toy CLIP: a ``transformers.CLIPModel`` with a small custom config, trained contrastively on the toy world.
+
+Its text tower doubles as the text encoder of the toy text-to-image pipeline, as CLIP's does in Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from finexl.toyworld.aspects import CATEGORICAL
+from finexl.toyworld.captions import caption, is_true_of, prompt_for
+from finexl.toyworld.dataset import render_set
+from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, data_dir, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ToyClipConfig:
+    image_size: int = field(default=32, metadata={"help": "input resolution"})
+    patch_size: int = field(default=4, metadata={"help": "ViT patch size"})
+    hidden_size: int = field(default=96, metadata={"help": "width of both towers"})
+    num_layers: int = field(default=4, metadata={"help": "transformer layers per tower"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads"})
+    projection_dim: int = field(default=96, metadata={"help": "joint embedding size"})
+    max_length: int = field(default=40, metadata={"help": "text context length"})
+
+
+@dataclass
+class ToyClipTrainConfig:
+    model: ToyClipConfig = field(default_factory=ToyClipConfig)
+    n_images: int = 30000
+    steps: int = 4000
+    max_minutes: float = 1e9  # the schedule anneals to whichever ends first: steps or minutes
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 200
+    # Batches of minimal pairs (two images that differ in one aspect, captions naming it) with multi-positive
+    # targets from the exact labels; plain InfoNCE over random images when False.
+    minimal_pairs: bool = True
+    init_from: str | None = None  # a toy CLIP folder to continue training
+    seed: int = 0
+
+
+# Aspects varied between the two images of a minimal pair, with their weights: the ones that colour and
+# background do not give away get most of the pairs.
+PAIR_ASPECTS = {
+    "shape": 3.0, "pose": 3.0, "position": 3.0, "pattern": 2.0, "fill": 1.0, "colour": 0.5, "background": 0.5,
+    "size": 1.0, "blur": 1.0, "grain": 1.0, "saturation": 1.0, "brightness": 1.0,
+}
+
+
+def build_clip_model(vocab_size: int, cfg: ToyClipConfig, bos_id: int, eos_id: int, pad_id: int):
+    """A randomly initialised ``CLIPModel`` of the toy size."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=4 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_length,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        projection_dim=cfg.projection_dim,
+    )
+    vision = dict(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=4 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        projection_dim=cfg.projection_dim,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+    return CLIPModel(config)
+
+
+def render_minimal_pairs(n_pairs: int, seed: int, size: int) -> tuple[np.ndarray, list, list[str]]:
+    """Pairs of images that differ in exactly one aspect. Returns images (2 n, h, w, 3), aspects, varied aspect."""
+    from finexl.toyworld.aspects import CATEGORICAL_BY_NAME, sample_aspects
+    from finexl.toyworld.dataset import item_seed
+    from finexl.toyworld.render import render
+
+    names = list(PAIR_ASPECTS)
+    weights = np.array([PAIR_ASPECTS[n] for n in names])
+    images = np.empty((2 * n_pairs, size, size, 3), dtype=np.uint8)
+    aspects, varied = [], []
+    for i in range(n_pairs):
+        rng = np.random.default_rng(item_seed(seed, i))
+        a = sample_aspects(rng)
+        name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        if name in CATEGORICAL_BY_NAME:
+            values = [v for v in CATEGORICAL_BY_NAME[name].values if v != getattr(a, name)]
+            b = a.replace(**{name: values[int(rng.integers(len(values)))]})
+        else:  # one image clearly low, the other clearly high
+            a = a.replace(**{name: float(rng.uniform(0.0, 0.3))})
+            b = a.replace(**{name: float(rng.uniform(0.7, 1.0))})
+        render_seed = int(rng.integers(2**31))
+        images[2 * i] = render(a, seed=render_seed, size=size)
+        images[2 * i + 1] = render(b, seed=render_seed, size=size)
+        aspects += [a, b]
+        varied += [name, name]
+    return images, aspects, varied
+
+
+def multi_positive_loss(logits_per_text: torch.Tensor, compatible: torch.Tensor) -> torch.Tensor:
+    """Contrastive loss whose target spreads over every image a caption is true of, both ways.
+
+    Args:
+        logits_per_text: (n_text, n_image) similarity logits.
+        compatible: (n_text, n_image) bool, caption i is true of image j (the diagonal always is).
+    """
+    target = compatible.float()
+    t2i = -(target / target.sum(1, keepdim=True) * logits_per_text.log_softmax(dim=1)).sum(1).mean()
+    i2t = -(target.T / target.T.sum(1, keepdim=True) * logits_per_text.T.log_softmax(dim=1)).sum(1).mean()
+    return (t2i + i2t) / 2
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1], the input convention of every toy model."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: str | Path, progress: bool = True):
+    """Train the toy CLIP from scratch and save it (model, tokenizer, training config) to ``out_dir``."""
+    from transformers import CLIPTokenizer
+
+    seed_everything(cfg.seed)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    if cfg.init_from is not None:
+        model, _ = load_toy_clip(cfg.init_from)
+        logger.info("continuing from the toy CLIP in %s", cfg.init_from)
+    else:
+        model = build_clip_model(
+            len(tokenizer), cfg.model, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        )
+    logger.info("toy CLIP: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    if cfg.minimal_pairs:
+        images, aspects, varied = render_minimal_pairs(cfg.n_images // 2, seed=cfg.seed + 50, size=cfg.model.image_size)
+    else:
+        data = render_set(cfg.n_images, seed=cfg.seed, size=cfg.model.image_size, progress=progress)
+        images, aspects, varied = data.images, data.aspects, [None] * len(data)
+    pixels = images_to_tensor(images)
+    rng = np.random.default_rng(cfg.seed + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    clock = TrainingClock(cfg.steps, cfg.max_minutes, cfg.warmup, cfg.lr)
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="toy CLIP", disable=not progress)
+    for step in bar:
+        clock.set_lr(opt, step)
+        if cfg.minimal_pairs:
+            pairs = rng.choice(len(pixels) // 2, size=cfg.batch_size // 2, replace=False)
+            idx = np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+        else:
+            idx = rng.choice(len(pixels), size=cfg.batch_size, replace=False)
+        # A fresh caption each time an image is drawn: the text side sees many wordings of the same truth. In a
+        # minimal pair the caption usually names the one aspect that tells the two images apart.
+        captions = [
+            caption(aspects[i], rng, include=(varied[i],) if varied[i] and rng.random() < 0.8 else ())
+            for i in idx
+        ]
+        texts = [c[0] for c in captions]
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length, return_tensors="pt")
+        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=pixels[idx])
+        if cfg.minimal_pairs:
+            compatible = torch.tensor([[is_true_of(c[1], aspects[j]) for j in idx] for c in captions])
+            loss = multi_positive_loss(out.logits_per_text, compatible)
+        else:
+            labels = torch.arange(len(idx))
+            loss = (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 100 == 0:
+            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), clock.elapsed())
+        if clock.done(step):
+            break
+    model.eval()
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "finexl_train_config.json",
+            {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
+        )
+    return model, tokenizer
+
+
+def load_toy_clip(path: str | Path | None = None):
+    """Load the toy CLIP (model in eval mode, tokenizer) from ``path`` (default: the shipped ``data/toy_clip``)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    path = Path(path) if path is not None else data_dir() / "toy_clip"
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no toy CLIP at {path}: expected config.json and model.safetensors")
+    try:
+        model = CLIPModel.from_pretrained(path)
+    except Exception as err:  # safetensors and transformers raise several types for a damaged file
+        raise ValueError(f"could not load the toy CLIP weights in {path}: {err}") from err
+    return model.eval(), CLIPTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def embed_images(model, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Normalized image embeddings. ``images``: uint8 (n, h, w, 3). Returns (n, d)."""
+    outs = []
+    for i in range(0, len(images), batch_size):
+        feats = model.get_image_features(pixel_values=images_to_tensor(images[i : i + batch_size]))
+        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        outs.append(F.normalize(feats, dim=-1))
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Normalized text embeddings. Returns (n, d)."""
+    tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    feats = model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return F.normalize(feats, dim=-1)
+
+
+def zero_shot_accuracy(model, tokenizer, images: np.ndarray, aspects) -> dict[str, float]:
+    """Per categorical aspect: accuracy of picking the true value among one canonical prompt per value."""
+    image_emb = embed_images(model, images)  # (n, d)
+    result = {}
+    for aspect in CATEGORICAL:
+        text_emb = embed_texts(model, tokenizer, [prompt_for(aspect.name, v) for v in aspect.values])  # (k, d)
+        pred = (image_emb @ text_emb.T).argmax(dim=1).numpy()
+        truth = np.array([aspect.values.index(getattr(a, aspect.name)) for a in aspects])
+        result[aspect.name] = float((pred == truth).mean())
+    return result

@@ -1,0 +1,324 @@
+"""The toy text-to-image model: a real ``StableDiffusionPipeline`` with tiny components, trained on the toy world.
+
+* VAE: ``AutoencoderKL`` mapping 32x32x3 images to 16x16x4 latents (one downsampling), trained for reconstruction.
+* Text encoder and tokenizer: the text tower of the toy CLIP, frozen, as CLIP's is in Stable Diffusion.
+* UNet: ``UNet2DConditionModel`` on 16x16 latents with cross-attention at 8x8 and 4x4 only (attention at full
+  resolution costs most of the time on a CPU), v-prediction on a cosine noise schedule, min-SNR loss weighting,
+  EMA weights, caption dropout for classifier-free guidance.
+
+The saved folder loads with ``StableDiffusionPipeline.from_pretrained(dir)`` like any Stable Diffusion folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from finexl.toyworld.captions import caption
+from finexl.toyworld.clip import images_to_tensor
+from finexl.toyworld.dataset import render_set
+from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, data_dir, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VAE
+
+
+@dataclass
+class ToyVaeTrainConfig:
+    image_size: int = 32
+    block_out_channels: tuple[int, ...] = (32, 64)
+    latent_channels: int = 4
+    n_images: int = 20000
+    steps: int = 4000
+    max_minutes: float = 1e9
+    batch_size: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    warmup: int = 100
+    seed: int = 0
+
+
+def build_vae(cfg: ToyVaeTrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=16,
+        sample_size=cfg.image_size,
+        mid_block_add_attention=False,  # attention at 16x16 costs more than it gives on these images
+    )
+
+
+def train_toy_vae(out_dir: str | Path, cfg: ToyVaeTrainConfig, progress: bool = True):
+    """Train the toy VAE for reconstruction and save it (diffusers format) to ``out_dir``.
+
+    The ``scaling_factor`` in its config is set to 1 / std of the latents, as Stable Diffusion's is.
+    """
+    seed_everything(cfg.seed)
+    vae = build_vae(cfg)
+    logger.info("toy VAE: %.2f M parameters", sum(p.numel() for p in vae.parameters()) / 1e6)
+    data = render_set(cfg.n_images, seed=cfg.seed + 100, size=cfg.image_size, progress=progress)
+    pixels = images_to_tensor(data.images)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    clock = TrainingClock(cfg.steps, cfg.max_minutes, cfg.warmup, cfg.lr)
+    vae.train()
+    bar = tqdm(range(cfg.steps), desc="toy VAE", disable=not progress)
+    for step in bar:
+        clock.set_lr(opt, step)
+        x = pixels[rng.choice(len(pixels), size=cfg.batch_size, replace=False)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        loss = rec + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}")
+        if step % 100 == 0:
+            logger.info("step %d reconstruction %.4f (%.0f s)", step, rec.item(), clock.elapsed())
+        if clock.done(step):
+            break
+    vae.eval()
+    with torch.no_grad():
+        latents = vae.encode(pixels[:2000]).latent_dist.mean
+        recon = vae.decode(latents).sample
+        mae = (recon - pixels[:2000]).abs().mean().item() * 127.5
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    logger.info("toy VAE: scaling factor %.4f, reconstruction MAE %.2f / 255", 1.0 / latents.std(), mae)
+    with atomic_dir(out_dir) as tmp:
+        vae.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "finexl_train_config.json",
+            {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1), "recon_mae_255": mae},
+        )
+    return vae
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# UNet and pipeline
+
+
+@dataclass
+class ToyUnetConfig:
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    attention_heads: int = 4
+
+
+@dataclass
+class ToyDiffusionTrainConfig:
+    unet: ToyUnetConfig = field(default_factory=ToyUnetConfig)
+    image_size: int = 32
+    n_images: int = 60000
+    steps: int = 100000
+    max_minutes: float = 1e9
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: int = 500
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    save_every_minutes: float = 15.0
+    init_from: str | None = None  # a pipeline folder whose UNet to continue training (its EMA weights)
+    seed: int = 0
+
+
+def build_unet(cfg: ToyUnetConfig, latent_size: int, latent_channels: int, cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    # Full resolution without attention; every lower resolution with cross-attention on the prompt.
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=cfg.attention_heads,  # diffusers reads this as the number of heads in this class
+        norm_num_groups=16,
+    )
+
+
+def text_encoder_from_clip(clip_model):
+    """A ``CLIPTextModel`` holding the (frozen) text tower of a ``CLIPModel``."""
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip_model.config.text_config)
+    # In transformers >= 5, CLIPModel.text_model is itself a CLIPTextModel with the same keys.
+    text_encoder.load_state_dict(clip_model.text_model.state_dict())
+    return text_encoder.eval()
+
+
+def noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def make_pipeline(vae, text_encoder, tokenizer, unet):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler.from_config(noise_scheduler().config, timestep_spacing="trailing")
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Last hidden states of the text encoder, padded to the tokenizer's full length. Shape (n, L, d)."""
+    tok = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    )
+    return text_encoder(tok.input_ids)[0]
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for v-prediction: min(snr, gamma) / (snr + 1)."""
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / (snr + 1)
+
+
+def train_toy_diffusion(
+    out_dir: str | Path,
+    cfg: ToyDiffusionTrainConfig,
+    vae_dir: str | Path,
+    clip_dir: str | Path,
+    progress: bool = True,
+):
+    """Train the toy UNet from scratch and save the whole pipeline to ``out_dir`` (checkpoints on the way)."""
+    from diffusers import AutoencoderKL
+
+    from finexl.toyworld.clip import load_toy_clip
+
+    seed_everything(cfg.seed)
+    # 1. Frozen parts: VAE and the toy CLIP's text tower
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    clip_model, tokenizer = load_toy_clip(clip_dir)
+    text_encoder = text_encoder_from_clip(clip_model)
+    latent_size = cfg.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    if cfg.init_from is not None:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
+        logger.info("continuing from the UNet in %s", cfg.init_from)
+    else:
+        unet = build_unet(cfg.unet, latent_size, vae.config.latent_channels, text_encoder.config.hidden_size)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    logger.info("toy UNet: %.2f M parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
+
+    # 2. Data: rendered once, encoded to latent distributions once; captions drawn afresh at every use
+    data = render_set(cfg.n_images, seed=cfg.seed + 200, size=cfg.image_size, progress=progress)
+    pixels = images_to_tensor(data.images)
+    means, stds = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pixels), 500), desc="encode", disable=not progress):
+            dist = vae.encode(pixels[i : i + 500]).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    means, stds = torch.cat(means), torch.cat(stds)  # (n, c, h, w)
+    scale = vae.config.scaling_factor
+    uncond = encode_prompts(text_encoder, tokenizer, [""])  # (1, L, d)
+
+    # 3. Training loop
+    scheduler = noise_scheduler()
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    clock = TrainingClock(cfg.steps, cfg.max_minutes, cfg.warmup, cfg.lr)
+    last_save = 0.0
+    unet.train()
+    bar = tqdm(range(cfg.steps), desc="toy UNet", disable=not progress)
+    for step in bar:
+        clock.set_lr(opt, step)
+        idx = rng.choice(len(means), size=cfg.batch_size, replace=False)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, c, h, w)
+        texts = [caption(data.aspects[i], rng)[0] if rng.random() >= cfg.caption_dropout else "" for i in idx]
+        cond = encode_prompts(text_encoder, tokenizer, texts)  # (B, L, d)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = scheduler.add_noise(latents, noise, t)
+        target = scheduler.get_velocity(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        per_item = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_item * min_snr_weights(scheduler, t, cfg.min_snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 200 == 0:
+            logger.info(
+                "step %d loss %.4f lr %.2e (%.0f s)", step, loss.item(), opt.param_groups[0]["lr"], clock.elapsed()
+            )
+        finished = clock.done(step)
+        if finished or clock.elapsed() - last_save > cfg.save_every_minutes * 60:
+            last_save = clock.elapsed()
+            with atomic_dir(out_dir) as tmp:
+                make_pipeline(vae, text_encoder, tokenizer, ema).save_pretrained(tmp)
+                atomic_write_json(
+                    tmp / "finexl_train_config.json",
+                    {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
+                )
+            logger.info("saved pipeline at step %d to %s", step + 1, out_dir)
+        if finished:
+            break
+    del uncond
+    return ema
+
+
+def load_toy_pipeline(path: str | Path | None = None):
+    """Load the toy text-to-image pipeline (default: the shipped ``data/toy_sd``)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(path) if path is not None else data_dir() / "toy_sd"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"no diffusers pipeline at {path}: model_index.json is missing")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"could not load the toy pipeline in {path}: {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

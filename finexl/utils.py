@@ -1,0 +1,119 @@
+"""Small helpers shared by every stage: atomic writes, the data folder, seeding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def data_dir() -> Path:
+    """The folder that holds the shipped toy-world weights.
+
+    ``$FINEXL_DATA`` when set (read at call time), else ``data/`` at the root of the source tree.
+    """
+    path = (
+        Path(os.environ["FINEXL_DATA"])
+        if os.environ.get("FINEXL_DATA")
+        else Path(__file__).resolve().parents[1] / "data"
+    )
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"finexl data folder {path} does not exist; install finexl from a source checkout (pip install -e .) "
+            "or point FINEXL_DATA at a folder holding the toy-world weights"
+        )
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
+
+    A reader never sees a half-written folder: either the old one or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainingClock:
+    """Warm-up then cosine learning rate over ``progress = max(step / steps, minutes / max_minutes)``.
+
+    Training on a time budget then still ends with an annealed learning rate, whichever limit comes first.
+    """
+
+    def __init__(self, steps: int, max_minutes: float, warmup: int, lr: float, final_fraction: float = 0.05):
+        import time
+
+        self.steps, self.max_minutes, self.warmup, self.lr = steps, max_minutes, warmup, lr
+        self.final_fraction = final_fraction
+        self._time = time.time
+        self.start = time.time()
+
+    def elapsed(self) -> float:
+        return self._time() - self.start
+
+    def progress(self, step: int) -> float:
+        return max(step / self.steps, self.elapsed() / 60.0 / self.max_minutes)
+
+    def set_lr(self, optimizer, step: int) -> float:
+        import math
+
+        p = min(self.progress(step), 1.0)
+        cosine = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+        lr = self.lr * min(1.0, (step + 1) / self.warmup) * cosine
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def done(self, step: int) -> bool:
+        return self.progress(step + 1) >= 1.0

@@ -1,0 +1,140 @@
+"""The three trainers run a few steps at tiny sizes, save, and load back through the public loaders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from finexl.sampling import SamplerConfig, sample_images
+from finexl.toyworld.clip import ToyClipConfig, ToyClipTrainConfig, embed_images, load_toy_clip, train_toy_clip
+from finexl.toyworld.dataset import render_set
+from finexl.toyworld.diffusion import (
+    ToyDiffusionTrainConfig,
+    ToyUnetConfig,
+    ToyVaeTrainConfig,
+    load_toy_pipeline,
+    train_toy_diffusion,
+    train_toy_vae,
+)
+from finexl.toyworld.judge import JudgeConfig, JudgeTrainConfig, load_judge, read_images, train_judge
+
+TINY_CLIP = ToyClipConfig(hidden_size=32, num_layers=1, num_heads=2, projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("models")
+    clip_cfg = ToyClipTrainConfig(model=TINY_CLIP, n_images=64, steps=3, batch_size=16, warmup=1)
+    train_toy_clip(root / "clip", clip_cfg, tiny_tokenizer_dir, progress=False)
+    vae_cfg = ToyVaeTrainConfig(block_out_channels=(16, 32), n_images=32, steps=2, batch_size=8, warmup=1)
+    train_toy_vae(root / "vae", vae_cfg, progress=False)
+    judge_cfg = JudgeTrainConfig(model=JudgeConfig(width=8, hidden=32), n_images=64, steps=3, batch_size=16, warmup=1)
+    train_judge(root / "judge", judge_cfg, root / "vae", progress=False)
+    sd_cfg = ToyDiffusionTrainConfig(
+        unet=ToyUnetConfig(block_out_channels=(16, 32, 32), attention_heads=2),
+        n_images=32,
+        steps=3,
+        batch_size=4,
+        warmup=1,
+    )
+    train_toy_diffusion(root / "sd", sd_cfg, root / "vae", root / "clip", progress=False)
+    return root
+
+
+def test_clip_trains_saves_and_loads(tiny_models):
+    model, tokenizer = load_toy_clip(tiny_models / "clip")
+    emb = embed_images(model, render_set(5, seed=1).images)
+    assert emb.shape == (5, TINY_CLIP.projection_dim)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(5))
+    record = json.loads((tiny_models / "clip" / "finexl_train_config.json").read_text())
+    assert record["steps_done"] == 3 and record["model"]["hidden_size"] == 32
+
+
+def test_vae_records_its_scaling_factor(tiny_models):
+    config = json.loads((tiny_models / "vae" / "config.json").read_text())
+    assert config["scaling_factor"] != 0.18215  # replaced by 1 / std of this VAE's latents
+    assert config["scaling_factor"] > 0
+
+
+def test_judge_reads_every_aspect(tiny_models):
+    judge = load_judge(tiny_models / "judge")
+    reading = read_images(judge, render_set(6, seed=2).images)
+    assert set(reading.categorical) == {"shape", "colour", "pose", "position", "fill", "background", "pattern"}
+    assert all(len(v) == 6 for v in reading.categorical.values())
+    assert all(((v >= 0) & (v <= 1)).all() for v in reading.graded.values())
+    np.testing.assert_allclose(reading.probabilities["colour"].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_pipeline_is_a_stable_diffusion_folder_and_sampling_is_batch_independent(tiny_models):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models / "sd")
+    assert pipe.vae_scale_factor == 2 and pipe.text_encoder.config.hidden_size == 32
+    pipe = load_toy_pipeline(tiny_models / "sd")
+    cfg = SamplerConfig(num_inference_steps=3, batch_size=4)
+    prompts, seeds = ["a red heart", "a blue moon", "a shape", "a heart"], [0, 1, 2, 3]
+    together = sample_images(pipe, prompts, seeds, cfg)
+    alone = sample_images(pipe, prompts[1:2], seeds[1:2], SamplerConfig(num_inference_steps=3, batch_size=1))
+    assert together.shape == (4, 32, 32, 3) and together.dtype == np.uint8
+    np.testing.assert_allclose(together[1].astype(int), alone[0].astype(int), atol=1)
+    other_seed = sample_images(pipe, prompts[1:2], [99], SamplerConfig(num_inference_steps=3, batch_size=1))
+    assert np.abs(other_seed[0].astype(int) - alone[0].astype(int)).mean() > 0.5
+
+
+def test_sampling_rejects_mismatched_requests(tiny_models):
+    pipe = load_toy_pipeline(tiny_models / "sd")
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        sample_images(pipe, ["a", "b"], [0])
+    with pytest.raises(ValueError, match="no prompts"):
+        sample_images(pipe, [], [])
+
+
+def test_loaders_name_missing_and_corrupt_files(tiny_models, tmp_path):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="no toy CLIP"):
+        load_toy_clip(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_toy_pipeline(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="judge file"):
+        load_judge(tmp_path / "nowhere")
+    bad = tmp_path / "judge"
+    shutil.copytree(tiny_models / "judge", bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_judge(bad)
+    bad_clip = tmp_path / "clip"
+    shutil.copytree(tiny_models / "clip", bad_clip)
+    data = (bad_clip / "model.safetensors").read_bytes()
+    (bad_clip / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="could not load the toy CLIP"):
+        load_toy_clip(bad_clip)
+
+
+def test_minimal_pairs_differ_in_exactly_the_named_aspect():
+    from finexl.toyworld.clip import render_minimal_pairs
+
+    images, aspects, varied = render_minimal_pairs(20, seed=0, size=32)
+    assert images.shape == (40, 32, 32, 3)
+    for i in range(20):
+        a, b = aspects[2 * i].to_dict(), aspects[2 * i + 1].to_dict()
+        differing = [k for k in a if a[k] != b[k]]
+        assert differing == [varied[2 * i]]
+
+
+def test_multi_positive_loss_reduces_to_infonce_and_rewards_all_true_images():
+    import torch.nn.functional as F
+
+    from finexl.toyworld.clip import multi_positive_loss
+
+    logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    eye = torch.eye(4, dtype=torch.bool)
+    infonce = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
+    torch.testing.assert_close(multi_positive_loss(logits, eye), infonce)
+    # Caption 0 is true of images 0 and 1: scoring image 1 high must lower the loss when it counts as positive.
+    compatible = eye.clone()
+    compatible[0, 1] = True
+    high = logits.clone()
+    high[0, 1] = 10.0
+    assert multi_positive_loss(high, compatible) < multi_positive_loss(high, eye)
