@@ -77,21 +77,17 @@ def parse_fixed(items: list[str] | None) -> dict[str, str | float]:
     return fixed
 
 
-def cmd_toyworld_render(args: argparse.Namespace) -> int:
-    from finexl.toyworld.dataset import item_seed, render_set
-    from finexl.toyworld.render import MAX_SIZE, MIN_SIZE
-    from finexl.utils import atomic_dir, atomic_write_json
-
-    if args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
-    if not (MIN_SIZE <= args.size <= MAX_SIZE):
-        raise CLIError(f"--size must be in [{MIN_SIZE}, {MAX_SIZE}], got {args.size}")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+def _check_output_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise CLIError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-    fixed = parse_fixed(args.fix)
-    data = render_set(args.n, seed=args.seed, size=args.size, fixed=fixed, progress=not args.quiet)
+
+
+def _write_rendered_set(out: Path, data, seed: int, extra_json: dict[str, dict]) -> None:
+    """Images to ``out/images``, one metadata record per image, and extra JSON files; all or nothing."""
     from PIL import Image
+
+    from finexl.toyworld.dataset import item_seed
+    from finexl.utils import atomic_dir, atomic_write_json
 
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
@@ -104,14 +100,56 @@ def cmd_toyworld_render(args: argparse.Namespace) -> int:
                     "file": name,
                     "caption": data.captions[i],
                     "aspects": data.aspects[i].to_dict(),
-                    "item_seed": item_seed(args.seed, i),
+                    "item_seed": item_seed(seed, i),
                 }
             )
         atomic_write_json(tmp / "metadata.json", records)
-        atomic_write_json(
-            tmp / "render_config.json", {"n": args.n, "seed": args.seed, "size": args.size, "fixed": fixed}
-        )
+        for filename, obj in extra_json.items():
+            atomic_write_json(tmp / filename, obj)
+
+
+def _check_n_and_size(n: int, size: int) -> None:
+    from finexl.toyworld.render import MAX_SIZE, MIN_SIZE
+
+    if n < 1:
+        raise CLIError(f"--n must be >= 1, got {n}")
+    if not (MIN_SIZE <= size <= MAX_SIZE):
+        raise CLIError(f"--size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+
+
+def cmd_toyworld_render(args: argparse.Namespace) -> int:
+    from finexl.toyworld.dataset import render_set
+
+    _check_n_and_size(args.n, args.size)
+    out = Path(args.out)
+    _check_output_folder(out, args.overwrite)
+    fixed = parse_fixed(args.fix)
+    data = render_set(args.n, seed=args.seed, size=args.size, fixed=fixed, progress=not args.quiet)
+    config = {"n": args.n, "seed": args.seed, "size": args.size, "fixed": fixed}
+    _write_rendered_set(out, data, args.seed, {"render_config.json": config})
     print(f"wrote {len(data)} images, captions and aspect values to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finexl toyworld personalization
+
+
+def cmd_toyworld_personalization(args: argparse.Namespace) -> int:
+    from finexl.toyworld.aspects import AspectError
+    from finexl.toyworld.personalization import parse_spec, render_personalization, spec_record
+
+    _check_n_and_size(args.n, args.size)
+    out = Path(args.out)
+    _check_output_folder(out, args.overwrite)
+    try:
+        shifts = parse_spec(args.shift)
+    except AspectError as err:
+        raise CLIError(str(err)) from err
+    data = render_personalization(shifts, args.n, seed=args.seed, size=args.size)
+    config = {"n": args.n, "seed": args.seed, "size": args.size}
+    _write_rendered_set(out, data, args.seed, {"spec.json": spec_record(shifts), "render_config.json": config})
+    print(f"wrote {len(data)} instance images for {spec_record(shifts)['spec']} to {out} (ground truth: spec.json)")
     return 0
 
 
@@ -191,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_toyworld_render)
+
+    p = toy_sub.add_parser(
+        "personalization",
+        parents=[common],
+        help="render a ground-truth personalization data set from a shift spec",
+        description="Render instance images whose aspects are shifted by SPEC, captioned without naming the shifted "
+        "aspects, so that a model fine-tuned on them bakes the shift in. SPEC is a comma-separated list of "
+        "ASPECT=TARGET@STRENGTH: a categorical aspect is set to TARGET with probability STRENGTH "
+        "(colour=red@0.8); a graded level u moves to u + STRENGTH (t - u), t being 1 for 'more', 0 for 'less', "
+        "or a level (blur=more@0.5, saturation=less@0.7). Writes OUT/images/*.png, OUT/metadata.json and "
+        "OUT/spec.json (the intended ground truth).",
+    )
+    p.add_argument("--shift", required=True, metavar="SPEC", help='e.g. "colour=red@0.8,background=stripes@0.4"')
+    p.add_argument("--n", type=int, default=200, help="number of instance images (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_toyworld_personalization)
 
     p = toy_sub.add_parser(
         "eval",

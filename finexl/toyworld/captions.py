@@ -75,7 +75,7 @@ def compose(mentioned: dict[str, str], rng: np.random.Generator) -> tuple[str, l
 
 
 def caption(
-    aspects: Aspects, rng: np.random.Generator, include: tuple[str, ...] = ()
+    aspects: Aspects, rng: np.random.Generator, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
 ) -> tuple[str, list[Mention]]:
     """A caption naming a random subset of the true aspect values of ``aspects``.
 
@@ -84,6 +84,7 @@ def caption(
         rng: a ``numpy.random.Generator``.
         include: aspects the caption must name (when their value can be named: graded ones only outside the
             middle band).
+        exclude: aspects the caption must not name (a personalization's shifted aspects).
 
     Returns:
         ``(text, mentions)``.
@@ -95,7 +96,9 @@ def caption(
         band = level_band(getattr(aspects, graded.name))
         if band is not None:
             truth[graded.name] = band
-    if rng.random() < SINGLE_ASPECT_PROBABILITY:
+    for name in exclude:
+        truth.pop(name, None)
+    if rng.random() < SINGLE_ASPECT_PROBABILITY and truth:
         names = sorted(truth)
         chosen = [names[int(rng.integers(len(names)))]]
     else:

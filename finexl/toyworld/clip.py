@@ -53,8 +53,18 @@ class ToyClipTrainConfig:
 # Aspects varied between the two images of a minimal pair, with their weights: the ones that colour and
 # background do not give away get most of the pairs.
 PAIR_ASPECTS = {
-    "shape": 3.0, "pose": 3.0, "position": 3.0, "pattern": 2.0, "fill": 1.0, "colour": 0.5, "background": 0.5,
-    "size": 1.0, "blur": 1.0, "grain": 1.0, "saturation": 1.0, "brightness": 1.0,
+    "shape": 3.0,
+    "pose": 3.0,
+    "position": 3.0,
+    "pattern": 2.0,
+    "fill": 1.0,
+    "colour": 0.5,
+    "background": 0.5,
+    "size": 1.0,
+    "blur": 1.0,
+    "grain": 1.0,
+    "saturation": 1.0,
+    "brightness": 1.0,
 }
 
 
@@ -148,7 +158,9 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
         )
     logger.info("toy CLIP: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     if cfg.minimal_pairs:
-        images, aspects, varied = render_minimal_pairs(cfg.n_images // 2, seed=cfg.seed + 50, size=cfg.model.image_size)
+        images, aspects, varied = render_minimal_pairs(
+            cfg.n_images // 2, seed=cfg.seed + 50, size=cfg.model.image_size
+        )
     else:
         data = render_set(cfg.n_images, seed=cfg.seed, size=cfg.model.image_size, progress=progress)
         images, aspects, varied = data.images, data.aspects, [None] * len(data)
@@ -168,8 +180,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
         # A fresh caption each time an image is drawn: the text side sees many wordings of the same truth. In a
         # minimal pair the caption usually names the one aspect that tells the two images apart.
         captions = [
-            caption(aspects[i], rng, include=(varied[i],) if varied[i] and rng.random() < 0.8 else ())
-            for i in idx
+            caption(aspects[i], rng, include=(varied[i],) if varied[i] and rng.random() < 0.8 else ()) for i in idx
         ]
         texts = [c[0] for c in captions]
         tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length, return_tensors="pt")

@@ -116,7 +116,7 @@ def evaluate_models(
         a.name: normalized_entropy(reading.categorical[a.name], len(a.values)) for a in CATEGORICAL
     }
     result["neutral_graded_mean"] = {a.name: float(reading.graded[a.name].mean()) for a in GRADED}
-    grids["neutral"] = [images[i : i + 8] for i in range(0, 48, 8)]
+    grids["neutral"] = [images[i : i + 8] for i in range(0, min(48, len(images)) - 7, 8)]  # full rows of 8
     if grid_dir is not None:
         write_grids(grids, Path(grid_dir))
     return result
@@ -128,6 +128,8 @@ def write_grids(grids: dict[str, list[np.ndarray]], out_dir: Path, scale: int = 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for aspect, rows in grids.items():
+        if not rows:
+            continue
         grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
         image = Image.fromarray(grid)
         image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from finexl.sampling import SamplerConfig, sample_images
+from finexl.toyworld.aspects import CATEGORICAL, GRADED
 from finexl.toyworld.clip import ToyClipConfig, ToyClipTrainConfig, embed_images, load_toy_clip, train_toy_clip
 from finexl.toyworld.dataset import render_set
 from finexl.toyworld.diffusion import (
@@ -138,3 +139,52 @@ def test_multi_positive_loss_reduces_to_infonce_and_rewards_all_true_images():
     high = logits.clone()
     high[0, 1] = 10.0
     assert multi_positive_loss(high, compatible) < multi_positive_loss(high, eye)
+
+
+def test_eval_command_runs_in_process_on_tiny_models(tiny_models, tmp_path, capsys):
+    import json
+
+    from finexl.cli import main
+
+    out_json, grids = tmp_path / "eval.json", tmp_path / "grids"
+    argv = [
+        "toyworld",
+        "eval",
+        "--pipeline",
+        str(tiny_models / "sd"),
+        "--clip",
+        str(tiny_models / "clip"),
+        "--judge",
+        str(tiny_models / "judge"),
+        "--n-held-out",
+        "20",
+        "--n-per-value",
+        "2",
+        "--n-neutral",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+        str(out_json),
+        "--grids",
+        str(grids),
+        "-q",
+    ]
+    assert main(argv) == 0
+    result = json.loads(out_json.read_text())
+    assert set(result["adherence"]) == {a.name for a in CATEGORICAL} | {a.name for a in GRADED}
+    assert all(0.0 <= v <= 1.0 for v in result["adherence"].values())
+    assert set(result["adherence_per_value"]["shape"]) == set(CATEGORICAL[0].values)
+    assert all(0.0 <= v <= 1.0 for v in result["neutral_entropy"].values())
+    assert sorted(p.name for p in grids.iterdir()) == sorted(
+        [f"{a.name}.png" for a in CATEGORICAL] + [f"{a.name}.png" for a in GRADED] + ["neutral.png"]
+    )
+    table = capsys.readouterr().out
+    assert "| shape |" in table and "T2I adherence" in table
+
+
+def test_eval_command_names_a_missing_model(tmp_path, capsys):
+    from finexl.cli import main
+
+    assert main(["toyworld", "eval", "--judge", str(tmp_path / "nope"), "-q"]) == 2
+    assert "judge file" in capsys.readouterr().err
