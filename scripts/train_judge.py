@@ -19,13 +19,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget")
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--vae", default=None)
+    parser.add_argument("--init", default=None, help="continue training this judge folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="default: data/toy_judge")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    cfg = JudgeTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
+    cfg = JudgeTrainConfig(steps=args.steps, max_minutes=args.minutes, init_from=args.init, seed=args.seed)
     train_judge(args.out or data_dir() / "toy_judge", cfg, args.vae or data_dir() / "toy_sd" / "vae", progress=False)
 
 

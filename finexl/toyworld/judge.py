@@ -81,6 +81,7 @@ class JudgeTrainConfig:
     warmup: int = 200
     graded_weight: float = 10.0
     vae_fraction: float = 0.5
+    init_from: str | None = None  # a judge folder to continue training
     seed: int = 0
 
 
@@ -103,7 +104,7 @@ def train_judge(out_dir: str | Path, cfg: JudgeTrainConfig, vae_dir: str | Path 
     from safetensors.torch import save_file
 
     seed_everything(cfg.seed)
-    model = Judge(cfg.model)
+    model = load_judge(cfg.init_from).train() if cfg.init_from is not None else Judge(cfg.model)
     logger.info("judge: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     data = render_set(cfg.n_images, seed=cfg.seed + 300, size=cfg.model.image_size, progress=progress)
     clean = images_to_tensor(data.images)
