@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--plain", action="store_true", help="plain InfoNCE on random images, no minimal pairs")
+    parser.add_argument("--hard-batches", type=float, default=0.5, help="fraction of hard batches (shared colour)")
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--init", default=None, help="continue training this toy CLIP folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -34,7 +36,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     cfg = ToyClipTrainConfig(
-        steps=args.steps, max_minutes=args.minutes, minimal_pairs=not args.plain, init_from=args.init, seed=args.seed
+        steps=args.steps,
+        max_minutes=args.minutes,
+        minimal_pairs=not args.plain,
+        hard_batch_fraction=0.0 if args.plain else args.hard_batches,
+        lr=args.lr,
+        init_from=args.init,
+        seed=args.seed,
     )
     out = args.out or data_dir() / "toy_clip"
     if args.init:

@@ -157,16 +157,8 @@ class Aspects:
     brightness: float = 0.5
 
     def __post_init__(self) -> None:
-        for aspect in CATEGORICAL:
-            value = getattr(self, aspect.name)
-            if value not in aspect.values:
-                raise AspectError(
-                    f"unknown value {value!r} for aspect {aspect.name!r}; expected one of {aspect.values}"
-                )
-        for aspect in GRADED:
-            level = getattr(self, aspect.name)
-            if not isinstance(level, (int, float)) or not (0.0 <= float(level) <= 1.0):
-                raise AspectError(f"level of aspect {aspect.name!r} must be a number in [0, 1], got {level!r}")
+        for name in ASPECT_NAMES:
+            validate_aspect_value(name, getattr(self, name))
 
     def to_dict(self) -> dict[str, str | float]:
         return dataclasses.asdict(self)

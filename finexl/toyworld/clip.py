@@ -46,6 +46,9 @@ class ToyClipTrainConfig:
     # Batches of minimal pairs (two images that differ in one aspect, captions naming it) with multi-positive
     # targets from the exact labels; plain InfoNCE over random images when False.
     minimal_pairs: bool = True
+    # Fraction of steps whose batch shares colour, background and pattern (rendered on the fly, captions silent on
+    # them), so that only shape, pose, position, fill, size and style tell its images apart.
+    hard_batch_fraction: float = 0.0
     init_from: str | None = None  # a toy CLIP folder to continue training
     seed: int = 0
 
@@ -125,6 +128,25 @@ def render_minimal_pairs(n_pairs: int, seed: int, size: int) -> tuple[np.ndarray
     return images, aspects, varied
 
 
+HARD_BATCH_SHARED = ("colour", "background", "pattern")
+
+
+def hard_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list, list]:
+    """``n`` images sharing colour, background and pattern, with captions that do not name those.
+
+    Returns pixels (n, 3, size, size), aspects, and ``(text, mentions)`` captions.
+    """
+    from finexl.toyworld.aspects import sample_aspects
+    from finexl.toyworld.render import render
+
+    shared = sample_aspects(rng)
+    fixed = {name: getattr(shared, name) for name in HARD_BATCH_SHARED}
+    aspects = [sample_aspects(rng, **fixed) for _ in range(n)]
+    images = np.stack([render(a, seed=int(rng.integers(2**31)), size=size) for a in aspects])
+    captions = [caption(a, rng, exclude=HARD_BATCH_SHARED) for a in aspects]
+    return images_to_tensor(images), aspects, captions
+
+
 def multi_positive_loss(logits_per_text: torch.Tensor, compatible: torch.Tensor) -> torch.Tensor:
     """Contrastive loss whose target spreads over every image a caption is true of, both ways.
 
@@ -172,21 +194,25 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
     bar = tqdm(range(cfg.steps), desc="toy CLIP", disable=not progress)
     for step in bar:
         clock.set_lr(opt, step)
-        if cfg.minimal_pairs:
-            pairs = rng.choice(len(pixels) // 2, size=cfg.batch_size // 2, replace=False)
-            idx = np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+        if rng.random() < cfg.hard_batch_fraction:
+            batch_pixels, batch_aspects, captions = hard_batch(cfg.batch_size, rng, cfg.model.image_size)
         else:
-            idx = rng.choice(len(pixels), size=cfg.batch_size, replace=False)
-        # A fresh caption each time an image is drawn: the text side sees many wordings of the same truth. In a
-        # minimal pair the caption usually names the one aspect that tells the two images apart.
-        captions = [
-            caption(aspects[i], rng, include=(varied[i],) if varied[i] and rng.random() < 0.8 else ()) for i in idx
-        ]
+            if cfg.minimal_pairs:
+                pairs = rng.choice(len(pixels) // 2, size=cfg.batch_size // 2, replace=False)
+                idx = np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+            else:
+                idx = rng.choice(len(pixels), size=cfg.batch_size, replace=False)
+            batch_pixels, batch_aspects = pixels[idx], [aspects[i] for i in idx]
+            # A fresh caption each time an image is drawn: the text side sees many wordings of the same truth. In
+            # a minimal pair the caption usually names the one aspect that tells the two images apart.
+            captions = [
+                caption(aspects[i], rng, include=(varied[i],) if varied[i] and rng.random() < 0.8 else ()) for i in idx
+            ]
         texts = [c[0] for c in captions]
         tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length, return_tensors="pt")
-        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=pixels[idx])
-        if cfg.minimal_pairs:
-            compatible = torch.tensor([[is_true_of(c[1], aspects[j]) for j in idx] for c in captions])
+        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=batch_pixels)
+        if cfg.minimal_pairs or cfg.hard_batch_fraction > 0:
+            compatible = torch.tensor([[is_true_of(c[1], a) for a in batch_aspects] for c in captions])
             loss = multi_positive_loss(out.logits_per_text, compatible)
         else:
             labels = torch.arange(len(idx))

@@ -188,3 +188,17 @@ def test_eval_command_names_a_missing_model(tmp_path, capsys):
 
     assert main(["toyworld", "eval", "--judge", str(tmp_path / "nope"), "-q"]) == 2
     assert "judge file" in capsys.readouterr().err
+
+
+def test_hard_batches_share_the_easy_aspects_and_captions_skip_them(tiny_tokenizer_dir, tmp_path):
+    from finexl.toyworld.clip import HARD_BATCH_SHARED, hard_batch
+
+    pixels, aspects, captions = hard_batch(16, np.random.default_rng(0), 32)
+    assert pixels.shape == (16, 3, 32, 32)
+    for name in HARD_BATCH_SHARED:
+        assert len({getattr(a, name) for a in aspects}) == 1
+    assert all(m.aspect not in HARD_BATCH_SHARED for _, mentions in captions for m in mentions)
+    assert len({a.shape for a in aspects}) > 1
+    cfg = ToyClipTrainConfig(model=TINY_CLIP, n_images=32, steps=2, batch_size=8, warmup=1, hard_batch_fraction=1.0)
+    train_toy_clip(tmp_path / "clip", cfg, tiny_tokenizer_dir, progress=False)
+    assert (tmp_path / "clip" / "model.safetensors").is_file()
