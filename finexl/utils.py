@@ -111,8 +111,8 @@ class TrainingClock:
         p = min(self.progress(step), 1.0)
         cosine = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * p))
         lr = self.lr * min(1.0, (step + 1) / self.warmup) * cosine
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # a group may run at a fixed fraction of the schedule
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def done(self, step: int) -> bool:

@@ -11,8 +11,11 @@ py=${PYTHON:-python}
 
 $py scripts/train_toy_vae.py --minutes 12 --steps 6000 --out runs/toy_vae
 $py scripts/train_toy_clip.py --plain --minutes 16 --lr 1e-3 --out runs/toy_clip_stage1
-# The pipeline's frozen text encoder is the stage-1 CLIP's text tower.
-$py scripts/train_toy_sd.py --minutes 100 --vae runs/toy_vae --clip runs/toy_clip_stage1
+# UNet stage 1: text encoder frozen at the stage-1 CLIP text tower. The shipped run was stopped at 3195 steps
+# (about 50 minutes) once it was clear that this tower collapses the words for shape, pose and position.
+$py scripts/train_toy_sd.py --minutes 45 --frozen-text-encoder --vae runs/toy_vae --clip runs/toy_clip_stage1 --out runs/toy_sd_stage1
+# UNet stage 2: continued with a text encoder started from random weights and trained jointly with the UNet.
+$py scripts/train_toy_sd.py --minutes 33 --n-images 30000 --init runs/toy_sd_stage1 --fresh-text-encoder --vae runs/toy_vae --clip runs/toy_clip_stage1
 $py scripts/train_judge.py --minutes 15 --vae runs/toy_vae
 # Stage 2: minimal pairs with multi-positive targets. Stage 3: half the batches share colour/background/pattern.
 $py scripts/train_toy_clip.py --init runs/toy_clip_stage1 --minutes 25 --lr 1e-3 --hard-batches 0 --out runs/toy_clip_stage2

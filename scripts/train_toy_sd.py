@@ -1,10 +1,12 @@
-"""Train the toy text-to-image UNet from scratch and ship the whole pipeline to data/toy_sd.
+"""Train the toy text-to-image UNet (and its text encoder) and ship the whole pipeline to data/toy_sd.
 
-    python scripts/train_toy_sd.py --minutes 90 --vae runs/toy_vae --clip data/toy_clip --seed 0
+    python scripts/train_toy_sd.py --minutes 90 --vae runs/toy_vae --clip runs/toy_clip_stage1 --seed 0
 
-Needs the toy VAE (scripts/train_toy_vae.py) and the toy CLIP (scripts/train_toy_clip.py), whose text tower
-becomes the pipeline's frozen text encoder. Saves the pipeline every 15 minutes, so an interrupted run still
-leaves a loadable folder.
+Needs the toy VAE (scripts/train_toy_vae.py) and a toy CLIP (scripts/train_toy_clip.py), whose text tower is the
+starting point of the pipeline's text encoder. By default the text encoder trains with the UNet (at a fraction of
+its learning rate): the contrastive loss leaves the words for shape, pose and position nearly collapsed in the
+CLIP text tower, and a frozen copy of it keeps the UNet from learning them. --init continues a saved pipeline.
+Saves the pipeline every 15 minutes, so an interrupted run still leaves a loadable folder.
 """
 
 import argparse
@@ -23,7 +25,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vae", required=True, help="toy VAE folder")
     parser.add_argument("--clip", default=None, help="toy CLIP folder (default: data/toy_clip)")
-    parser.add_argument("--init", default=None, help="continue training the UNet of this pipeline folder")
+    parser.add_argument("--init", default=None, help="continue training the UNet and text encoder of this pipeline")
+    parser.add_argument("--n-images", type=int, default=60000, help="rendered training images")
+    parser.add_argument("--frozen-text-encoder", action="store_true", help="train the UNet only")
+    parser.add_argument("--fresh-text-encoder", action="store_true", help="text encoder from random weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default: data/toy_sd")
@@ -31,7 +36,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     cfg = ToyDiffusionTrainConfig(
-        steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size, init_from=args.init, seed=args.seed
+        steps=args.steps,
+        max_minutes=args.minutes,
+        batch_size=args.batch_size,
+        n_images=args.n_images,
+        init_from=args.init,
+        train_text_encoder=not args.frozen_text_encoder,
+        fresh_text_encoder=args.fresh_text_encoder,
+        seed=args.seed,
     )
     train_toy_diffusion(
         args.out or data_dir() / "toy_sd", cfg, args.vae, args.clip or data_dir() / "toy_clip", progress=False

@@ -138,7 +138,14 @@ class ToyDiffusionTrainConfig:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     save_every_minutes: float = 15.0
-    init_from: str | None = None  # a pipeline folder whose UNet to continue training (its EMA weights)
+    init_from: str | None = None  # a pipeline folder whose UNet and text encoder to continue training
+    # The text encoder starts as the toy CLIP's text tower; trained with the UNet it learns to keep apart the words
+    # that the CLIP loss left collapsed (shape, pose, position). Its learning rate is this fraction of the UNet's.
+    train_text_encoder: bool = True
+    text_encoder_lr_scale: float = 0.3
+    # Start the text encoder from random weights (the toy CLIP's text architecture and tokenizer) instead of its
+    # trained tower: a tower whose contrastive training collapsed some words cannot be trained back apart quickly.
+    fresh_text_encoder: bool = False
     seed: int = 0
 
 
@@ -224,25 +231,34 @@ def train_toy_diffusion(
     clip_dir: str | Path,
     progress: bool = True,
 ):
-    """Train the toy UNet from scratch and save the whole pipeline to ``out_dir`` (checkpoints on the way)."""
+    """Train the toy UNet (and text encoder) and save the whole pipeline to ``out_dir`` (checkpoints on the way)."""
     from diffusers import AutoencoderKL
 
     from finexl.toyworld.clip import load_toy_clip
 
     seed_everything(cfg.seed)
-    # 1. Frozen parts: VAE and the toy CLIP's text tower
+    # 1. Models: frozen VAE; text encoder from the toy CLIP's text tower (or the pipeline continued); UNet
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     clip_model, tokenizer = load_toy_clip(clip_dir)
-    text_encoder = text_encoder_from_clip(clip_model)
     latent_size = cfg.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.init_from is not None:
         from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
 
         unet = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
-        logger.info("continuing from the UNet in %s", cfg.init_from)
+        text_encoder = CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder")
+        logger.info("continuing from the UNet and text encoder in %s", cfg.init_from)
     else:
+        text_encoder = text_encoder_from_clip(clip_model)
         unet = build_unet(cfg.unet, latent_size, vae.config.latent_channels, text_encoder.config.hidden_size)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    if cfg.fresh_text_encoder:
+        from transformers import CLIPTextModel
+
+        text_encoder = CLIPTextModel(clip_model.config.text_config)
+        logger.info("text encoder starts from random weights")
+    text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+    trained = [unet, text_encoder] if cfg.train_text_encoder else [unet]
+    emas = [copy.deepcopy(m).eval().requires_grad_(False) for m in trained]
     logger.info("toy UNet: %.2f M parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
 
     # 2. Data: rendered once, encoded to latent distributions once; captions drawn afresh at every use
@@ -256,13 +272,16 @@ def train_toy_diffusion(
             stds.append(dist.std)
     means, stds = torch.cat(means), torch.cat(stds)  # (n, c, h, w)
     scale = vae.config.scaling_factor
-    uncond = encode_prompts(text_encoder, tokenizer, [""])  # (1, L, d)
 
     # 3. Training loop
     scheduler = noise_scheduler()
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
+    if cfg.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()), "lr_scale": cfg.text_encoder_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
+    params = [p for g in groups for p in g["params"]]
     clock = TrainingClock(cfg.steps, cfg.max_minutes, cfg.warmup, cfg.lr)
     last_save = 0.0
     unet.train()
@@ -272,7 +291,11 @@ def train_toy_diffusion(
         idx = rng.choice(len(means), size=cfg.batch_size, replace=False)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, c, h, w)
         texts = [caption(data.aspects[i], rng)[0] if rng.random() >= cfg.caption_dropout else "" for i in idx]
-        cond = encode_prompts(text_encoder, tokenizer, texts)  # (B, L, d)
+        tok = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+        )
+        with torch.set_grad_enabled(cfg.train_text_encoder):
+            cond = text_encoder(tok.input_ids)[0]  # (B, L, d)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)
@@ -282,12 +305,13 @@ def train_toy_diffusion(
         loss = (per_item * min_snr_weights(scheduler, t, cfg.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
+            for model, ema in zip(trained, emas, strict=True):
+                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    p_ema.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 200 == 0:
             logger.info(
@@ -297,7 +321,8 @@ def train_toy_diffusion(
         if finished or clock.elapsed() - last_save > cfg.save_every_minutes * 60:
             last_save = clock.elapsed()
             with atomic_dir(out_dir) as tmp:
-                make_pipeline(vae, text_encoder, tokenizer, ema).save_pretrained(tmp)
+                ema_text_encoder = emas[1] if cfg.train_text_encoder else text_encoder.eval()
+                make_pipeline(vae, ema_text_encoder, tokenizer, emas[0]).save_pretrained(tmp)
                 atomic_write_json(
                     tmp / "finexl_train_config.json",
                     {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
@@ -305,8 +330,7 @@ def train_toy_diffusion(
             logger.info("saved pipeline at step %d to %s", step + 1, out_dir)
         if finished:
             break
-    del uncond
-    return ema
+    return emas[0]
 
 
 def load_toy_pipeline(path: str | Path | None = None):

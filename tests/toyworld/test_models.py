@@ -202,3 +202,26 @@ def test_hard_batches_share_the_easy_aspects_and_captions_skip_them(tiny_tokeniz
     cfg = ToyClipTrainConfig(model=TINY_CLIP, n_images=32, steps=2, batch_size=8, warmup=1, hard_batch_fraction=1.0)
     train_toy_clip(tmp_path / "clip", cfg, tiny_tokenizer_dir, progress=False)
     assert (tmp_path / "clip" / "model.safetensors").is_file()
+
+
+def test_text_encoder_starts_from_the_clip_tower_or_fresh(tiny_models, tmp_path):
+    from transformers import CLIPTextModel
+
+    clip, _ = load_toy_clip(tiny_models / "clip")
+    cfg = ToyDiffusionTrainConfig(
+        unet=ToyUnetConfig(block_out_channels=(16, 32, 32), attention_heads=2),
+        n_images=8,
+        steps=1,
+        batch_size=4,
+        warmup=1,
+        lr=1e-9,
+        train_text_encoder=False,
+    )
+    train_toy_diffusion(tmp_path / "copied", cfg, tiny_models / "vae", tiny_models / "clip", progress=False)
+    cfg.fresh_text_encoder = True
+    train_toy_diffusion(tmp_path / "fresh", cfg, tiny_models / "vae", tiny_models / "clip", progress=False)
+    tower = clip.text_model.embeddings.token_embedding.weight
+    copied = CLIPTextModel.from_pretrained(tmp_path / "copied" / "text_encoder").embeddings.token_embedding.weight
+    fresh = CLIPTextModel.from_pretrained(tmp_path / "fresh" / "text_encoder").embeddings.token_embedding.weight
+    torch.testing.assert_close(copied, tower)
+    assert (fresh - tower).abs().mean() > 1e-3
