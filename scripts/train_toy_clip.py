@@ -7,7 +7,8 @@ The shipped model was made in two stages (the first stage's text tower is the to
 
 Stage 1 is plain InfoNCE on random images; stage 2 trains on minimal pairs (two images that differ in one aspect)
 with multi-positive targets from the exact labels, which is what teaches shape, pose and position. Without --init
-the offline tokenizer is built afresh (deterministic for a seed); with it, the tokenizer of that folder is kept.
+the offline tokenizer is built afresh (the same token strings every time, not always the same ids); with it, the
+tokenizer of that folder is kept.
 """
 
 import argparse
