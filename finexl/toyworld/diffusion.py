@@ -1,7 +1,8 @@
 """The toy text-to-image model: a real ``StableDiffusionPipeline`` with tiny components, trained on the toy world.
 
 * VAE: ``AutoencoderKL`` mapping 32x32x3 images to 16x16x4 latents (one downsampling), trained for reconstruction.
-* Text encoder and tokenizer: the text tower of the toy CLIP, frozen, as CLIP's is in Stable Diffusion.
+* Text encoder and tokenizer: a ``CLIPTextModel`` of the toy CLIP's text architecture, started from its tower (or
+  from random weights) and by default trained with the UNet; frozen afterwards like any Stable Diffusion text encoder.
 * UNet: ``UNet2DConditionModel`` on 16x16 latents with cross-attention at 8x8 and 4x4 only (attention at full
   resolution costs most of the time on a CPU), v-prediction on a cosine noise schedule, min-SNR loss weighting,
   EMA weights, caption dropout for classifier-free guidance.
