@@ -209,9 +209,11 @@ def make_pipeline(vae, text_encoder, tokenizer, unet):
     )
 
 
-@torch.no_grad()
 def encode_prompts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
-    """Last hidden states of the text encoder, padded to the tokenizer's full length. Shape (n, L, d)."""
+    """Last hidden states of the text encoder, padded to the tokenizer's full length. Shape (n, L, d).
+
+    Gradients flow when enabled: wrap in ``torch.no_grad()`` for a frozen encoder.
+    """
     tok = tokenizer(
         texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
     )
@@ -292,11 +294,8 @@ def train_toy_diffusion(
         idx = rng.choice(len(means), size=cfg.batch_size, replace=False)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, c, h, w)
         texts = [caption(data.aspects[i], rng)[0] if rng.random() >= cfg.caption_dropout else "" for i in idx]
-        tok = tokenizer(
-            texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-        )
         with torch.set_grad_enabled(cfg.train_text_encoder):
-            cond = text_encoder(tok.input_ids)[0]  # (B, L, d)
+            cond = encode_prompts(text_encoder, tokenizer, texts)  # (B, L, d)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)

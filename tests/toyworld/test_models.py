@@ -21,6 +21,7 @@ from finexl.toyworld.diffusion import (
 from finexl.toyworld.judge import JudgeConfig, JudgeTrainConfig, load_judge, read_images, train_judge
 
 TINY_CLIP = ToyClipConfig(hidden_size=32, num_layers=1, num_heads=2, projection_dim=16)
+TINY_UNET = ToyUnetConfig(block_out_channels=(16, 32, 32), attention_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def tiny_models(tmp_path_factory, tiny_tokenizer_dir):
     judge_cfg = JudgeTrainConfig(model=JudgeConfig(width=8, hidden=32), n_images=64, steps=3, batch_size=16, warmup=1)
     train_judge(root / "judge", judge_cfg, root / "vae", progress=False)
     sd_cfg = ToyDiffusionTrainConfig(
-        unet=ToyUnetConfig(block_out_channels=(16, 32, 32), attention_heads=2),
+        unet=TINY_UNET,
         n_images=32,
         steps=3,
         batch_size=4,
@@ -209,7 +210,7 @@ def test_text_encoder_starts_from_the_clip_tower_or_fresh(tiny_models, tmp_path)
 
     clip, _ = load_toy_clip(tiny_models / "clip")
     cfg = ToyDiffusionTrainConfig(
-        unet=ToyUnetConfig(block_out_channels=(16, 32, 32), attention_heads=2),
+        unet=TINY_UNET,
         n_images=8,
         steps=1,
         batch_size=4,
