@@ -146,10 +146,39 @@ def cmd_toyworld_personalization(args: argparse.Namespace) -> int:
         shifts = parse_spec(args.shift)
     except AspectError as err:
         raise CLIError(str(err)) from err
+    snapshots = _parse_steps(args.snapshots, "--snapshots")
     data = render_personalization(shifts, args.n, seed=args.seed, size=args.size)
     config = {"n": args.n, "seed": args.seed, "size": args.size}
     _write_rendered_set(out, data, args.seed, {"spec.json": spec_record(shifts), "render_config.json": config})
     print(f"wrote {len(data)} instance images for {spec_record(shifts)['spec']} to {out} (ground truth: spec.json)")
+    if snapshots:
+        return _train_snapshots(out, snapshots, args)
+    return 0
+
+
+def _train_snapshots(out: Path, snapshots: tuple[int, ...], args: argparse.Namespace) -> int:
+    """Train the default toy LoRA on a personalization data set, keeping LoRA snapshots as levels."""
+    import torch
+
+    from finexl.loading import fingerprint_folder, load_pipeline
+    from finexl.train.data import load_image_folder
+    from finexl.train.trainer import TrainConfig, train
+    from finexl.utils import data_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = data_dir() / "toy_sd"
+    cfg = TrainConfig(max_steps=max(snapshots), snapshot_steps=snapshots, seed=args.seed)
+    try:
+        pipe = load_pipeline(base)
+        result = train(
+            pipe, load_image_folder(out), cfg, out / "lora", base_fingerprint=fingerprint_folder(base),
+            progress=not args.quiet,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    print(f"trained the toy LoRA {result.steps} steps; snapshots at {', '.join(map(str, snapshots))} in "
+          f"{out / 'lora' / 'snapshots'}")  # fmt: skip
     return 0
 
 
@@ -189,8 +218,209 @@ def cmd_toyworld_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# finexl train lora | dreambooth
+
+
+def _parse_steps(text: str | None, flag: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError as err:
+        raise CLIError(f"{flag} expects comma-separated step counts like 50,100,200, got {text!r}") from err
+    if not steps or min(steps) < 1:
+        raise CLIError(f"{flag} expects positive step counts, got {text!r}")
+    return steps
+
+
+def _train_config(args: argparse.Namespace, **extra):
+    from finexl.train.trainer import TrainConfig
+
+    snapshots = _parse_steps(args.snapshots, "--snapshots")
+    try:
+        return TrainConfig(
+            rank=args.rank,
+            alpha=args.alpha if args.alpha is not None else float(args.rank),
+            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+            train_text_encoder=args.train_text_encoder,
+            lr=args.lr,
+            lr_scheduler=args.lr_scheduler,
+            lr_warmup_steps=args.lr_warmup_steps,
+            batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            max_steps=args.max_steps if args.max_steps else max(snapshots or (400,)),
+            caption_dropout=args.caption_dropout,
+            seed=args.seed,
+            mixed_precision=args.mixed_precision,
+            gradient_checkpointing=args.gradient_checkpointing,
+            validation_prompts=tuple(args.validation_prompt or ()),
+            validation_steps=args.validation_steps if args.validation_prompt else 0,
+            checkpointing_steps=args.checkpointing_steps,
+            checkpoints_total_limit=args.checkpoints_total_limit,
+            snapshot_steps=snapshots,
+            **extra,
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+
+
+def _prepare_train_output(out: Path, args: argparse.Namespace) -> None:
+    import shutil
+
+    if args.resume:
+        return
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise CLIError(
+                f"output folder {out} exists and is not empty; pass --resume to continue its run or --overwrite to "
+                "replace it"
+            )
+        shutil.rmtree(out)
+
+
+def _run_training(args: argparse.Namespace, cfg, data_dir: str, class_dir: str | None = None) -> int:
+    import torch
+
+    from finexl.loading import fingerprint_folder, load_pipeline
+    from finexl.train.checkpoint import CheckpointError
+    from finexl.train.data import DataError, load_image_folder
+    from finexl.train.dreambooth import ensure_class_images
+    from finexl.train.trainer import native_resolution, train
+    from finexl.utils import data_dir as toy_data_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = Path(args.base) if args.base else toy_data_dir() / "toy_sd"
+    out = Path(args.out)
+    try:
+        pipe = load_pipeline(base)
+        resolution = args.resolution or native_resolution(pipe)
+        if resolution != native_resolution(pipe):
+            raise CLIError(f"--resolution {resolution} differs from the pipeline's {native_resolution(pipe)}")
+        data = load_image_folder(data_dir, resolution=resolution, require_captions=cfg.instance_prompt is None)
+        _prepare_train_output(out, args)
+        class_data = None
+        if class_dir is not None:
+            class_data = ensure_class_images(
+                pipe, class_dir, cfg.class_prompt, args.num_class_images, resolution, seed=args.seed,
+                progress=not args.quiet,
+            )  # fmt: skip
+        result = train(
+            pipe, data, cfg, out, class_data=class_data, resume=args.resume or False,
+            base_fingerprint=fingerprint_folder(base), progress=not args.quiet,
+        )  # fmt: skip
+    except (FileNotFoundError, DataError, CheckpointError, ValueError, FloatingPointError) as err:
+        raise CLIError(str(err)) from err
+    what = "LoRA" if cfg.method == "lora" else "pipeline"
+    print(f"trained {result.steps} steps (final loss {result.loss:.4f}); {what} saved to {out}")
+    if cfg.snapshot_steps:
+        print(f"snapshots at steps {', '.join(map(str, cfg.snapshot_steps))} in {out / 'snapshots'}")
+    return 0
+
+
+def cmd_train_lora(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    return _run_training(args, cfg, args.data)
+
+
+def cmd_train_dreambooth(args: argparse.Namespace) -> int:
+    if args.with_prior_preservation and not args.class_prompt:
+        raise CLIError("--with-prior-preservation needs --class-prompt")
+    cfg = _train_config(
+        args,
+        method=args.mode,
+        instance_prompt=args.instance_prompt,
+        class_prompt=args.class_prompt if args.with_prior_preservation else None,
+        prior_loss_weight=args.prior_loss_weight,
+    )
+    class_dir = None
+    if args.with_prior_preservation:
+        class_dir = args.class_data or str(Path(args.out).with_name(Path(args.out).name + "-class-images"))
+    return _run_training(args, cfg, args.instance_data, class_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finexl toyworld measure
+
+
+def cmd_toyworld_measure(args: argparse.Namespace) -> int:
+    import torch
+
+    from finexl.loading import LoraError, load_lora, load_pipeline
+    from finexl.sampling import BadImagesError, SamplerConfig, sample_images
+    from finexl.toyworld.judge import load_judge
+    from finexl.toyworld.measure import compare_readings, format_measurement, neutral_requests
+    from finexl.utils import atomic_write_json
+
+    if bool(args.lora) == bool(args.model):
+        raise CLIError("give exactly one of --lora FILE and --model DIR")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sampler = SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
+    try:
+        prompts, seeds = neutral_requests(args.n, args.seed)
+        judge = load_judge(args.judge)
+        pipe = load_pipeline(args.base)
+        base_images = sample_images(pipe, prompts, seeds, sampler, progress=not args.quiet)
+        if args.lora:
+            load_lora(pipe, args.lora, scale=args.scale)
+            tuned = pipe
+        else:
+            tuned = load_pipeline(args.model)
+        tuned_images = sample_images(tuned, prompts, seeds, sampler, progress=not args.quiet)
+    except (FileNotFoundError, ValueError, LoraError, BadImagesError) as err:
+        raise CLIError(str(err)) from err
+    result = compare_readings(judge, base_images, tuned_images)
+    result["settings"] = {
+        "lora": args.lora, "model": args.model, "base": args.base, "scale": args.scale, "n": args.n,
+        "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance_scale,
+    }  # fmt: skip
+    print(format_measurement(result))
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # parser
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="base pipeline folder (default data/toy_sd, the toy pipeline)")
+    p.add_argument("--out", required=True, help="output folder (new or empty, unless --resume or --overwrite)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    g.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (default: rank)")
+    g.add_argument("--target-modules", default="to_q,to_k,to_v,to_out.0", help="UNet modules with a LoRA")
+    g.add_argument("--train-text-encoder", action="store_true", help="also put a LoRA on the text encoder")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3, for the toy model)")
+    g.add_argument("--lr-scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
+    g.add_argument("--lr-warmup-steps", type=int, default=20, help="warm-up steps (default 20)")
+    g.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per step")
+    g.add_argument("--max-steps", type=int, default=0, help="optimizer steps (default 400, or the last snapshot)")
+    g.add_argument(
+        "--caption-dropout", type=float, default=0.0, help="fraction of captions replaced by the empty prompt"
+    )
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--resolution", type=int, help="training resolution (default: the pipeline's)")
+    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="frozen-weight dtype")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    g = p.add_argument_group("written along the way")
+    g.add_argument("--validation-prompt", action="append", help="prompt rendered for validation (repeatable)")
+    g.add_argument("--validation-steps", type=int, default=100, help="render validation images every N steps")
+    g.add_argument("--checkpointing-steps", type=int, default=0, help="save a resumable checkpoint every N steps")
+    g.add_argument("--checkpoints-total-limit", type=int, help="keep only the newest N checkpoints")
+    g.add_argument("--snapshots", metavar="STEPS", help="keep LoRA snapshots at these steps, e.g. 50,100,200,400")
+    g.add_argument(
+        "--resume", nargs="?", const="latest", help="continue from the newest checkpoint in OUT, or from a given one"
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +436,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", parents=[common], help="versions, device and data folder")
     p.set_defaults(func=cmd_env)
+
+    train = sub.add_parser("train", help="train a personalization: LoRA or DreamBooth")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="SUBCOMMAND")
+    p = train_sub.add_parser(
+        "lora",
+        parents=[common],
+        help="LoRA fine-tuning (peft) of a diffusers pipeline on captioned images",
+        description="Fine-tune a LoRA on the UNet attention (and optionally the text encoder) of a Stable "
+        "Diffusion-family diffusers pipeline from a local folder (default: the toy pipeline). DATA holds images "
+        "with captions: metadata.json (finexl), metadata.jsonl (diffusers imagefolder) or a .txt per image "
+        "(kohya). Writes OUT/pytorch_lora_weights.safetensors (diffusers format, rank and alpha in the metadata; "
+        "load it with pipe.load_lora_weights(OUT)), OUT/finexl_train_config.json, and on request checkpoints, "
+        "snapshots and validation images.",
+    )
+    p.add_argument("--data", required=True, help="folder of training images and captions")
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_train_lora)
+
+    p = train_sub.add_parser(
+        "dreambooth",
+        parents=[common],
+        help="DreamBooth: a subject bound to a rare-token prompt, with prior preservation",
+        description="Subject-driven fine-tuning: every instance image is captioned with --instance-prompt (a rare "
+        "token plus the class, e.g. 'a sks shape'). With --with-prior-preservation, class images of "
+        "--class-prompt made by the base model (generated into --class-data when fewer than --num-class-images "
+        "are there) keep the class prior, weighted by --prior-loss-weight. --mode full trains the whole UNet and "
+        "saves a pipeline folder; --mode lora saves a LoRA.",
+    )
+    p.add_argument("--instance-data", required=True, help="folder of instance images (captions are not needed)")
+    p.add_argument("--instance-prompt", required=True, help="prompt with the identifier, e.g. 'a sks shape'")
+    p.add_argument("--class-prompt", help="prompt of the class, e.g. 'a shape'")
+    p.add_argument("--with-prior-preservation", action="store_true", help="add the prior-preservation loss")
+    p.add_argument("--prior-loss-weight", type=float, default=1.0, help="weight of the prior loss (default 1.0)")
+    p.add_argument("--num-class-images", type=int, default=100, help="class images to use (default 100)")
+    p.add_argument("--class-data", help="class image folder (default: OUT-class-images beside OUT)")
+    p.add_argument("--mode", choices=("lora", "full"), default="lora", help="LoRA or full UNet (default lora)")
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_train_dreambooth)
 
     toy = sub.add_parser("toyworld", help="the embedded toy world: render images, evaluate the shipped models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="SUBCOMMAND")
@@ -245,9 +513,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="number of instance images (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
+    p.add_argument(
+        "--snapshots",
+        metavar="STEPS",
+        help="also train the default toy LoRA on the data set and keep LoRA snapshots at these step counts as "
+        "levels of the personalization, e.g. 50,100,200,400 (OUT/lora/snapshots/step-NNNNNN/)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for --snapshots (default: torch's)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_toyworld_personalization)
+
+    p = toy_sub.add_parser(
+        "measure",
+        parents=[common],
+        help="what the judge reads on a personalized model's outputs versus its base's (measured ground truth)",
+        description="Sample the personalized model (--lora FILE on the base, or --model DIR) and its base on the "
+        "same neutral prompts and seeds, read every aspect with the judge, and print per aspect the value "
+        "frequencies or mean levels on each and the difference.",
+    )
+    p.add_argument("--lora", help="LoRA file or folder (diffusers, peft or kohya safetensors) to load on the base")
+    p.add_argument("--model", help="a personalized pipeline folder (full fine-tune)")
+    p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
+    p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument("--judge", help="judge folder (default data/toy_judge)")
+    p.add_argument("--n", type=int, default=256, help="images per model (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4.0)")
+    p.add_argument("--json", help="write the measurement to this JSON file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_toyworld_measure)
 
     p = toy_sub.add_parser(
         "eval",

@@ -128,22 +128,28 @@ def render_minimal_pairs(n_pairs: int, seed: int, size: int) -> tuple[np.ndarray
     return images, aspects, varied
 
 
-HARD_BATCH_SHARED = ("colour", "background", "pattern")
+# Every hard batch shares colour and background (the aspects a model learns first and then leans on), and most
+# also share one more aspect, drawn in turn, so that each remaining aspect is sometimes the one left to tell the
+# images apart.
+HARD_BATCH_SHARED = ("colour", "background")
+HARD_BATCH_EXTRA = ("pattern", "shape", "pose", "position", "fill", None)
 
 
 def hard_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list, list]:
-    """``n`` images sharing colour, background and pattern, with captions that do not name those.
+    """``n`` images sharing colour, background and usually one more aspect, with captions that do not name those.
 
     Returns pixels (n, 3, size, size), aspects, and ``(text, mentions)`` captions.
     """
     from finexl.toyworld.aspects import sample_aspects
     from finexl.toyworld.render import render
 
+    extra = HARD_BATCH_EXTRA[int(rng.integers(len(HARD_BATCH_EXTRA)))]
+    shared_names = HARD_BATCH_SHARED + ((extra,) if extra else ())
     shared = sample_aspects(rng)
-    fixed = {name: getattr(shared, name) for name in HARD_BATCH_SHARED}
+    fixed = {name: getattr(shared, name) for name in shared_names}
     aspects = [sample_aspects(rng, **fixed) for _ in range(n)]
     images = np.stack([render(a, seed=int(rng.integers(2**31)), size=size) for a in aspects])
-    captions = [caption(a, rng, exclude=HARD_BATCH_SHARED) for a in aspects]
+    captions = [caption(a, rng, exclude=shared_names) for a in aspects]
     return images_to_tensor(images), aspects, captions
 
 

@@ -1,0 +1,209 @@
+"""Loading models from local folders: diffusers pipelines, LoRAs in the diffusers, peft and kohya formats.
+
+Nothing here reaches a model hub. A LoRA is checked against the pipeline it is loaded onto before diffusers
+touches the model, so a LoRA made for another base fails with the name of the first module that does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoraError(ValueError):
+    """A LoRA file that cannot be read or does not fit the base model."""
+
+
+def load_pipeline(path: str | Path | None = None):
+    """A diffusers text-to-image pipeline from a local folder (default: the toy pipeline in ``data/toy_sd``)."""
+    from diffusers import DiffusionPipeline
+
+    from finexl.utils import data_dir
+
+    path = Path(path) if path is not None else data_dir() / "toy_sd"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"no diffusers pipeline at {path}: model_index.json is missing")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"could not load the diffusers pipeline in {path}: {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def resolve_lora_file(path: str | Path) -> Path:
+    """A LoRA ``.safetensors`` file, given the file or a folder holding ``pytorch_lora_weights.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHTS_NAME
+    if not path.is_file():
+        raise LoraError(f"LoRA file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise LoraError(f"LoRA file {path} is not a .safetensors file (pickled .bin/.pt LoRAs are not loaded)")
+    return path
+
+
+# Key patterns of the formats diffusers converts to, mapped back to the module they adapt.
+_KEY_PATTERNS = (
+    (re.compile(r"^(.*)\.lora_[AB]\.(?:default\.)?weight$"), None),  # peft
+    (re.compile(r"^(.*)\.lora\.(?:down|up)\.weight$"), None),  # diffusers
+    (re.compile(r"^(.*)\.lora_linear_layer\.(?:down|up)\.weight$"), None),  # older diffusers text encoder
+    (re.compile(r"^(.*)\.processor\.(to_[qkv]|to_out)_lora\.(?:down|up)\.weight$"), "processor"),  # attn processors
+    (re.compile(r"^(.*\.self_attn)\.(to_[qkv]|to_out)_lora\.(?:down|up)\.weight$"), "text_attention"),  # kohya TE
+)
+_TEXT_ATTENTION = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+
+def _module_and_role(key: str) -> tuple[str, str] | None:
+    """``(module path, "down" | "up")`` for a LoRA weight key in diffusers' converted naming, else ``None``."""
+    role = "down" if (".lora_A." in key or ".down." in key) else "up"
+    for pattern, kind in _KEY_PATTERNS:
+        m = pattern.match(key)
+        if m is None:
+            continue
+        if kind == "text_attention":
+            return f"{m.group(1)}.{_TEXT_ATTENTION[m.group(2)]}", role
+        if kind == "processor":
+            name = m.group(2)
+            return f"{m.group(1)}.{name}{'.0' if name == 'to_out' else ''}", role
+        return m.group(1), role
+    return None
+
+
+def check_lora_fits(pipe, state_dict: dict) -> int:
+    """Raise ``LoraError`` naming the first LoRA module that is missing from ``pipe`` or has the wrong shape.
+
+    ``state_dict`` is in diffusers' converted naming (``pipe.lora_state_dict``). Returns the number of modules.
+    """
+    import torch.nn as nn
+
+    components = {"unet": getattr(pipe, "unet", None), "text_encoder": getattr(pipe, "text_encoder", None)}
+    components["text_encoder_2"] = getattr(pipe, "text_encoder_2", None)
+    pairs: dict[str, dict[str, tuple]] = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(".alpha"):
+            continue
+        found = _module_and_role(key)
+        if found is None:
+            raise LoraError(f"unrecognised LoRA key {key!r}")
+        module, role = found
+        pairs.setdefault(module, {})[role] = tuple(tensor.shape)
+    if not pairs:
+        raise LoraError("the LoRA file holds no LoRA weights")
+    for module, shapes in sorted(pairs.items()):
+        if set(shapes) != {"down", "up"}:
+            raise LoraError(f"LoRA module {module} has a {'down' if 'down' in shapes else 'up'} matrix but no partner")
+        component, _, rest = module.partition(".")
+        model = components.get(component)
+        if model is None:
+            raise LoraError(f"LoRA module {module} is for a {component!r}, which this pipeline does not have")
+        try:
+            target = model.get_submodule(rest)
+        except AttributeError:
+            raise LoraError(
+                f"LoRA module {module} does not exist in the base model's {component} (a LoRA for another base?)"
+            ) from None
+        base = getattr(target, "base_layer", target)  # an adapter already loaded wraps the layer
+        if isinstance(base, nn.Linear):
+            want_in, want_out = base.in_features, base.out_features
+        elif isinstance(base, nn.Conv2d):
+            want_in, want_out = base.in_channels, base.out_channels
+        else:
+            raise LoraError(f"LoRA module {module} targets a {type(base).__name__}, not a linear or conv layer")
+        down, up = shapes["down"], shapes["up"]
+        if down[1] != want_in or up[0] != want_out or up[1] != down[0]:
+            raise LoraError(
+                f"LoRA module {module} does not fit the base model: LoRA maps {down[1]} -> {up[0]} features "
+                f"(rank {down[0]}), the base layer maps {want_in} -> {want_out} (a LoRA for another base?)"
+            )
+    return len(pairs)
+
+
+def _alpha_for(module: str, metadata: dict | None) -> float | None:
+    """LoRA alpha of ``module`` from a diffusers file's adapter metadata (``unet.lora_alpha``, alpha patterns)."""
+    if not metadata:
+        return None
+    component, _, rest = module.partition(".")
+    pattern = metadata.get(f"{component}.alpha_pattern") or {}
+    for key, value in pattern.items():
+        if rest == key or rest.endswith("." + key):
+            return float(value)
+    value = metadata.get(f"{component}.lora_alpha")
+    return float(value) if value is not None else None
+
+
+def normalized_lora_state_dict(pipe, file: Path) -> dict:
+    """The LoRA in ``file`` as one peft-named state dict for ``pipe``, alpha / rank folded into the up matrices.
+
+    diffusers reads the formats (its own, peft, kohya/A1111); here each module's scale (``alpha / rank`` from kohya's
+    ``.alpha`` keys or from the adapter metadata of a diffusers file) is multiplied into its up matrix, so the dict
+    loads with scale 1 whatever recorded it. Text-encoder keys written for transformers' older module layout
+    (``text_model.encoder...``) are mapped onto the layout of the loaded encoder.
+    """
+    try:
+        state_dict, alphas, metadata = pipe.lora_state_dict(str(file), return_lora_metadata=True)
+    except Exception as err:  # safetensors and diffusers raise several types for damaged or foreign files
+        raise LoraError(f"could not read the LoRA file {file}: {err}") from err
+    alphas = alphas or {}
+    modules: dict[str, dict[str, str]] = {}
+    for key in state_dict:
+        found = _module_and_role(key)
+        if found is not None:
+            modules.setdefault(found[0], {})[found[1]] = key
+    out = {}
+    for module, keys in modules.items():
+        if set(keys) != {"down", "up"}:
+            raise LoraError(f"LoRA module {module} in {file} has a {next(iter(keys))} matrix but no partner")
+        down, up = state_dict[keys["down"]], state_dict[keys["up"]]
+        alpha = alphas.get(keys["down"] + ".alpha", _alpha_for(module, metadata))
+        for name in ("text_encoder", "text_encoder_2"):  # transformers 5 encoders have no text_model level
+            encoder = getattr(pipe, name, None)
+            prefix = f"{name}.text_model."
+            if module.startswith(prefix) and encoder is not None and not hasattr(encoder, "text_model"):
+                module = f"{name}." + module[len(prefix) :]
+        out[f"{module}.lora_A.weight"] = down
+        out[f"{module}.lora_B.weight"] = up * (float(alpha) / down.shape[0]) if alpha is not None else up
+    unknown = [k for k in state_dict if not k.endswith(".alpha") and _module_and_role(k) is None]
+    if unknown:
+        raise LoraError(f"unrecognised LoRA key {unknown[0]!r} in {file}")
+    return out
+
+
+def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = "finexl") -> str:
+    """Load a LoRA onto ``pipe`` at strength ``scale`` and make it the active adapter.
+
+    Reads the diffusers format (what ``finexl train`` and diffusers' scripts save, rank and alpha in the metadata),
+    peft state dicts, and kohya/A1111 files (``lora_unet_...lora_down/lora_up/alpha``); the update of a module is
+    ``scale * alpha / rank * up @ down``. Returns the adapter name.
+    """
+    file = resolve_lora_file(path)
+    state_dict = normalized_lora_state_dict(pipe, file)
+    n = check_lora_fits(pipe, state_dict)
+    try:
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+    except Exception as err:
+        raise LoraError(f"could not load the LoRA {file} onto the pipeline: {err}") from err
+    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    logger.info("loaded LoRA %s (%d modules) at scale %g", file, n, scale)
+    return adapter_name
+
+
+def fingerprint_folder(path: str | Path) -> str:
+    """A short SHA-256 over the configs and weights of a model folder or a single weights file."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        if f.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model") or f.name.startswith("."):
+            continue
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,529 @@
+"""Fine-tuning a Stable Diffusion-family pipeline: LoRA (peft) or the full UNet, with DreamBooth's prior loss.
+
+One loop serves ``finexl train lora`` and ``finexl train dreambooth``. It follows diffusers' training scripts:
+
+1. freeze the pipeline; add a peft ``LoraConfig`` to the UNet attention (and optionally the text encoder), or train
+   the whole UNet; trainable parameters stay float32 while frozen ones may run in fp16/bf16;
+2. encode the images to latents once (and the prompts, when the text encoder is frozen);
+3. each step: noise a batch at random timesteps, predict with the UNet, mean-squared error against the
+   scheduler's target (noise or velocity); with class images, add ``prior_loss_weight`` times the same loss on
+   them (prior preservation);
+4. optimizer step after ``gradient_accumulation_steps`` micro-batches, learning-rate schedule from
+   ``diffusers.optimization.get_scheduler``;
+5. every N steps: a checkpoint (exact resume), a LoRA snapshot, validation images.
+
+The result is saved as diffusers saves it: ``pytorch_lora_weights.safetensors`` with the adapter config (rank,
+alpha) as metadata, or a full pipeline folder; ``finexl_train_config.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from finexl.loading import LORA_WEIGHTS_NAME
+from finexl.train.checkpoint import (
+    check_same_run,
+    find_resume_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from finexl.train.data import DataError, ImageSet
+from finexl.utils import atomic_dir, atomic_write_json, seed_everything
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "finexl_train_config.json"
+METHODS = ("lora", "full")
+PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# Settings that only decide what is written along the way; a run may be resumed with other values of these.
+OUTPUT_SETTINGS = ("validation_prompts", "validation_steps", "checkpointing_steps", "checkpoints_total_limit",
+                   "snapshot_steps")  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one personalization run (saved as ``finexl_train_config.json`` beside the result)."""
+
+    method: str = field(default="lora", metadata={"help": "'lora' (peft adapters) or 'full' (the whole UNet)"})
+    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r"})
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    train_text_encoder: bool = False
+    text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    lr: float = 1e-3
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 20
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 400
+    # Fraction of training captions replaced by the empty prompt (diffusers' --proportion_empty_prompts): trains
+    # the unconditional branch too, so classifier-free guidance carries the change.
+    caption_dropout: float = 0.0
+    seed: int = 0
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' for the frozen weights"})
+    gradient_checkpointing: bool = False
+    # DreamBooth: one prompt for every instance image, and the prior-preservation loss on class images
+    instance_prompt: str | None = None
+    class_prompt: str | None = None
+    prior_loss_weight: float = 1.0
+    # Written along the way
+    validation_prompts: tuple[str, ...] = ()
+    validation_steps: int = 0
+    checkpointing_steps: int = 0
+    checkpoints_total_limit: int | None = None
+    snapshot_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
+        self.validation_prompts = tuple(self.validation_prompts)
+        self.snapshot_steps = tuple(sorted(set(int(s) for s in self.snapshot_steps)))
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if min(self.max_steps, self.batch_size, self.gradient_accumulation_steps) < 1:
+            raise ValueError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
+        if self.method == "full" and self.train_text_encoder:
+            raise ValueError("train_text_encoder is for LoRA; a full fine-tune trains the UNet only")
+        if any(s < 1 or s > self.max_steps for s in self.snapshot_steps):
+            raise ValueError(f"snapshot steps must lie in [1, max_steps={self.max_steps}], got {self.snapshot_steps}")
+        if self.snapshot_steps and self.method != "lora":
+            raise ValueError("snapshots are LoRA snapshots; a full fine-tune keeps checkpoints instead")
+        if self.validation_steps and not self.validation_prompts:
+            raise ValueError("validation_steps needs at least one validation prompt")
+        if self.validation_prompts and any(not p.strip() for p in self.validation_prompts):
+            raise ValueError("validation prompts must not be empty")
+
+    def trajectory(self) -> dict:
+        """The settings that decide the trained weights (what must match to resume)."""
+        return {k: v for k, v in asdict(self).items() if k not in OUTPUT_SETTINGS}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    loss: float  # mean loss over the last 20 steps
+    train_seconds: float  # time in the training loop, saves and validation excluded
+    step_seconds: list[float]  # wall time of each optimizer step of this process
+    resumed_from: int  # 0 for a fresh run
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise, or the velocity for v-prediction schedulers."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+
+
+def native_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def encode_conditioning(pipe, prompts: list[str], resolution: int) -> tuple[torch.Tensor, dict | None]:
+    """UNet conditioning for ``prompts``: text hidden states, and SDXL's pooled embeddings and size ids.
+
+    Gradients flow when enabled (a text encoder with a LoRA); wrap in ``torch.no_grad()`` otherwise.
+    """
+    from finexl.toyworld.diffusion import encode_prompts
+
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: two text encoders, pooled text, size ids
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=embeds.dtype)
+        return embeds, {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1).to(embeds.device)}
+    return encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts), None
+
+
+def _index(cond: dict | None, idx) -> dict | None:
+    return None if cond is None else {k: v[idx] for k, v in cond.items()}
+
+
+def data_fingerprint(images: np.ndarray, captions: list[str]) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    for c in captions:
+        digest.update(c.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+class _Run:
+    """The state of one training run: model parts, data, optimizer and random streams."""
+
+    def __init__(self, pipe, data: ImageSet, cfg: TrainConfig, class_data: ImageSet | None, device: torch.device):
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+        from peft import LoraConfig
+
+        self.pipe, self.cfg, self.device = pipe, cfg, device
+        self.weight_dtype = PRECISIONS[cfg.mixed_precision]
+        self.resolution = native_resolution(pipe)
+        self.captions = self._captions(data, cfg.instance_prompt, "instance")
+        self.class_captions = self._captions(class_data, cfg.class_prompt, "class") if class_data else None
+        for part in (data, class_data):
+            if part is not None and part.images.shape[1:3] != (self.resolution, self.resolution):
+                raise DataError(
+                    f"training images are {part.images.shape[2]}x{part.images.shape[1]} but the pipeline makes "
+                    f"{self.resolution}x{self.resolution} images; pass --resolution {self.resolution}"
+                )
+
+        # 1. What is trained
+        unet, vae = pipe.unet, pipe.vae
+        text_encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+        for module in (unet, vae, *text_encoders):
+            module.requires_grad_(False)
+            module.to(device)
+        self.lora_config = self.te_lora_config = None
+        if cfg.method == "lora":
+            if self.weight_dtype != torch.float32:  # frozen parts in the low precision (a full fine-tune saves
+                for module in (unet, vae, *text_encoders):  # them, so there they stay as loaded)
+                    module.to(dtype=self.weight_dtype)
+            self.lora_config = LoraConfig(
+                r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(cfg.target_modules)
+            )
+            unet.add_adapter(self.lora_config)
+        else:
+            unet.requires_grad_(True)  # master weights float32; mixed precision by autocast
+        if cfg.train_text_encoder:
+            if len(text_encoders) != 1:
+                raise ValueError("train_text_encoder supports pipelines with one text encoder (SD 1.x/2.x)")
+            self.te_lora_config = LoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.text_encoder_target_modules),
+            )
+            pipe.text_encoder.add_adapter(self.te_lora_config)
+        self.params = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+        if cfg.train_text_encoder:
+            self.params.update({f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad})
+        for p in self.params.values():  # trainable parameters stay float32 whatever the frozen weights are in
+            p.data = p.data.float()
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                pipe.text_encoder.gradient_checkpointing_enable()
+        logger.info("%s: %d trainable parameters", cfg.method, sum(p.numel() for p in self.params.values()))
+
+        # 2. Latents (and prompt embeddings) once
+        self.latents = self._encode_images(data.images)
+        self.class_latents = self._encode_images(class_data.images) if class_data else None
+        self.cond = self.class_cond = None
+        if not cfg.train_text_encoder:
+            with torch.no_grad():
+                self.cond = self._encode_unique(self.captions)
+                self.class_cond = self._encode_unique(self.class_captions) if class_data else None
+                self.empty_cond = encode_conditioning(pipe, [""], self.resolution)
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+        # 3. Optimizer, schedule, random streams
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    @staticmethod
+    def _captions(data: ImageSet, prompt: str | None, what: str) -> list[str]:
+        if prompt is not None:
+            if not prompt.strip():
+                raise DataError(f"the {what} prompt is empty")
+            return [prompt] * len(data)
+        if data.captions is None:
+            raise DataError(f"the {what} images have no captions and no {what} prompt was given")
+        return list(data.captions)
+
+    @torch.no_grad()
+    def _encode_images(self, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        from finexl.toyworld.clip import images_to_tensor
+
+        vae, out = self.pipe.vae, []
+        for i in range(0, len(images), batch_size):
+            pixels = images_to_tensor(images[i : i + batch_size]).to(self.device, vae.dtype)
+            out.append(vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor)
+        latents = torch.cat(out)
+        if not torch.isfinite(latents).all():
+            raise DataError("the VAE produced NaN latents for the training images")
+        return latents
+
+    def _encode_unique(self, captions: list[str]) -> tuple[torch.Tensor, dict | None]:
+        unique = sorted(set(captions))
+        embeds, extra = encode_conditioning(self.pipe, unique, self.resolution)
+        pos = torch.tensor([unique.index(c) for c in captions])
+        embeds = embeds[pos]
+        return embeds, _index(extra, pos)
+
+    def _conditioning(self, captions: list[str], cond, idx) -> tuple[torch.Tensor, dict | None]:
+        drop = self.rng.random(len(idx)) < self.cfg.caption_dropout if self.cfg.caption_dropout > 0 else None
+        if cond is not None and drop is None:
+            return cond[0][idx], _index(cond[1], idx)
+        texts = ["" if drop is not None and drop[j] else captions[i] for j, i in enumerate(idx.tolist())]
+        if cond is None:
+            return encode_conditioning(self.pipe, texts, self.resolution)
+        embeds, extra = cond[0][idx].clone(), _index(cond[1], idx)
+        if drop.any():
+            with torch.no_grad():
+                empty, empty_extra = self.empty_cond
+            embeds[torch.from_numpy(drop)] = empty.to(embeds.dtype)
+            if extra is not None:
+                for k in extra:
+                    extra[k] = extra[k].clone()
+                    extra[k][torch.from_numpy(drop)] = empty_extra[k].to(extra[k].dtype)
+        return embeds, extra
+
+    def _loss_on(self, latents, captions, cond, n: int) -> torch.Tensor:
+        idx = torch.from_numpy(self.rng.choice(len(latents), size=min(n, len(latents)), replace=False))
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(self.device)
+        embeds, added = self._conditioning(captions, cond, idx)
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32):
+            kwargs = {"added_cond_kwargs": added} if added is not None else {}
+            pred = self.pipe.unet(noisy, t, encoder_hidden_states=embeds, **kwargs).sample
+        return F.mse_loss(pred.float(), training_target(self.scheduler, x0, noise, t).float())
+
+    def step(self) -> float:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
+        cfg, total = self.cfg, 0.0
+        self.pipe.unet.train()
+        for _ in range(cfg.gradient_accumulation_steps):
+            loss = self._loss_on(self.latents, self.captions, self.cond, cfg.batch_size)
+            if self.class_latents is not None:
+                prior = self._loss_on(self.class_latents, self.class_captions, self.class_cond, cfg.batch_size)
+                loss = loss + cfg.prior_loss_weight * prior
+            self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+            total += loss.item() / cfg.gradient_accumulation_steps
+        if not np.isfinite(total):
+            raise FloatingPointError("the training loss became NaN or infinite; lower the learning rate")
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    # -- state for checkpoints
+    def state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": self.gen.get_state(),
+            "numpy_rng": _numpy_state_for_saving(self.rng.bit_generator.state),
+        }
+
+    def load_state(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        missing = set(self.params) ^ set(weights)
+        if missing:
+            raise ValueError(f"checkpoint weights do not match this model (e.g. {sorted(missing)[0]})")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(weights[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["torch_rng"])
+        self.rng.bit_generator.state = _numpy_state_from_saved(state["numpy_rng"])
+
+
+def _numpy_state_for_saving(state: dict) -> dict:
+    # PCG64 state: 128-bit integers do not fit a tensor; keep them as decimal strings.
+    inner = state["state"]
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": str(inner["state"]),
+        "inc": str(inner["inc"]),
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def _numpy_state_from_saved(saved: dict) -> dict:
+    return {
+        "bit_generator": saved["bit_generator"],
+        "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
+    }
+
+
+def _lora_layers(run: _Run) -> dict:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(run.pipe.unet))}
+    meta = {"unet_lora_adapter_metadata": run.lora_config.to_dict()}
+    if run.cfg.train_text_encoder:
+        te_state = get_peft_model_state_dict(run.pipe.text_encoder)
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(te_state)
+        meta["text_encoder_lora_adapter_metadata"] = run.te_lora_config.to_dict()
+    return {**layers, **meta}
+
+
+def save_lora(run: _Run, folder: Path, record: dict) -> None:
+    """The LoRA in diffusers' format (rank and alpha in the metadata) and the config, into ``folder`` atomically."""
+    with atomic_dir(folder) as tmp:
+        type(run.pipe).save_lora_weights(tmp, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
+        atomic_write_json(tmp / CONFIG_NAME, record)
+
+
+def _publish(tmp: Path, out_dir: Path, names: list[str]) -> None:
+    """Move finished files from ``tmp`` into ``out_dir`` one rename each, the config file last."""
+    for name in sorted(names, key=lambda n: (n == "model_index.json", n == CONFIG_NAME)):
+        target = out_dir / name
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(tmp / name, target)
+
+
+def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".result.", suffix=".tmp"))
+    try:
+        if run.cfg.method == "lora":
+            type(run.pipe).save_lora_weights(tmp, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
+        else:
+            run.pipe.save_pretrained(tmp)
+        atomic_write_json(tmp / CONFIG_NAME, record)
+        _publish(tmp, out_dir, [p.name for p in tmp.iterdir()])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _validate(run: _Run, out_dir: Path, step: int) -> None:
+    from PIL import Image
+
+    from finexl.sampling import SamplerConfig, sample_images
+
+    run.pipe.unet.eval()
+    prompts = list(run.cfg.validation_prompts)
+    sampler = SamplerConfig(height=run.resolution, width=run.resolution, batch_size=max(1, len(prompts)))
+    with torch.no_grad():
+        images = sample_images(run.pipe, prompts, list(range(len(prompts))), sampler)
+    grid = np.concatenate(list(images), axis=1)
+    path = out_dir / "validation" / f"step-{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    logger.info("validation images for step %d: %s", step, path)
+
+
+def train(
+    pipe,
+    data: ImageSet,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    class_data: ImageSet | None = None,
+    resume: bool | str = False,
+    base_fingerprint: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``pipe`` on ``data`` (and ``class_data`` for prior preservation) and save the result.
+
+    Args:
+        pipe: a diffusers Stable Diffusion-family pipeline; its UNet (and text encoder) are modified in place, so
+            afterwards ``pipe`` is the personalized model.
+        data: instance images at the pipeline's resolution, with captions unless ``cfg.instance_prompt`` is set.
+        cfg: the run's settings.
+        out_dir: where the result, checkpoints, snapshots and validation images go.
+        class_data: class images for DreamBooth's prior preservation (captioned by ``cfg.class_prompt``).
+        resume: ``True``/``"latest"`` or a checkpoint folder to continue from.
+        base_fingerprint: identifies the base model; a resume from a checkpoint of another base is refused.
+        device: default CUDA when available, else CPU.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if len(data) == 0:
+        raise DataError("no training images")
+    if data.captions is not None and len(data.captions) != len(data):
+        raise DataError(f"got {len(data)} images but {len(data.captions)} captions; need one caption per image")
+    if class_data is not None and cfg.class_prompt is None:
+        raise ValueError("class images need a class prompt")
+    seed_everything(cfg.seed)
+    run = _Run(pipe, data, cfg, class_data, device)
+    identity = {  # JSON-normalised, as it is read back from a checkpoint
+        **{f"config.{k}": json.loads(json.dumps(v)) for k, v in cfg.trajectory().items()},
+        "data": data_fingerprint(data.images, run.captions),
+        "class_data": data_fingerprint(class_data.images, run.class_captions) if class_data else None,
+        "base": base_fingerprint,
+    }
+
+    start = 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    if resume:
+        path = find_resume_checkpoint(out_dir, resume)
+        weights, state, info = load_checkpoint(path)
+        check_same_run(info.get("identity", {}), identity, path)
+        run.load_state(weights, state)
+        start = int(info["step"])
+        logger.info("resuming from %s (step %d)", path, start)
+        if start >= cfg.max_steps:
+            logger.warning("checkpoint %s is already at max_steps=%d", path, cfg.max_steps)
+
+    record = {**cfg.to_json(), "identity": identity}
+    losses: list[float] = []
+    step_seconds: list[float] = []
+    bar = tqdm(range(start, cfg.max_steps), desc=f"train {cfg.method}", disable=not progress, initial=start,
+               total=cfg.max_steps)  # fmt: skip
+    for step in bar:
+        t0 = time.perf_counter()
+        loss = run.step()
+        step_seconds.append(time.perf_counter() - t0)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.2e}")
+        done = step + 1
+        if done in cfg.snapshot_steps:
+            save_lora(run, out_dir / "snapshots" / f"step-{done:06d}", {**record, "steps_done": done})
+        if cfg.checkpointing_steps and done % cfg.checkpointing_steps == 0 and done < cfg.max_steps:
+            weights = {k: p for k, p in run.params.items()}
+            save_checkpoint(out_dir, done, weights, run.state(), {"identity": identity}, cfg.checkpoints_total_limit)
+        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_steps):
+            _validate(run, out_dir, done)
+    pipe.unet.eval()
+    final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
+    _save_result(run, out_dir, {**record, "steps_done": cfg.max_steps, "final_loss": final_loss,
+                                "resumed_from": start})  # fmt: skip
+    logger.info("saved the %s result to %s", cfg.method, out_dir)
+    return TrainResult(out_dir, cfg.max_steps, final_loss, float(sum(step_seconds)), step_seconds, start)

@@ -1,0 +1,91 @@
+"""LoRA files in the kohya/A1111 format load onto a base with the right scale; a LoRA for another base is named."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from finexl.loading import LoraError, fingerprint_folder, load_lora, load_pipeline
+
+MODULE = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+TE_MODULE = "encoder.layers.0.self_attn.q_proj"  # kohya files name it text_model.encoder...
+
+
+def kohya_name(prefix: str, module: str) -> str:
+    return f"{prefix}_{module.replace('.', '_')}"
+
+
+def kohya_file(path, pipe, rank=4, alpha=2.0, in_shrink=0, seed=0):
+    """A kohya-format LoRA on one UNet and one text-encoder module, with known random matrices."""
+    g = torch.Generator().manual_seed(seed)
+    tensors, truth = {}, {}
+    for prefix, model, module in (("lora_unet", pipe.unet, MODULE), ("lora_te", pipe.text_encoder, TE_MODULE)):
+        layer = model.get_submodule(module)
+        # kohya/A1111 files name text-encoder modules as transformers 4 did (text_model.encoder....)
+        module_name = ("text_model." + module) if prefix == "lora_te" else module
+        shrink = in_shrink if prefix == "lora_unet" else 0  # a UNet module made for another base
+        down = torch.randn(rank, layer.in_features - shrink, generator=g) * 0.1
+        up = torch.randn(layer.out_features, rank, generator=g) * 0.1
+        name = kohya_name(prefix, module_name)
+        tensors[f"{name}.lora_down.weight"] = down
+        tensors[f"{name}.lora_up.weight"] = up
+        tensors[f"{name}.alpha"] = torch.tensor(alpha)
+        truth[module] = (down, up)
+    save_file(tensors, str(path))
+    return truth
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_kohya_lora_applies_scale_times_alpha_over_rank(tiny_pipeline_dir, tmp_path, scale):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    truth = kohya_file(tmp_path / "k.safetensors", pipe, rank=4, alpha=2.0)
+    x_unet = torch.randn(3, pipe.unet.get_submodule(MODULE).in_features)
+    x_te = torch.randn(3, pipe.text_encoder.get_submodule(TE_MODULE).in_features)
+    with torch.no_grad():
+        before = pipe.unet.get_submodule(MODULE)(x_unet), pipe.text_encoder.get_submodule(TE_MODULE)(x_te)
+    load_lora(pipe, tmp_path / "k.safetensors", scale=scale)
+    with torch.no_grad():
+        after = pipe.unet.get_submodule(MODULE)(x_unet), pipe.text_encoder.get_submodule(TE_MODULE)(x_te)
+    for (down, up), x, b, a in zip(truth.values(), (x_unet, x_te), before, after):
+        expected = b + scale * (2.0 / 4) * x @ down.T @ up.T
+        torch.testing.assert_close(a, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_for_another_base_names_the_module(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    kohya_file(tmp_path / "bad.safetensors", pipe, in_shrink=3)
+    with pytest.raises(LoraError, match=f"LoRA module unet.{MODULE} does not fit the base model"):
+        load_lora(pipe, tmp_path / "bad.safetensors")
+    missing = "lora_unet_down_blocks_7_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file(
+        {f"{missing}.lora_down.weight": torch.zeros(2, 8), f"{missing}.lora_up.weight": torch.zeros(8, 2)},
+        str(tmp_path / "missing.safetensors"),
+    )
+    with pytest.raises(LoraError, match="down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_q does not exist"):
+        load_lora(pipe, tmp_path / "missing.safetensors")
+    # The failed loads left the model without an adapter.
+    assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
+
+
+def test_unreadable_lora_files_are_named(tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    with pytest.raises(LoraError, match="does not exist"):
+        load_lora(pipe, tmp_path / "nothing.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(LoraError, match="could not read the LoRA file"):
+        load_lora(pipe, tmp_path / "corrupt.safetensors")
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(LoraError, match="not a .safetensors file"):
+        load_lora(pipe, tmp_path / "w.bin")
+
+
+def test_fingerprint_follows_the_weights(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_dir, copy)
+    assert fingerprint_folder(copy) == fingerprint_folder(tiny_pipeline_dir)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fingerprint_folder(copy) != fingerprint_folder(tiny_pipeline_dir)
