@@ -253,6 +253,7 @@ def _train_config(args: argparse.Namespace, **extra):
             max_steps=args.max_steps if args.max_steps else max(snapshots or (400,)),
             caption_dropout=args.caption_dropout,
             seed=args.seed,
+            resolution=args.resolution,
             mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing,
             validation_prompts=tuple(args.validation_prompt or ()),
@@ -296,9 +297,7 @@ def _run_training(args: argparse.Namespace, cfg, data_dir: str, class_dir: str |
     out = Path(args.out)
     try:
         pipe = load_pipeline(base)
-        resolution = args.resolution or native_resolution(pipe)
-        if resolution != native_resolution(pipe):
-            raise CLIError(f"--resolution {resolution} differs from the pipeline's {native_resolution(pipe)}")
+        resolution = cfg.resolution or native_resolution(pipe)
         data = load_image_folder(data_dir, resolution=resolution, require_captions=cfg.instance_prompt is None)
         _prepare_train_output(out, args)
         class_data = None
@@ -407,7 +406,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--caption-dropout", type=float, default=0.0, help="fraction of captions replaced by the empty prompt"
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--resolution", type=int, help="training resolution (default: the pipeline's)")
+    g.add_argument("--resolution", type=int, help="train at this size; images are centre-cropped and resized to it "
+                   "(default: the pipeline's native size)")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="frozen-weight dtype")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -56,7 +56,7 @@ def test_train_lora_refuses_to_clobber_and_resumes(red_data, tiny_pipeline_dir, 
     [
         (["--snapshots", "2,x"], "--snapshots expects comma-separated step counts"),
         (["--rank", "0"], "rank must be >= 1"),
-        (["--resolution", "48"], "differs from the pipeline's 32"),
+        (["--resolution", "33"], "not a multiple of the VAE factor 2"),
     ],
 )
 def test_train_bad_options_are_named(red_data, tiny_pipeline_dir, tmp_path, capsys, extra, message):

@@ -50,12 +50,12 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 400, seed: int = 0):
         show_progress=False,
     )
     bpe.train_from_iterator(_corpus(4000, seed), trainer=trainer)
-    vocab = bpe.get_vocab()
+    tokens = set(bpe.get_vocab()) - {BOS, EOS}
     # CLIP's tokenizer needs every single character both inside and at the end of a word.
-    for ch in alphabet:
-        for token in (ch, ch + "</w>"):
-            if token not in vocab:
-                vocab[token] = len(vocab)
+    tokens |= {token for ch in alphabet for token in (ch, ch + "</w>")}
+    # The BPE trainer numbers tokens in hash order where counts tie, which differs between processes; the ids are
+    # renumbered in sorted order so that a build is the same every time (merges name tokens by string).
+    vocab = {BOS: 0, EOS: 1} | {token: i + 2 for i, token in enumerate(sorted(tokens))}
     merges = json.loads(bpe.to_str())["model"]["merges"]
     merges = [" ".join(m) if isinstance(m, list) else m for m in merges]
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))

@@ -75,6 +75,7 @@ class TrainConfig:
     # the unconditional branch too, so classifier-free guidance carries the change.
     caption_dropout: float = 0.0
     seed: int = 0
+    resolution: int | None = field(default=None, metadata={"help": "training size; default the pipeline's own"})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' for the frozen weights"})
     gradient_checkpointing: bool = False
     # DreamBooth: one prompt for every instance image, and the prior-preservation loss on class images
@@ -188,14 +189,17 @@ class _Run:
 
         self.pipe, self.cfg, self.device = pipe, cfg, device
         self.weight_dtype = PRECISIONS[cfg.mixed_precision]
-        self.resolution = native_resolution(pipe)
+        self.resolution = cfg.resolution or native_resolution(pipe)
+        if self.resolution % int(pipe.vae_scale_factor) != 0:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE factor {pipe.vae_scale_factor}")
         self.captions = self._captions(data, cfg.instance_prompt, "instance")
         self.class_captions = self._captions(class_data, cfg.class_prompt, "class") if class_data else None
         for part in (data, class_data):
             if part is not None and part.images.shape[1:3] != (self.resolution, self.resolution):
                 raise DataError(
                     f"training images are {part.images.shape[2]}x{part.images.shape[1]} but the pipeline makes "
-                    f"{self.resolution}x{self.resolution} images; pass --resolution {self.resolution}"
+                    f"{self.resolution}x{self.resolution} images; pass --resolution {part.images.shape[1]} to train "
+                    f"at their size, or resize them"
                 )
 
         # 1. What is trained

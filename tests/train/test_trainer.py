@@ -224,10 +224,20 @@ def test_bad_training_input_is_named(tiny_pipeline_dir, tmp_path):
     with pytest.raises(DataError, match="no training images"):
         train(pipe, ImageSet(data.images[:0], [], []), quick(), tmp_path / "b", progress=False)
     big = render_set(2, seed=0, size=48)
-    with pytest.raises(DataError, match="pass --resolution 32"):
+    with pytest.raises(DataError, match="pass --resolution 48"):
         train(pipe, ImageSet(big.images, big.captions, ["a", "b"]), quick(), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="rank must be >= 1"):
         TrainConfig(rank=0)
     with pytest.raises(ValueError, match="snapshot steps must lie"):
         TrainConfig(max_steps=10, snapshot_steps=(5, 20))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_training_at_another_resolution(tiny_pipeline_dir, tmp_path):
+    big = render_set(4, seed=0, size=48)
+    cfg = quick(max_steps=1, resolution=48, validation_prompts=("a shape",), validation_steps=1)
+    train(load_pipeline(tiny_pipeline_dir), ImageSet(big.images, big.captions, list("abcd")), cfg, tmp_path,
+          progress=False)  # fmt: skip
+    from PIL import Image
+
+    assert Image.open(tmp_path / "validation" / "step-000001.png").size == (48, 48)
