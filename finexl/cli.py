@@ -218,7 +218,6 @@ def cmd_toyworld_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # finexl train lora | dreambooth
 
@@ -236,21 +235,23 @@ def _parse_steps(text: str | None, flag: str) -> tuple[int, ...]:
 
 
 def _train_config(args: argparse.Namespace, **extra):
-    from finexl.train.trainer import TrainConfig
+    from finexl.train.trainer import DEFAULT_TARGET_MODULES, TrainConfig
 
     snapshots = _parse_steps(args.snapshots, "--snapshots")
     try:
         return TrainConfig(
             rank=args.rank,
             alpha=args.alpha if args.alpha is not None else float(args.rank),
-            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
+            if args.target_modules
+            else DEFAULT_TARGET_MODULES,
             train_text_encoder=args.train_text_encoder,
             lr=args.lr,
             lr_scheduler=args.lr_scheduler,
             lr_warmup_steps=args.lr_warmup_steps,
             batch_size=args.batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            max_steps=args.max_steps if args.max_steps else max(snapshots or (400,)),
+            max_steps=args.max_steps if args.max_steps else max(snapshots or (TrainConfig.max_steps,)),
             caption_dropout=args.caption_dropout,
             seed=args.seed,
             resolution=args.resolution,
@@ -393,21 +394,36 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LoRA")
     g.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     g.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (default: rank)")
-    g.add_argument("--target-modules", default="to_q,to_k,to_v,to_out.0", help="UNet modules with a LoRA")
+    g.add_argument(
+        "--target-modules",
+        help="comma-separated UNet module names that get a LoRA (default: attention, transformer projections and "
+        "feed-forward, ResNet convolutions; diffusers' scripts use to_q,to_k,to_v,to_out.0)",
+    )
     g.add_argument("--train-text-encoder", action="store_true", help="also put a LoRA on the text encoder")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3, for the toy model)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=5e-3,
+        help="learning rate (default 5e-3, for the toy model; 1e-4 is usual for SD-size models)",
+    )
     g.add_argument("--lr-scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
     g.add_argument("--lr-warmup-steps", type=int, default=20, help="warm-up steps (default 20)")
     g.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per step")
-    g.add_argument("--max-steps", type=int, default=0, help="optimizer steps (default 400, or the last snapshot)")
+    g.add_argument("--max-steps", type=int, default=0, help="optimizer steps (default 800, or the last snapshot)")
     g.add_argument(
-        "--caption-dropout", type=float, default=0.0, help="fraction of captions replaced by the empty prompt"
+        "--caption-dropout",
+        type=float,
+        default=0.2,
+        help="fraction of captions replaced by the empty prompt, so guidance carries the change (default 0.2)",
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--resolution", type=int, help="train at this size; images are centre-cropped and resized to it "
-                   "(default: the pipeline's native size)")
+    g.add_argument(
+        "--resolution",
+        type=int,
+        help="train at this size; images are centre-cropped and resized to it (default: the pipeline's native size)",
+    )
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="frozen-weight dtype")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -1,9 +1,9 @@
 """Time finexl's LoRA training step against a minimal plain diffusers + peft loop, side by side in one run.
 
-Both train the same LoRA (same rank, alpha, target modules, optimizer) on the same pipeline, data, batch size and
-precision. The plain loop is what diffusers' example scripts do each step: encode the batch with the VAE and the
-text encoder, noise, predict, backward, step. Each variant runs in its own process (so its peak memory is its
-own), alternating, ``--rounds`` times; the report gives the median steps/s of each, their ratio, and peak memory
+Both train the same LoRA (same rank, alpha, finexl's default target modules, AdamW) on the same pipeline, data,
+batch size and precision; finexl runs with its defaults otherwise (caption dropout 0.2). The plain loop is what
+diffusers' example scripts do each step: encode the batch with the VAE and the text encoder, noise, predict,
+backward, step. Each variant runs in its own process (so its peak memory is its own), alternating, ``--rounds`` times; the report gives the median steps/s of each, their ratio, and peak memory
 (resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 
     python scripts/bench_train.py                 # toy pipeline, batch 16, fp32, 2 rounds
@@ -32,6 +32,7 @@ def plain_loop(pipe, images, captions, args, device) -> list[float]:
     from peft import LoraConfig
 
     from finexl.toyworld.clip import images_to_tensor
+    from finexl.train.trainer import DEFAULT_TARGET_MODULES
 
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -39,7 +40,7 @@ def plain_loop(pipe, images, captions, args, device) -> list[float]:
         m.requires_grad_(False)
         m.to(device, dtype=dtype)
     unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))  # fmt: skip
+                                target_modules=list(DEFAULT_TARGET_MODULES)))  # fmt: skip
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -63,7 +64,9 @@ def plain_loop(pipe, images, captions, args, device) -> list[float]:
         noisy = scheduler.add_noise(latents, noise, t)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        target = (
+            scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        )
         loss = F.mse_loss(pred.float(), target.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -11,7 +11,9 @@ from finexl.loading import LORA_WEIGHTS_NAME
 @pytest.fixture(scope="module")
 def red_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("red") / "data"
-    assert main(["toyworld", "personalization", "--shift", "colour=red@0.8", "--n", "12", "--out", str(out), "-q"]) == 0
+    assert (
+        main(["toyworld", "personalization", "--shift", "colour=red@0.8", "--n", "12", "--out", str(out), "-q"]) == 0
+    )
     return out
 
 

@@ -154,7 +154,7 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, require
             "(or use an instance prompt, as `finexl train dreambooth` does)"
         )
     if captions is not None:
-        for f, c in zip(files, captions):
+        for f, c in zip(files, captions, strict=True):
             if not c.strip():
                 raise DataError(f"empty caption for {f} in {folder}")
 
@@ -170,6 +170,8 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, require
             )
         elif mode != first[2]:
             raise DataError(f"images of mixed modes in {folder}: {f} is {mode} but {first[0]} is {first[2]}")
-        images.append(image if resolution is None or image.shape[:2] == (resolution,) * 2 else _resize(image, resolution))
+        images.append(
+            image if resolution is None or image.shape[:2] == (resolution,) * 2 else _resize(image, resolution)
+        )
     logger.info("read %d images from %s", len(images), folder)
     return ImageSet(images=np.stack(images), captions=captions, files=files)

@@ -43,7 +43,7 @@ def ensure_class_images(
         sampler = sampler or SamplerConfig(height=resolution, width=resolution)
         seeds = [seed + len(have) + i for i in range(missing)]
         images = sample_images(pipe, [class_prompt] * missing, seeds, sampler, progress=progress)
-        for s, image in zip(seeds, images):
+        for s, image in zip(seeds, images, strict=True):
             path = class_dir / f"class-{s:06d}.png"
             tmp = class_dir / f".{path.name}.tmp"
             Image.fromarray(image).save(tmp, format="PNG")

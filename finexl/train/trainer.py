@@ -53,6 +53,11 @@ OUTPUT_SETTINGS = ("validation_prompts", "validation_steps", "checkpointing_step
                    "snapshot_steps")  # fmt: skip
 
 
+DEFAULT_TARGET_MODULES = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"
+)  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     """Settings of one personalization run (saved as ``finexl_train_config.json`` beside the result)."""
@@ -60,20 +65,22 @@ class TrainConfig:
     method: str = field(default="lora", metadata={"help": "'lora' (peft adapters) or 'full' (the whole UNet)"})
     rank: int = field(default=4, metadata={"help": "LoRA rank r"})
     alpha: float = field(default=4.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r"})
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Attention, the transformer blocks' projections and feed-forward, and the ResNet convolutions (kohya's
+    # "LoCon" set): on the toy model, attention alone moved a colour too little (see README).
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     train_text_encoder: bool = False
     text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
-    lr: float = 1e-3
+    lr: float = 5e-3  # for the toy model; diffusers' scripts use 1e-4 for SD-size LoRAs
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 20
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
-    max_steps: int = 400
+    max_steps: int = 800
     # Fraction of training captions replaced by the empty prompt (diffusers' --proportion_empty_prompts): trains
     # the unconditional branch too, so classifier-free guidance carries the change.
-    caption_dropout: float = 0.0
+    caption_dropout: float = 0.2
     seed: int = 0
     resolution: int | None = field(default=None, metadata={"help": "training size; default the pipeline's own"})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' for the frozen weights"})
@@ -191,7 +198,9 @@ class _Run:
         self.weight_dtype = PRECISIONS[cfg.mixed_precision]
         self.resolution = cfg.resolution or native_resolution(pipe)
         if self.resolution % int(pipe.vae_scale_factor) != 0:
-            raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE factor {pipe.vae_scale_factor}")
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of the VAE factor {pipe.vae_scale_factor}"
+            )
         self.captions = self._captions(data, cfg.instance_prompt, "instance")
         self.class_captions = self._captions(class_data, cfg.class_prompt, "class") if class_data else None
         for part in (data, class_data):
@@ -231,7 +240,9 @@ class _Run:
             pipe.text_encoder.add_adapter(self.te_lora_config)
         self.params = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
         if cfg.train_text_encoder:
-            self.params.update({f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad})
+            self.params.update(
+                {f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad}
+            )
         for p in self.params.values():  # trainable parameters stay float32 whatever the frozen weights are in
             p.data = p.data.float()
         if cfg.gradient_checkpointing:
@@ -315,7 +326,9 @@ class _Run:
         idx = torch.from_numpy(self.rng.choice(len(latents), size=min(n, len(latents)), replace=False))
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(self.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(
+            self.device
+        )
         embeds, added = self._conditioning(captions, cond, idx)
         noisy = self.scheduler.add_noise(x0, noise, t)
         with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32):
@@ -390,14 +403,17 @@ def _numpy_state_from_saved(saved: dict) -> dict:
 
 
 def _lora_layers(run: _Run) -> dict:
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """LoRA tensors in peft naming (``unet.<module>.lora_A.weight``), which diffusers loads for every layer type.
+
+    (``diffusers.utils.convert_state_dict_to_diffusers`` renames only attention layers to the older
+    ``lora.down``/``lora.up`` naming; a file mixing the two namings loses layers when diffusers reads it back.)
+    """
     from peft.utils import get_peft_model_state_dict
 
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(run.pipe.unet))}
+    layers = {"unet_lora_layers": get_peft_model_state_dict(run.pipe.unet)}
     meta = {"unet_lora_adapter_metadata": run.lora_config.to_dict()}
     if run.cfg.train_text_encoder:
-        te_state = get_peft_model_state_dict(run.pipe.text_encoder)
-        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(te_state)
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(run.pipe.text_encoder)
         meta["text_encoder_lora_adapter_metadata"] = run.te_lora_config.to_dict()
     return {**layers, **meta}
 
@@ -480,7 +496,9 @@ def train(
         device: default CUDA when available, else CPU.
     """
     out_dir = Path(out_dir)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if len(data) == 0:
         raise DataError("no training images")
     if data.captions is not None and len(data.captions) != len(data):

@@ -44,10 +44,11 @@ def test_full_dreambooth_saves_a_loadable_pipeline(tiny_pipeline_dir, tmp_path):
     tuned = load_pipeline(tmp_path / "out")
     base = load_pipeline(tiny_pipeline_dir)
     changed = [
-        not torch.equal(a, b) for a, b in zip(tuned.unet.state_dict().values(), base.unet.state_dict().values())
+        not torch.equal(a, b)
+        for a, b in zip(tuned.unet.state_dict().values(), base.unet.state_dict().values(), strict=True)
     ]
     assert any(changed) and len(changed) == len(base.unet.state_dict())
-    for a, b in zip(tuned.vae.state_dict().values(), base.vae.state_dict().values()):
+    for a, b in zip(tuned.vae.state_dict().values(), base.vae.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # only the UNet is trained
 
 

@@ -45,7 +45,7 @@ def test_kohya_lora_applies_scale_times_alpha_over_rank(tiny_pipeline_dir, tmp_p
     load_lora(pipe, tmp_path / "k.safetensors", scale=scale)
     with torch.no_grad():
         after = pipe.unet.get_submodule(MODULE)(x_unet), pipe.text_encoder.get_submodule(TE_MODULE)(x_te)
-    for (down, up), x, b, a in zip(truth.values(), (x_unet, x_te), before, after):
+    for (down, up), x, b, a in zip(truth.values(), (x_unet, x_te), before, after, strict=True):
         expected = b + scale * (2.0 / 4) * x @ down.T @ up.T
         torch.testing.assert_close(a, expected, rtol=1e-4, atol=1e-5)
 

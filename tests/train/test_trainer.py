@@ -68,6 +68,11 @@ def test_load_lora_weights_reproduces_the_trained_model(trained, tiny_pipeline_d
     other = load_pipeline(tiny_pipeline_dir)
     load_lora(other, out)
     np.testing.assert_allclose(sample_images(other, PROMPTS, SEEDS, SAMPLER), trained_images, atol=1)
+    # Every adapted layer came back, attention and convolutions alike.
+    saved = {k.split(".", 1)[1].rsplit(".lora_", 1)[0] for k in load_file(out / LORA_WEIGHTS_NAME)}
+    for pipe in (base, other):
+        loaded = {n.rsplit(".lora_", 1)[0] for n, _ in pipe.unet.named_parameters() if ".lora_" in n}
+        assert loaded == saved and any("conv1" in m for m in saved) and any("to_q" in m for m in saved)
 
 
 def test_snapshots_and_validation_images(trained):
