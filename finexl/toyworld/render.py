@@ -97,8 +97,12 @@ def _object_mask(aspects: Aspects, hi: int, rng: np.random.Generator) -> np.ndar
     ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
     mask = np.asarray(canvas, dtype=np.float32) / 255.0
     if aspects.fill == "outline":
-        width = max(1, int(round(OUTLINE_WIDTH * hi)))
-        inner = ndimage.binary_erosion(mask > 0.5, iterations=width)
+        solid = mask > 0.5
+        # A thin shape (a small crescent) keeps an open interior: the outline is at most half its half-thickness,
+        # so that outlined and filled never cover the same pixels.
+        half_thickness = float(ndimage.distance_transform_edt(solid).max())
+        width = max(1, min(int(round(OUTLINE_WIDTH * hi)), int(half_thickness // 2)))
+        inner = ndimage.binary_erosion(solid, iterations=width)
         mask = mask * (1.0 - inner)
     return mask
 

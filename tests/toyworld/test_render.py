@@ -70,3 +70,14 @@ def test_bad_aspects_are_named():
         Aspects.from_dict({"hue": "red"})
     with pytest.raises(AspectError, match="'size'"):
         sample_aspects(np.random.default_rng(0), size=-0.1)
+
+
+@pytest.mark.parametrize("shape", ["triangle", "heart", "arrow", "house", "moon"])
+def test_outline_leaves_an_open_interior_at_every_size(shape):
+    # A thin shape drawn in outline must not cover the same pixels as the filled one (small crescents once did).
+    for size in (0.0, 0.5, 1.0):
+        common = dict(shape=shape, colour="blue", background="white", pattern="plain", size=size, blur=0.0, grain=0.0)
+        filled = render(Aspects(fill="filled", **common), seed=3).astype(int)
+        outline = render(Aspects(fill="outline", **common), seed=3).astype(int)
+        inked = lambda im: int((im.sum(axis=2) < 600).sum())  # noqa: E731 - pixels darker than the white ground
+        assert inked(outline) <= 0.85 * inked(filled), (shape, size, inked(outline), inked(filled))
