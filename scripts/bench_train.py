@@ -3,8 +3,9 @@
 Both train the same LoRA (same rank, alpha, finexl's default target modules, AdamW) on the same pipeline, data,
 batch size and precision; finexl runs with its defaults otherwise (caption dropout 0.2). The plain loop is what
 diffusers' example scripts do each step: encode the batch with the VAE and the text encoder, noise, predict,
-backward, step. Each variant runs in its own process (so its peak memory is its own), alternating, ``--rounds`` times; the report gives the median steps/s of each, their ratio, and peak memory
-(resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+backward, step. Each variant runs in its own process (so its peak memory is its own), alternating, ``--rounds``
+times; the report gives the median steps/s of each, their ratio, and peak memory (resident set size on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA).
 
     python scripts/bench_train.py                 # toy pipeline, batch 16, fp32, 2 rounds
     python scripts/bench_train.py --precision bf16 --batch-size 32

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from finexl.toyworld.captions import caption
 from finexl.toyworld.clip import images_to_tensor
 from finexl.toyworld.dataset import render_set
-from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, data_dir, seed_everything
+from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -334,15 +334,7 @@ def train_toy_diffusion(
 
 
 def load_toy_pipeline(path: str | Path | None = None):
-    """Load the toy text-to-image pipeline (default: the shipped ``data/toy_sd``)."""
-    from diffusers import StableDiffusionPipeline
+    """Load the toy text-to-image pipeline (default: the shipped ``data/toy_sd``); see ``finexl.loading``."""
+    from finexl.loading import load_pipeline
 
-    path = Path(path) if path is not None else data_dir() / "toy_sd"
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"no diffusers pipeline at {path}: model_index.json is missing")
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"could not load the toy pipeline in {path}: {err}") from err
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(path)

@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -430,16 +432,11 @@ def _publish(tmp: Path, out_dir: Path, names: list[str]) -> None:
     for name in sorted(names, key=lambda n: (n == "model_index.json", n == CONFIG_NAME)):
         target = out_dir / name
         if target.is_dir():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(tmp / name, target)
 
 
 def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
-    import shutil
-    import tempfile
-
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".result.", suffix=".tmp"))
     try:
         if run.cfg.method == "lora":
