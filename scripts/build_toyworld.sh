@@ -20,3 +20,9 @@ $py scripts/train_judge.py --minutes 15 --vae runs/toy_vae
 # The shipped toy CLIP: trained from scratch on minimal pairs (multi-positive targets) with half the batches sharing
 # colour, background and pattern. (Stage 1 above only serves the first UNet stage.)
 $py scripts/train_toy_clip.py --minutes 48 --lr 5e-4 --hard-batches 0.5
+# The renderer then changed (outlines of thin shapes keep an open interior), and the judge was continued on renders
+# of the new renderer (the shipped judge; --init is the judge made above).
+$py scripts/train_judge.py --init data/toy_judge --minutes 12 --seed 4
+# The shipped toy CLIP: the CLIP above continued with hard batches that always share colour and background and in
+# turn one more aspect (pattern, shape, pose, position or fill); 7845 steps, 110 min on one core.
+$py scripts/train_toy_clip.py --init data/toy_clip --minutes 110 --steps 8000 --lr 3e-4 --hard-batches 0.6 --seed 3
