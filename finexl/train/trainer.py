@@ -420,10 +420,15 @@ def _lora_layers(run: _Run) -> dict:
     return {**layers, **meta}
 
 
+def _write_lora(run: _Run, folder: Path) -> None:
+    """``pytorch_lora_weights.safetensors`` via the pipeline's ``save_lora_weights`` (rank, alpha in the metadata)."""
+    type(run.pipe).save_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
+
+
 def save_lora(run: _Run, folder: Path, record: dict) -> None:
-    """The LoRA in diffusers' format (rank and alpha in the metadata) and the config, into ``folder`` atomically."""
+    """The LoRA and the config, into ``folder`` atomically (a snapshot)."""
     with atomic_dir(folder) as tmp:
-        type(run.pipe).save_lora_weights(tmp, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
+        _write_lora(run, tmp)
         atomic_write_json(tmp / CONFIG_NAME, record)
 
 
@@ -440,7 +445,7 @@ def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".result.", suffix=".tmp"))
     try:
         if run.cfg.method == "lora":
-            type(run.pipe).save_lora_weights(tmp, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
+            _write_lora(run, tmp)
         else:
             run.pipe.save_pretrained(tmp)
         atomic_write_json(tmp / CONFIG_NAME, record)
