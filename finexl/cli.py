@@ -385,6 +385,63 @@ def cmd_toyworld_measure(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# finexl explain
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from finexl.explain.concepts import ConceptBankError
+    from finexl.explain.explainer import ExplainConfig, PromptsError, explain, format_explanation
+    from finexl.loading import LoraError
+    from finexl.sampling import BadImagesError, SamplerConfig
+    from finexl.utils import atomic_write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else None
+    if out is not None and (out / "explanation.json").exists() and not args.overwrite:
+        raise CLIError(f"{out / 'explanation.json'} exists; pass --overwrite to replace it")
+    try:
+        cfg = ExplainConfig(
+            base=args.base, lora=args.lora, model=args.model, lora_scale=args.scale, prompts=args.prompts,
+            samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
+            n_bootstrap=args.bootstrap, null=not args.no_null, cache_dir=args.cache,
+            sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
+            height=args.height, width=args.width,
+        )  # fmt: skip
+        explanation = explain(cfg, progress=not args.quiet)
+    except (FileNotFoundError, ValueError, LoraError, BadImagesError, PromptsError, ConceptBankError,
+            ImportError, FloatingPointError) as err:  # fmt: skip
+        raise CLIError(str(err)) from err
+    print(format_explanation(explanation, top=args.top))
+    if out is not None:
+        atomic_write_json(out / "explanation.json", explanation)
+        print(f"wrote {out / 'explanation.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finexl bench build
+
+
+def cmd_bench_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from finexl.bench.suites import BuildConfig, build_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = BuildConfig(n_images=args.n_images, max_steps=args.max_steps)
+    try:
+        records = build_suite(args.suite, Path(args.out) / args.suite, cfg, base=args.base, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    print(f"suite {args.suite}: {len(records)} models in {Path(args.out) / args.suite / 'models'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -452,6 +509,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", parents=[common], help="versions, device and data folder")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="explain how a personalized model differs from its base, aspect by aspect",
+        description="Sample the base and the personalized model on the same prompts and seeds (cached by model "
+        "fingerprint, prompt, seed and sampler settings), embed the images with CLIP, decompose the mean paired "
+        "difference onto the text directions of a concept bank, and score every aspect in [0, 1] with a bootstrap "
+        "interval; an aspect is CHANGED when its interval lies above what the base reaches against itself with "
+        "other seeds. Without --base, --clip or --concepts it uses the toy world. Prints a table; with --out "
+        "writes OUT/explanation.json.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--lora", help="LoRA file (.safetensors) or a folder holding pytorch_lora_weights.safetensors")
+    what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
+    p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
+    p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument("--prompts", help="UTF-8 file, one prompt per line (default: the toy world's neutral prompts)")
+    p.add_argument("--samples", type=int, default=128, help="image pairs (default 128); prompts are cycled")
+    p.add_argument("--clip", help="CLIP: 'toy' (default), a transformers CLIP folder, or open_clip:MODEL:CHECKPOINT")
+    p.add_argument("--concepts", help="concept bank JSON file, or 'toy' (default) / 'real' for the shipped banks")
+    p.add_argument("--method", default="finexl", choices=["finexl", "paper", "nnls", "whitened-nnls", "sparse"],
+                   help="decomposition (default finexl)")  # fmt: skip
+    p.add_argument("--out", help="write OUT/explanation.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first pair; pair i uses seed + i (default 0)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    p.add_argument("--no-null", action="store_true", help="skip the null calibration (no CHANGED verdicts)")
+    p.add_argument("--cache", help="image and direction cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4.0)")
+    p.add_argument("--height", type=int, help="image height (default: the base's native size)")
+    p.add_argument("--width", type=int, help="image width (default: the base's native size)")
+    p.add_argument("--top", type=int, default=None, help="print only the top N aspects")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_explain)
+
+    bench = sub.add_parser("bench", help="benchmark suites of toy personalizations with known ground truth")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    p = bench_sub.add_parser(
+        "build",
+        parents=[common],
+        help="train the LoRAs of a suite (resumable)",
+        description="Train every LoRA of a suite with finexl's trainer on toy data shifted by its spec: 'single' "
+        "(9 aspects x 5 strength levels, increases and decreases), 'null' (8 LoRAs on unshifted data), 'quick' "
+        "(a small subset). Finished models are kept; rerunning finishes an interrupted build. About a minute per "
+        "model on one CPU core.",
+    )
+    p.add_argument("suite", choices=["single", "null", "quick"], help="which suite")
+    p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
+    p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
+    p.add_argument("--n-images", type=int, default=200, help="training images per model (default 200)")
+    p.add_argument("--max-steps", type=int, default=400, help="training steps per model (default 400)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_bench_build)
 
     train = sub.add_parser("train", help="train a personalization: LoRA or DreamBooth")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="SUBCOMMAND")

@@ -37,6 +37,20 @@ def load_pipeline(path: str | Path | None = None):
     return pipe
 
 
+def native_size(path: str | Path) -> int:
+    """The image size a pipeline folder generates by default: UNet sample size times the VAE's downsampling."""
+    import json
+
+    path = Path(path)
+    try:
+        sample = json.loads((path / "unet" / "config.json").read_text())["sample_size"]
+        blocks = json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the UNet and VAE configs of {path}: {err}") from err
+    sample = sample[0] if isinstance(sample, list) else sample
+    return int(sample) * 2 ** (len(blocks) - 1)
+
+
 def resolve_lora_file(path: str | Path) -> Path:
     """A LoRA ``.safetensors`` file, given the file or a folder holding ``pytorch_lora_weights.safetensors``."""
     path = Path(path)

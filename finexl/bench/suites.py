@@ -1,0 +1,141 @@
+"""Suites of toy-world personalizations with known ground truth, built with finexl's own trainer.
+
+A suite is a folder ``SUITE/models/<id>/`` of LoRAs (``pytorch_lora_weights.safetensors``, the training config)
+each with ``truth.json``: the spec its data was shifted by, the level, the kind (``single``, ``null``, ...), and
+the seed of its data. ``SUITE/suite.json`` lists the models. Building is resumable: a finished model folder is
+kept, an interrupted one is only a hidden temporary folder that the next build removes and redoes.
+
+Levels are data strengths (``colour=red@0.2`` ... ``@1.0``): the spec's strength is the level's cause, and what the
+judge measures on the outputs is what really changed (see :mod:`finexl.toyworld.measure`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from finexl.utils import atomic_dir, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+# One single-aspect shift per aspect the benchmark covers: (aspect, target). Decreases: size, saturation,
+# brightness; increases: blur; categorical: the rest.
+SINGLE_ASPECT_SHIFTS: tuple[tuple[str, str], ...] = (
+    ("colour", "red"),
+    ("pattern", "stripes"),
+    ("pose", "upside-down"),
+    ("position", "left"),
+    ("fill", "outline"),
+    ("size", "less"),
+    ("blur", "more"),
+    ("saturation", "less"),
+    ("brightness", "less"),
+)
+LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    id: str
+    kind: str  # "single" | "null"
+    spec: str | None  # the personalization spec (None: unshifted data)
+    level: int  # 1..len(LEVEL_STRENGTHS) for single-aspect models, 0 for nulls
+    data_seed: int
+
+
+@dataclass
+class BuildConfig:
+    n_images: int = field(default=200, metadata={"help": "training images per model"})
+    max_steps: int = field(default=400, metadata={"help": "LoRA training steps per model"})
+    image_size: int = 32
+
+
+def _seed_of(model_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:4], "little") % 1_000_000
+
+
+def single_aspect_models(shifts=SINGLE_ASPECT_SHIFTS, strengths=LEVEL_STRENGTHS) -> list[SuiteModel]:
+    models = []
+    for aspect, target in shifts:
+        for level, strength in enumerate(strengths, start=1):
+            model_id = f"{aspect}-{target}-L{level}"
+            spec = f"{aspect}={target}@{strength:g}"
+            models.append(SuiteModel(model_id, "single", spec, level, _seed_of(model_id)))
+    return models
+
+
+def null_models(n: int) -> list[SuiteModel]:
+    return [SuiteModel(f"null-{i}", "null", None, 0, _seed_of(f"null-{i}")) for i in range(n)]
+
+
+SUITES = {
+    "single": lambda: single_aspect_models(),
+    "null": lambda: null_models(8),
+    "quick": lambda: single_aspect_models(SINGLE_ASPECT_SHIFTS[:2], (0.4, 1.0)) + null_models(1),
+}
+
+
+def suite_models(name: str) -> list[SuiteModel]:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known suites are {sorted(SUITES)}")
+    return SUITES[name]()
+
+
+def _training_data(model: SuiteModel, cfg: BuildConfig):
+    from finexl.toyworld.dataset import render_set
+    from finexl.toyworld.personalization import parse_spec, render_personalization
+    from finexl.train.data import ImageSet
+
+    if model.spec is None:
+        rendered = render_set(cfg.n_images, seed=model.data_seed, size=cfg.image_size)
+    else:
+        rendered = render_personalization(parse_spec(model.spec), cfg.n_images, model.data_seed, cfg.image_size)
+    files = [f"{model.id}/{i:05d}.png" for i in range(len(rendered))]
+    return ImageSet(images=rendered.images, captions=list(rendered.captions), files=files)
+
+
+def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, progress: bool = False) -> dict:
+    """Render the model's data, train its LoRA into ``folder`` (atomically) and write ``truth.json``."""
+    from finexl.loading import fingerprint_folder, load_pipeline
+    from finexl.train.trainer import TrainConfig, train
+
+    t0 = time.perf_counter()
+    data = _training_data(model, cfg)
+    pipe = load_pipeline(base)
+    with atomic_dir(folder) as tmp:
+        train(pipe, data, TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed), tmp,
+              base_fingerprint=fingerprint_folder(base), progress=progress)  # fmt: skip
+        truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}
+        atomic_write_json(tmp / "truth.json", truth)
+    return truth
+
+
+def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base: str | Path | None = None,
+                progress: bool = True) -> list[dict]:  # fmt: skip
+    """Build (or finish building) suite ``name`` in ``out``; returns the truth record of every model."""
+    from tqdm.auto import tqdm
+
+    from finexl.utils import data_dir
+
+    cfg = cfg or BuildConfig()
+    base = Path(base) if base else data_dir() / "toy_sd"
+    out = Path(out)
+    models = suite_models(name)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "models").glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    records = []
+    for model in tqdm(models, desc=f"build {name}", disable=not progress):
+        folder = out / "models" / model.id
+        if (folder / "truth.json").is_file():
+            records.append(json.loads((folder / "truth.json").read_text()))
+            continue
+        logger.info("training %s (%s)", model.id, model.spec or "unshifted data")
+        records.append(build_model(model, folder, cfg, base))
+    atomic_write_json(out / "suite.json", {"suite": name, "build": asdict(cfg), "models": [r["id"] for r in records]})
+    return records

@@ -1,0 +1,130 @@
+"""Image and text embeddings from CLIP models loaded from local files.
+
+Two backends behind one interface, :class:`Embedder`: a transformers ``CLIPModel`` folder (the toy CLIP by default;
+any ``openai/clip-vit-*`` folder saved with ``save_pretrained``) and open_clip models by name or config file with a
+local checkpoint (the optional extra, in :mod:`finexl.explain.open_clip_backend`, imported only when asked for).
+Embeddings are computed in batches without gradients and L2-normalized; they are returned as float64 numpy arrays.
+
+A CLIP spec names the model: ``toy`` (the shipped toy CLIP), a transformers folder path, or
+``open_clip:MODEL:CHECKPOINT`` where MODEL is an open_clip model name (``ViT-B-32``) or a model config JSON file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+class Embedder:
+    """CLIP-style encoders: ``embed_images`` and ``embed_texts`` return L2-normalized (n, d) float64 arrays."""
+
+    name: str = ""
+    fingerprint: str = ""  # identifies the weights, for caches
+    batch_size: int = 256
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """``images``: uint8 (n, h, w, 3)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images of shape (n, h, w, 3), got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            raise ValueError("no images to embed")
+        out = [self._images(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        return _normalized(torch.cat(out))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to embed")
+        out = [self._texts(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        return _normalized(torch.cat(out))
+
+    def _images(self, images: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _normalized(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    if not torch.isfinite(features).all():
+        raise FloatingPointError("the CLIP model produced NaN or infinite embeddings")
+    return F.normalize(features, dim=-1).double().numpy()
+
+
+def _features(output) -> torch.Tensor:
+    """transformers 4 returns a tensor from ``get_*_features``; transformers 5 an output with ``pooler_output``."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _image_processor(path: Path):
+    try:  # transformers >= 5: the PIL-based processor needs no torchvision
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    if (path / "preprocessor_config.json").is_file():
+        return Processor.from_pretrained(path)
+    logger.warning("%s has no preprocessor_config.json; using CLIP's default preprocessing", path)
+    return Processor()
+
+
+class TransformersCLIP(Embedder):
+    """A transformers ``CLIPModel`` with its tokenizer and image processor, from a local folder."""
+
+    def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 256):
+        from transformers import CLIPModel, CLIPTokenizer
+
+        from finexl.loading import fingerprint_folder
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no CLIP model at {path}: expected a transformers folder with config.json")
+        try:
+            self.model = CLIPModel.from_pretrained(path).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(path)
+        except OSError as err:
+            raise FileNotFoundError(f"could not load the CLIP model in {path}: {err}") from err
+        except Exception as err:  # damaged weights raise several types
+            raise ValueError(f"could not load the CLIP model in {path}: {err}") from err
+        self.processor = _image_processor(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.batch_size = batch_size
+        self.name = f"transformers:{path.name}"
+        self.fingerprint = fingerprint_folder(path)
+
+    @torch.no_grad()
+    def _images(self, images: np.ndarray) -> torch.Tensor:
+        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+        return _features(self.model.get_image_features(pixel_values=pixels)).cpu()
+
+    @torch.no_grad()
+    def _texts(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+        return _features(out).cpu()
+
+
+def load_embedder(spec: str | None = None, device: str | None = None) -> Embedder:
+    """The embedder a CLIP spec names (see the module docstring); ``None`` or ``"toy"``: the toy CLIP."""
+    from finexl.utils import data_dir
+
+    if spec is None or spec == "toy":
+        return TransformersCLIP(data_dir() / "toy_clip", device=device)
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        parts = spec[len(OPEN_CLIP_PREFIX) :].split(":", 1)
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"open_clip spec {spec!r} must be open_clip:MODEL:CHECKPOINT")
+        from finexl.explain.open_clip_backend import OpenCLIP
+
+        return OpenCLIP(parts[0], parts[1], device=device)
+    return TransformersCLIP(spec, device=device)

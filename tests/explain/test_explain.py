@@ -1,0 +1,118 @@
+"""finexl explain end to end on tiny real models: schema, caching, determinism, no-change, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from finexl.cli import main
+from finexl.explain.explainer import SCHEMA, ExplainConfig, PromptsError, explain, read_prompts
+from finexl.loading import LoraError
+from finexl.sampling import BadImagesError, SamplerConfig
+
+
+def config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, **kw):
+    base = dict(
+        base=str(tiny_pipeline_dir), clip=str(tiny_clip_dir), samples=6, n_bootstrap=20, n_null=20,
+        sampler=SamplerConfig(num_inference_steps=2), cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    return ExplainConfig(**{**base, **kw})
+
+
+def test_explanation_schema_cache_and_determinism(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir))
+    first = explain(cfg)
+    assert first["schema"] == SCHEMA and first["divergence"]["n_pairs"] == 6
+    names = [a["aspect"] for a in first["aspects"]]
+    assert sorted(names) == sorted(first["concept_bank"]["aspects"])
+    scores = [a["score"] for a in first["aspects"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    for a in first["aspects"]:
+        assert a["interval"][0] <= a["interval"][1] and a["threshold"] is not None
+    assert first["models"]["base"]["fingerprint"] != first["models"]["personalized"]["fingerprint"]
+    n_images = len(list((tmp_path / "cache").rglob("*.png")))
+    assert n_images == 18  # personalized, base, base with null seeds
+    second = explain(cfg)  # everything from the cache
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == n_images
+    assert second["aspects"] == first["aspects"] and second["residual"] == first["residual"]
+    json.dumps(second)  # serializable as it is
+
+
+def test_a_lora_at_scale_zero_changes_nothing(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    res = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), lora_scale=0.0))
+    assert res["divergence"]["norm"] < 1e-6
+    assert not any(a["changed"] for a in res["aspects"])
+    assert all(a["score"] < 1e-6 for a in res["aspects"])
+
+
+def test_lora_for_another_base_is_refused_before_sampling(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
+    from finexl.utils import data_dir
+
+    other = data_dir() / "toy_sd"  # the shipped toy pipeline has other shapes than the tiny one
+    lora = tmp_path / "lora.safetensors"
+    from finexl.loading import load_pipeline
+    from finexl.toyworld.dataset import render_set
+    from finexl.train.data import ImageSet
+    from finexl.train.trainer import TrainConfig, train
+
+    data = render_set(4, seed=0)
+    train(load_pipeline(other), ImageSet(data.images, list(data.captions), list("abcd")),
+          TrainConfig(max_steps=1, batch_size=2), tmp_path / "other", progress=False)  # fmt: skip
+    (tmp_path / "other" / "pytorch_lora_weights.safetensors").rename(lora)
+    with pytest.raises(LoraError, match="does not fit the base model"):
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(lora)))
+    assert not list((tmp_path / "cache").rglob("*.png"))
+
+
+def test_bad_prompts_files_are_named(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n\n")
+    with pytest.raises(PromptsError, match="no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes("un caf\xe9\n".encode("latin-1"))
+    with pytest.raises(PromptsError, match="not UTF-8"):
+        read_prompts(tmp_path / "latin1.txt")
+    (tmp_path / "ok.txt").write_text("a cat\n\n# skipped\n a dog \n")
+    assert read_prompts(tmp_path / "ok.txt") == ["a cat", "a dog"]
+
+
+def test_nan_images_are_named(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
+    import torch
+
+    from finexl.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.fill_(float("nan"))
+    pipe.save_pretrained(tmp_path / "broken")
+    cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, model=str(tmp_path / "broken"))
+    with pytest.raises(BadImagesError, match="NaN"):
+        explain(cfg)
+
+
+def test_cli_explain_writes_json_and_keeps_existing_results(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                            tiny_lora_dir, capsys):  # fmt: skip
+    (tmp_path / "prompts.txt").write_text("a shape\na picture of a thing\n")
+    argv = ["explain", "--lora", str(tiny_lora_dir), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
+            "--prompts", str(tmp_path / "prompts.txt"), "--samples", "4", "--steps", "2", "--bootstrap", "20",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "aspect" in printed and "unexplained part" in printed
+    expl = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert expl["settings"]["samples"] == 4 and expl["settings"]["prompts"].endswith("prompts.txt")
+    before = (tmp_path / "out" / "explanation.json").read_bytes()
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (tmp_path / "out" / "explanation.json").read_bytes() == before
+    assert main([*argv[:-3], "--overwrite", "--concepts", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert main(["explain", "--lora", str(tiny_lora_dir), "--clip", "open_clip:x"]) == 2
+    assert "open_clip:MODEL:CHECKPOINT" in capsys.readouterr().err
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="exactly one"):
+        ExplainConfig()
+    with pytest.raises(ValueError, match="samples"):
+        ExplainConfig(lora="x", samples=1)
+    assert np.isfinite(ExplainConfig(lora="x").confidence)
