@@ -394,11 +394,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from finexl.explain.concepts import ConceptBankError
     from finexl.explain.explainer import ExplainConfig, PromptsError, explain, format_explanation
     from finexl.loading import LoraError
+    from finexl.narrate.llm import LLMError
     from finexl.sampling import BadImagesError, SamplerConfig
     from finexl.utils import atomic_write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _parse_aspects(args.aspects)
     out = Path(args.out) if args.out else None
     if out is not None and (out / "explanation.json").exists() and not args.overwrite:
         raise CLIError(f"{out / 'explanation.json'} exists; pass --overwrite to replace it")
@@ -406,18 +408,90 @@ def cmd_explain(args: argparse.Namespace) -> int:
         cfg = ExplainConfig(
             base=args.base, lora=args.lora, model=args.model, lora_scale=args.scale, prompts=args.prompts,
             samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
-            n_bootstrap=args.bootstrap, null=not args.no_null, cache_dir=args.cache,
+            n_bootstrap=args.bootstrap, null=not args.no_null, cache_dir=args.cache, vlm=args.vlm,
+            vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model, vlm_pairs=args.vlm_pairs,
             sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
             height=args.height, width=args.width,
         )  # fmt: skip
         explanation = explain(cfg, progress=not args.quiet)
     except (FileNotFoundError, ValueError, LoraError, BadImagesError, PromptsError, ConceptBankError,
-            ImportError, FloatingPointError) as err:  # fmt: skip
+            ImportError, FloatingPointError, LLMError) as err:  # fmt: skip
         raise CLIError(str(err)) from err
     print(format_explanation(explanation, top=args.top))
+    narration = _narrate(explanation, args, cache_dir=args.cache)
+    explanation["sentences"] = narration.to_json()
+    print()
+    print(narration.text)
+    if narration.note:
+        print(f"note: {narration.note}")
     if out is not None:
         atomic_write_json(out / "explanation.json", explanation)
         print(f"wrote {out / 'explanation.json'}")
+    return 0
+
+
+def _parse_aspects(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise CLIError("--aspects needs a comma-separated list of aspect names")
+    return names
+
+
+def _narrate(explanation: dict, args: argparse.Namespace, cache_dir: str | None):
+    """Templated sentences, or the LLM's when one is given (checked; falls back to the template)."""
+    from finexl.explain.paired import default_cache_dir
+    from finexl.narrate.llm import EndpointChat, LLMError, LocalChat
+    from finexl.narrate.narrator import narrate
+
+    backend = None
+    cache = cache_dir or default_cache_dir()
+    try:
+        if args.llm and args.llm_endpoint:
+            raise CLIError("give either --llm FOLDER or --llm-endpoint URL, not both")
+        if args.llm_endpoint:
+            if not args.llm_model:
+                raise CLIError("--llm-endpoint needs --llm-model NAME")
+            backend = EndpointChat(args.llm_endpoint, args.llm_model, timeout=args.llm_timeout, cache_dir=cache)
+        elif args.llm:
+            backend = LocalChat(args.llm, cache_dir=cache)
+    except (LLMError, ValueError) as err:
+        from finexl.narrate.narrator import Narration
+        from finexl.narrate.templates import render
+
+        try:
+            text = render(explanation, args.format, _parse_aspects(args.aspects))
+        except ValueError as bad:
+            raise CLIError(str(bad)) from bad
+        return Narration(text, "template", args.format, 0, f"LLM unavailable ({err}); templated sentences used")
+    try:
+        return narrate(explanation, backend, args.format, _parse_aspects(args.aspects), retries=args.llm_retries)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+
+
+def cmd_narrate(args: argparse.Namespace) -> int:
+    import json
+
+    from finexl.utils import atomic_write_json
+
+    path = Path(args.explanation)
+    try:
+        explanation = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CLIError(f"explanation file {path} does not exist") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIError(f"{path} is not an explanation JSON file: {err}") from err
+    if not isinstance(explanation, dict) or "aspects" not in explanation:
+        raise CLIError(f"{path} is not an explanation JSON file (no 'aspects')")
+    narration = _narrate(explanation, args, cache_dir=args.cache)
+    print(narration.text)
+    if narration.note:
+        print(f"note: {narration.note}")
+    if args.write:
+        explanation["sentences"] = narration.to_json()
+        atomic_write_json(path, explanation)
     return 0
 
 
@@ -496,6 +570,22 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
+def _add_narration_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sentences")
+    g.add_argument(
+        "--format",
+        default="bullets",
+        choices=["summary", "bullets", "paragraph"],
+        help="one-line summary, a bullet per aspect (default), or a paragraph grouped by aspect family",
+    )
+    g.add_argument("--aspects", help="comma-separated aspects to report even when unchanged, e.g. pose,blur")
+    g.add_argument("--llm", help="local transformers chat model folder to write the sentences")
+    g.add_argument("--llm-endpoint", help="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 (Ollama)")
+    g.add_argument("--llm-model", help="model name at --llm-endpoint")
+    g.add_argument("--llm-timeout", type=float, default=60.0, help="seconds to wait for the endpoint (default 60)")
+    g.add_argument("--llm-retries", type=int, default=2, help="retries after an unfaithful answer (default 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finexl",
@@ -544,7 +634,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="image width (default: the base's native size)")
     p.add_argument("--top", type=int, default=None, help="print only the top N aspects")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    g = p.add_argument_group("concept proposals by a vision-language model (optional)")
+    g.add_argument("--vlm", help="local transformers vision-language model folder")
+    g.add_argument(
+        "--vlm-endpoint", help="OpenAI-compatible API base URL with image input, e.g. http://localhost:8000/v1"
+    )
+    g.add_argument("--vlm-model", help="model name at --vlm-endpoint")
+    g.add_argument("--vlm-pairs", type=int, default=8, help="image pairs shown to the VLM (default 8)")
+    _add_narration_arguments(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "narrate",
+        parents=[common],
+        help="say an explanation.json in words again (another format, other aspects, or an LLM)",
+        description="Render the sentences of an existing explanation.json: templated (default) or by an LLM whose "
+        "answer is checked against the scores (falls back to the template when it fails).",
+    )
+    p.add_argument("explanation", help="an explanation.json written by finexl explain --out")
+    p.add_argument("--write", action="store_true", help="store the sentences in the explanation file")
+    p.add_argument("--cache", help="cache folder for LLM answers (default $FINEXL_CACHE or ~/.cache/finexl)")
+    _add_narration_arguments(p)
+    p.set_defaults(func=cmd_narrate)
 
     bench = sub.add_parser("bench", help="benchmark suites of toy personalizations with known ground truth")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")

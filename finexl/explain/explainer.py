@@ -49,6 +49,10 @@ class ExplainConfig:
     confidence: float = 0.9
     null_quantile: float = 0.95
     null: bool = field(default=True, metadata={"help": "calibrate against the base with other seeds"})
+    vlm: str | None = field(default=None, metadata={"help": "local vision-language model folder for proposals"})
+    vlm_endpoint: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint for proposals"})
+    vlm_model: str | None = None
+    vlm_pairs: int = 8
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     height: int | None = field(default=None, metadata={"help": "image size; default the base's native size"})
     width: int | None = None
@@ -229,6 +233,15 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
         null_images = cached_samples(base_pipe, base_fp, ps, null_seeds, sampler, cache, "base (null)", progress)
     timings["sample"] = time.perf_counter() - t
 
+    proposals = []
+    if cfg.vlm or cfg.vlm_endpoint:
+        from finexl.narrate.vlm import propose_concepts
+
+        t = time.perf_counter()
+        proposals = propose_concepts(make_vlm(cfg, cache.root), base_images, tuned_images, ps, cfg.vlm_pairs)
+        bank = bank.extended("proposed", [p for p, _ in proposals])
+        timings["propose"] = time.perf_counter() - t
+
     t = time.perf_counter()
     base_emb, tuned_emb = embedder.embed_images(base_images), embedder.embed_images(tuned_images)
     null_emb = embedder.embed_images(null_images) if null_images is not None else None
@@ -251,6 +264,7 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
             "digest": bank.digest(),
             "n_concepts": len(bank.concepts),
             "aspects": bank.aspects,
+            "proposed": [{"phrase": p, "pairs": c} for p, c in proposals],
         },  # fmt: skip
         "models": {
             "base": {"path": str(base_dir), "fingerprint": base_fp},
@@ -260,6 +274,19 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
         "settings": asdict(cfg),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
+
+
+def make_vlm(cfg: ExplainConfig, cache_dir):
+    """The vision-language backend an explain config names (local folder or endpoint)."""
+    from finexl.narrate.llm import EndpointChat, LocalVisionChat
+
+    if cfg.vlm and cfg.vlm_endpoint:
+        raise ValueError("give either a local VLM folder or a VLM endpoint, not both")
+    if cfg.vlm_endpoint:
+        if not cfg.vlm_model:
+            raise ValueError("a VLM endpoint needs a model name (vlm_model / --vlm-model)")
+        return EndpointChat(cfg.vlm_endpoint, cfg.vlm_model, cache_dir=cache_dir)
+    return LocalVisionChat(cfg.vlm, cache_dir=cache_dir)
 
 
 def format_explanation(expl: dict, top: int | None = None) -> str:

@@ -1,0 +1,142 @@
+"""Check that sentences say what the scores say, and nothing more.
+
+Rules, applied to each sentence (a line, or a '.'-separated part of one):
+
+* every aspect a sentence names must be an aspect of the explanation: a changed one, or an unchanged one that the
+  sentence calls unchanged; a line of the form ``NAME: ...`` whose NAME is no aspect, and aspect-like nouns
+  (lighting, texture, ...) that are neither an aspect nor the group of a changed aspect, are invented;
+  sentences are lines, split further at '. ' and ';';
+* a changed aspect must come with its level band (slight / moderate / strong, or their adverbs) and no other band,
+  and with no word of the opposite direction ("less" for an increase, "more" for a decrease unless it points
+  toward the antonym);
+* every number near an aspect (0.47, 47 %) must lie in that aspect's interval (or be its null threshold), so
+  "about 0.9" for a score of 0.47 [0.43, 0.55] fails;
+* every changed aspect must be named somewhere (no significant aspect dropped).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from finexl.narrate.templates import band
+
+BAND_WORDS = {
+    "slight": ("slight", "slightly", "subtle", "subtly", "mild", "mildly", "a little", "a bit"),
+    "moderate": ("moderate", "moderately", "noticeable", "noticeably", "medium"),
+    "strong": ("strong", "strongly", "substantial", "substantially", "dramatic", "dramatically", "marked",
+               "markedly", "major", "heavily", "large shift"),
+}  # fmt: skip
+INCREASE_WORDS = ("more", "increase", "increases", "increased", "higher", "greater", "stronger", "toward", "towards")
+DECREASE_WORDS = ("less", "decrease", "decreases", "decreased", "reduced", "reduces", "lower", "fewer", "weaker")
+UNCHANGED_WORDS = ("unchanged", "no change", "not change", "no significant", "stays the same", "remains the same",
+                   "does not change", "doesn't change", "did not change", "not changed")  # fmt: skip
+GENERIC_LABELS = {"changed", "summary", "note", "unchanged", "in short", "overall"}
+ASPECT_NOUNS = ("pose", "style", "background", "colour", "lighting", "texture", "composition", "size", "shape",
+                "blur", "brightness", "saturation", "contrast", "mood", "medium", "palette", "subject", "framing",
+                "pattern", "grain", "position", "material", "weather", "fill", "sharpness", "hue")  # fmt: skip
+
+
+@dataclass
+class FaithfulnessReport:
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _norm(text: str) -> str:
+    text = text.lower().replace("color", "colour").replace("\u2019", "'")
+    return re.sub(r"[\s_]+", " ", text)
+
+
+def _has(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", text) is not None
+
+
+def _units(text: str) -> list[str]:
+    units = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("-*\u2022 ").strip()
+        if line:
+            units.extend(u.strip() for u in re.split(r"(?<=[a-z\)])\.\s+|;", line) if u.strip())
+    return units
+
+
+def _numbers(unit: str) -> list[float]:
+    out = []
+    for match in re.finditer(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(%|percent)?", unit):
+        value = float(match.group(1))
+        if match.group(2):
+            value /= 100
+        out.append(value)
+    return out
+
+
+def check(text: str, expl: dict) -> FaithfulnessReport:
+    """Problems with ``text`` as a rendering of explanation ``expl`` (empty when faithful)."""
+    report = FaithfulnessReport()
+    if not text or not text.strip():
+        report.problems.append("the text is empty")
+        return report
+    aspects = {_norm(a["aspect"]): a for a in expl["aspects"]}
+    changed = {name: a for name, a in aspects.items() if a["changed"]}
+    changed_groups = {_norm(a["group"]) for a in changed.values()}
+    all_groups = {_norm(a["group"]) for a in aspects.values()}
+    mentioned: set[str] = set()
+    for unit in _units(text):
+        low = _norm(unit)
+        prefix = re.match(r"^([\w\- ]{1,40}):", low)
+        says_unchanged = any(w in low for w in UNCHANGED_WORDS)
+        allowed = set(aspects) | changed_groups | GENERIC_LABELS | (all_groups if says_unchanged else set())
+        label = prefix.group(1).strip() if prefix else None
+        if label and label not in allowed:
+            report.problems.append(f"names {label!r}, which is not an aspect of the explanation")
+        names = [n for n in aspects if _has(low, n)]
+        for a in changed.values():  # a concept phrase names its aspect too
+            for phrase in (a.get("concept"), a.get("toward")):
+                if phrase and _norm(a["aspect"]) not in names and _has(low, _norm(phrase)):
+                    names.append(_norm(a["aspect"]))
+        for noun in ASPECT_NOUNS:
+            if _has(low, noun) and noun not in allowed:
+                report.problems.append(f"names {noun!r}, which is not an aspect of the explanation")
+        for name in names:
+            a = aspects[name]
+            if not a["changed"]:
+                if not says_unchanged:
+                    report.problems.append(f"says {a['aspect']!r} changed, but its change is not significant")
+                continue
+            mentioned.add(name)
+            _check_changed(low, a, report)
+    for name, a in changed.items():
+        if name not in mentioned:
+            report.problems.append(f"drops {a['aspect']!r}, a significant change ({band(a['score'])})")
+    return report
+
+
+def _check_changed(low: str, a: dict, report: FaithfulnessReport) -> None:
+    expected = band(a["score"])
+    bands = {b for b, words in BAND_WORDS.items() if any(_has(low, w) for w in words)}
+    if not bands:
+        report.problems.append(f"gives no level for {a['aspect']!r} (expected {expected})")
+    elif bands != {expected}:
+        report.problems.append(f"gives {a['aspect']!r} the level {'/'.join(sorted(bands))}, expected {expected}")
+    has_up = any(_has(low, w) for w in INCREASE_WORDS)
+    has_down = any(_has(low, w) for w in DECREASE_WORDS)
+    if a["direction"] == "increase" and has_down and not has_up:
+        report.problems.append(f"says {a['aspect']!r} decreased; it increased (toward {a['toward']})")
+    if a["direction"] == "decrease":
+        toward = a.get("toward")
+        points_to_antonym = bool(toward) and _has(low, _norm(toward)) and not _has(low, f"less {_norm(toward)}")
+        if has_up and not has_down and not points_to_antonym:
+            report.problems.append(f"says {a['aspect']!r} increased; it decreased (less {a['concept']})")
+    lo, hi = a["interval"]
+    allowed = [a.get("threshold")] if a.get("threshold") is not None else []
+    for x in _numbers(low):
+        if x > 1.0 and x == int(x):
+            continue  # counts ("3 aspects", "90% interval" is handled below)
+        if abs(x - 0.9) < 1e-9 and ("interval" in low or "confidence" in low):
+            continue  # the interval's level
+        if not (lo - 0.011 <= x <= hi + 0.011 or any(abs(x - t) < 0.011 for t in allowed)):
+            report.problems.append(f"gives {x:g} for {a['aspect']!r}, outside its interval [{lo:.2f}, {hi:.2f}]")

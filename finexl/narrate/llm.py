@@ -1,0 +1,218 @@
+"""Chat models for narration and concept proposals: a local transformers model or an OpenAI-compatible endpoint.
+
+Both take chat messages (``[{"role": "system"|"user", "content": str | list}]``, content parts as in the OpenAI API:
+``{"type": "text", "text": ...}`` and ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``)
+and return the reply text. Answers are cached on disk by request (backend identity, messages, generation settings):
+asking the same thing twice never calls the model twice.
+
+Every failure is an :class:`LLMError` with a message that names the backend and what went wrong (unreachable,
+timed out, HTTP error, malformed reply, refusal, not a chat model).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REFUSAL_MARKERS = ("i can't help", "i cannot help", "i can't assist", "i cannot assist", "i'm sorry, but i can",
+                   "i am unable to", "i won't be able")  # fmt: skip
+
+
+class LLMError(RuntimeError):
+    """A chat model that could not answer usefully."""
+
+
+def image_part(image: np.ndarray) -> dict:
+    """An OpenAI-style image content part (PNG data URL) for a uint8 (h, w, 3) image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()},
+    }
+
+
+def _is_refusal(text: str) -> bool:
+    low = text.strip().lower()
+    return any(low.startswith(m) or m in low[:80] for m in REFUSAL_MARKERS)
+
+
+class ChatBackend:
+    identity: str = ""
+
+    def __init__(self, cache_dir: str | Path | None = None, max_new_tokens: int = 400, temperature: float = 0.0):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+
+    def chat(self, messages: list[dict]) -> str:
+        """The reply to ``messages``; from the on-disk cache when this exact request was answered before."""
+        key = hashlib.sha256(
+            json.dumps([self.identity, messages, self.max_new_tokens, self.temperature], sort_keys=True).encode()
+        ).hexdigest()
+        path = self.cache_dir / "llm" / f"{key[:32]}.json" if self.cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))["reply"]
+            except (OSError, ValueError, KeyError) as err:
+                logger.warning("ignoring unreadable cached reply %s: %s", path, err)
+        reply = self._generate(messages)
+        if not reply.strip():
+            raise LLMError(f"{self.identity} returned an empty reply")
+        if _is_refusal(reply):
+            raise LLMError(f"{self.identity} refused: {reply.strip()[:120]!r}")
+        if path is not None:
+            from finexl.utils import atomic_write_json
+
+            atomic_write_json(path, {"identity": self.identity, "messages": messages, "reply": reply})
+        return reply
+
+    def _generate(self, messages: list[dict]) -> str:
+        raise NotImplementedError
+
+
+class EndpointChat(ChatBackend):
+    """An OpenAI-compatible ``/chat/completions`` endpoint (a local vLLM or Ollama server). ``url`` is the API base,
+    e.g. ``http://localhost:8000/v1``."""
+
+    def __init__(self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, **kw):
+        super().__init__(**kw)
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout = timeout
+        self.api_key = api_key
+        self.identity = f"endpoint:{self.url}:{model}"
+
+    def _generate(self, messages: list[dict]) -> str:
+        body = {"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
+                "temperature": self.temperature}  # fmt: skip
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:200].decode("utf-8", "replace")
+            raise LLMError(f"{self.url} answered HTTP {err.code}: {detail}") from err
+        except TimeoutError as err:
+            raise LLMError(f"{self.url} timed out after {self.timeout:g} s") from err
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, (TimeoutError, socket.timeout)):
+                raise LLMError(f"{self.url} timed out after {self.timeout:g} s") from err
+            raise LLMError(f"{self.url} is unreachable: {err.reason}") from err
+        try:
+            reply = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise LLMError(f"{self.url} sent a malformed reply (not a chat completion): {raw[:120]!r}") from err
+        if not isinstance(reply, str):
+            raise LLMError(f"{self.url} sent a reply without text content: {raw[:120]!r}")
+        return reply
+
+
+class LocalChat(ChatBackend):
+    """A transformers chat model (causal LM with a chat template) from a local folder; text only."""
+
+    def __init__(self, path: str | Path, device: str | None = None, **kw):
+        super().__init__(**kw)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from finexl.loading import fingerprint_folder
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise LLMError(f"no transformers model at {path}: config.json is missing")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        except (OSError, ValueError, KeyError) as err:
+            raise LLMError(f"{path} is not a transformers chat model: {err}") from err
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LLMError(f"{path} is not a chat model: its tokenizer has no chat template")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.identity = f"local:{path.name}:{fingerprint_folder(path)}"
+
+    def _generate(self, messages: list[dict]) -> str:
+        import torch
+
+        text_messages = []
+        for m in messages:
+            content = m["content"]
+            if isinstance(content, list):
+                if any(p.get("type") != "text" for p in content):
+                    raise LLMError(f"{self.identity} is a text-only model; it cannot read images")
+                content = "\n".join(p["text"] for p in content)
+            text_messages.append({"role": m["role"], "content": content})
+        ids = self.tokenizer.apply_chat_template(text_messages, add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        ids = ids.to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                do_sample=self.temperature > 0, temperature=self.temperature or None,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )  # fmt: skip
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+class LocalVisionChat(ChatBackend):
+    """A transformers vision-language model (``AutoModelForImageTextToText`` with a processor) from a local folder."""
+
+    def __init__(self, path: str | Path, device: str | None = None, **kw):
+        super().__init__(**kw)
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from finexl.loading import fingerprint_folder
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise LLMError(f"no transformers model at {path}: config.json is missing")
+        try:
+            self.processor = AutoProcessor.from_pretrained(path)
+            self.model = AutoModelForImageTextToText.from_pretrained(path).eval()
+        except (OSError, ValueError, KeyError) as err:
+            raise LLMError(f"{path} is not a transformers vision-language model: {err}") from err
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.identity = f"local-vlm:{path.name}:{fingerprint_folder(path)}"
+
+    def _generate(self, messages: list[dict]) -> str:
+        import torch
+        from PIL import Image
+
+        images, converted = [], []
+        for m in messages:
+            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            new = []
+            for p in parts:
+                if p.get("type") == "image_url":
+                    data = base64.b64decode(p["image_url"]["url"].split(",", 1)[1])
+                    images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+                    new.append({"type": "image"})
+                else:
+                    new.append({"type": "text", "text": p["text"]})
+            converted.append({"role": m["role"], "content": new})
+        prompt = self.processor.apply_chat_template(converted, add_generation_prompt=True)
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -1,0 +1,32 @@
+"""Sentences from the command line: explain prints them, narrate re-renders a saved explanation, VLM proposals."""
+
+import json
+
+from finexl.cli import main
+
+
+def test_explain_with_vlm_proposals_and_llm_sentences(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir,
+                                                      chat_server, capsys):  # fmt: skip
+    argv = ["explain", "--lora", str(tiny_lora_dir), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
+            "--samples", "4", "--steps", "2", "--bootstrap", "20", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "-q", "--vlm-endpoint", chat_server.url, "--vlm-model", "vlm",
+            "--vlm-pairs", "2", "--llm-endpoint", chat_server.url, "--llm-model", "error"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    expl = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    proposed = [p["phrase"] for p in expl["concept_bank"]["proposed"]]
+    assert proposed == ["more saturated colours", "red tint", "striped background"]
+    assert "proposed" in expl["concept_bank"]["aspects"]
+    assert expl["sentences"]["source"] == "template" and "HTTP 500" in expl["sentences"]["note"]
+    assert "note: LLM failed" in out
+
+    path = str(tmp_path / "out" / "explanation.json")
+    assert main(["narrate", path, "--format", "summary", "--aspects", "proposed"]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith(("Changed:", "No significant change")) and "proposed" in said
+    assert main(["narrate", path, "--aspects", "lighting"]) == 2
+    assert "unknown aspect" in capsys.readouterr().err
+    assert main(["narrate", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["narrate", str(tmp_path / "bad.json")]) == 2
+    assert "not an explanation" in capsys.readouterr().err
