@@ -102,6 +102,10 @@ def main() -> None:
         tuned_emb = embedder.embed_images(tuned_images)
         reading = compare_readings(judge, base_images, tuned_images)
         row = {"id": truth["id"], "kind": truth["kind"], "level": truth["level"], "spec": truth["spec"], "methods": {}}
+        row["judge"] = {
+            **{a: round(r["total_variation"], 3) for a, r in reading["categorical"].items()},
+            **{a: round(r["difference"], 3) for a, r in reading["graded"].items()},
+        }  # per aspect: total variation (categorical) or change of the mean level (graded)
         if truth["spec"]:
             aspect, target = spec_aspect(truth["spec"])
             row["aspect"], row["target"] = aspect, target
@@ -156,8 +160,20 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
         detected = [r["methods"][m]["aspects"][r["aspect"]]["changed"] for r in single]
         other_fp = [a["changed"] for r in single for name, a in r["methods"][m]["aspects"].items()
                     if name != r["aspect"]]  # fmt: skip
+        by_level = {
+            level: float(
+                np.mean([r["methods"][m]["ranking"][0] == r["aspect"] for r in single if r["level"] == level])
+            )
+            for level in sorted({r["level"] for r in single})
+        }
+        by_aspect = {
+            aspect: float(np.mean([r["methods"][m]["ranking"][0] == aspect for r in single if r["aspect"] == aspect]))
+            for aspect in sorted({r["aspect"] for r in single})
+        }
         out[m] = {
             "top1": float(np.mean(top1)) if top1 else None,
+            "top1_by_aspect": by_aspect,
+            "top1_by_level": by_level,
             "spearman_level": spearman,
             "spearman_measured": spearman_measured,
             "direction_accuracy": float(np.mean(direction)) if direction else None,

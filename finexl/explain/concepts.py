@@ -151,15 +151,20 @@ class ConceptDirections:
     phrases: list[str]
     raw: np.ndarray  # (n_phrases, d)
     prompts: list[str] = field(default_factory=list)
+    # mean over prompts of Enc_text("prompt, phrase") and of Enc_text(prompt): the text anchors that per-image
+    # baselines (VisDiff, SpLiCE) compare images with; raw = anchors - neutral
+    anchors: np.ndarray | None = None
+    neutral: np.ndarray | None = None
 
     def row(self, phrase: str) -> np.ndarray:
         return self.raw[self.phrases.index(phrase)]
 
     def design(self, kind: str) -> Design:
         """``raw``: one row per phrase and antonym, as published (an antonym row counts as a decrease of its
-        concept). ``axes``: one row per concept: f(C) - f(antonym) where there is an antonym, else f(C) minus the
-        mean over the aspect's concepts without antonyms (when there are at least two), which removes what all
-        values of an aspect share ("a colour word") and keeps what tells them apart."""
+        concept). ``anchors``: the rows of ``raw``, but the text anchors themselves (for methods that compare
+        images with texts). ``axes``: one row per concept: f(C) - f(antonym) where there is an antonym, else f(C)
+        minus the mean over the aspect's concepts without antonyms (when there are at least two), which removes
+        what all values of an aspect share ("a colour word") and keeps what tells them apart."""
         rows, concept_index, polarity = [], [], []
         if kind == "raw":
             for ci, c in enumerate(self.bank.concepts):
@@ -183,9 +188,24 @@ class ConceptDirections:
                     rows.append(self.row(c.phrase) - plain_mean.get(c.aspect, 0.0))
                 concept_index.append(ci)
                 polarity.append(1.0)
+        elif kind == "anchors":
+            if self.anchors is None:
+                raise ValueError("these directions carry no text anchors; build them with text_directions")
+            raw = self.design("raw")
+            index = [self.phrases.index(p) for p in self._raw_phrases()]
+            return Design(self.anchors[index], raw.concept_index, raw.polarity)
         else:
-            raise ValueError(f"unknown design {kind!r}; expected 'raw' or 'axes'")
+            raise ValueError(f"unknown design {kind!r}; expected 'raw', 'axes' or 'anchors'")
         return Design(np.asarray(rows), np.asarray(concept_index), np.asarray(polarity))
+
+    def _raw_phrases(self) -> list[str]:
+        """The phrase of every row of the ``raw`` design, in order."""
+        out = []
+        for c in self.bank.concepts:
+            out.append(c.phrase)
+            if c.antonym:
+                out.append(c.antonym)
+        return out
 
 
 @dataclass
@@ -219,22 +239,23 @@ def text_directions(embedder, bank: ConceptBank, prompts: list[str], cache_dir: 
     used = direction_prompts(prompts)
     phrases = bank.phrases()
     key = hashlib.sha256(json.dumps([embedder.fingerprint, embedder.name, used, phrases]).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / "directions" / f"{key}.npy" if cache_dir else None
+    path = Path(cache_dir) / "directions" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         try:
-            raw = np.load(path)
-            if raw.shape[0] == len(phrases):
-                return ConceptDirections(bank, phrases, raw, used)
-        except (OSError, ValueError) as err:
+            with np.load(path) as saved:
+                anchors, neutral = saved["anchors"], saved["neutral"]
+            if anchors.shape[0] == len(phrases):
+                return ConceptDirections(bank, phrases, anchors - neutral, used, anchors, neutral)
+        except (OSError, ValueError, KeyError) as err:
             logger.warning("ignoring unreadable cached directions %s: %s", path, err)
     base = embedder.embed_texts(used)  # (m, d)
     texts = [compose(p, phrase) for phrase in phrases for p in used]
-    with_phrase = embedder.embed_texts(texts).reshape(len(phrases), len(used), -1)
-    raw = (with_phrase - base[None]).mean(axis=1)
+    anchors = embedder.embed_texts(texts).reshape(len(phrases), len(used), -1).mean(axis=1)
+    neutral = base.mean(axis=0)
     if path is not None:
         import io
 
         buffer = io.BytesIO()
-        np.save(buffer, raw)
+        np.savez(buffer, anchors=anchors, neutral=neutral)
         atomic_write_bytes(path, buffer.getvalue())
-    return ConceptDirections(bank, phrases, raw, used)
+    return ConceptDirections(bank, phrases, anchors - neutral, used, anchors, neutral)

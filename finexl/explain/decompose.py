@@ -7,10 +7,12 @@ state ends in ``_``:
 * ``residual_``: ||V_div - coef_ @ F|| / ||V_div||, the unexplained part.
 
 ``F`` is (k, d), one text direction per row; ``D`` is (n, d) per-pair embedding differences (V_div is their mean)
-or V_div itself. Each class names the :meth:`~finexl.explain.concepts.ConceptDirections.design` it decomposes onto
-(``design = "raw"`` or ``"axes"``).
+or V_div itself; methods that compare the two image sets themselves also take ``reference``, the (n, d) base
+embeddings (the personalized ones are ``reference + D``). Each class names the
+:meth:`~finexl.explain.concepts.ConceptDirections.design` it works on (``design = "raw"``, ``"axes"`` or
+``"anchors"``) and turns its weights into signed scores with ``row_scores`` (see :mod:`finexl.explain.scoring`).
 
-Methods:
+Methods (the first five decompose V_div; the last three are the benchmark's rival scorers):
 
 * ``paper``: FineXL as published: concepts ordered by cosine with V_div, kept greedily unless their summed cosine
   with the already-kept ones exceeds ``redundancy_threshold``, then added one at a time to a plain least-squares fit
@@ -25,6 +27,9 @@ Methods:
   axis at a time and refitting the picked set jointly explains a shift once, so a correlated concept (a synonym, or
   "vivid" next to "bright") only gets weight for what the first one left unexplained. Its reported weights are the
   median over refits on bootstrap resamples of the pairs (``bagged = True``), which drops axes that noise picks.
+* ``gsclip``: each concept alone, by the cosine of its direction with V_div (GSCLIP-style).
+* ``visdiff``: each phrase by the AUROC of its image-text similarity between the two image sets (VisDiff-style).
+* ``splice``: per-image sparse non-negative codes over the concept anchors, mean code change (SpLiCE-style).
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ def _unit(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Decomposition(BaseEstimator):
     design = "raw"
 
+    def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """Signed score per row: the weight times the row's length, over the images' spread along it."""
+        from finexl.explain.scoring import row_scores
+
+        return row_scores(self.coef_, rows, spread)
+
     def _finish(self, F: np.ndarray, v: np.ndarray, coef: np.ndarray):
         self.coef_ = coef
         self.residual_ = _relative_residual(F, v, coef)
@@ -81,7 +92,7 @@ class PaperDecomposition(_Decomposition):
         self.redundancy_threshold = redundancy_threshold
         self.target_residual = target_residual
 
-    def fit(self, F, D):
+    def fit(self, F, D, reference=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, _ = _unit(F)
@@ -105,7 +116,7 @@ class PaperDecomposition(_Decomposition):
 class NNLSDecomposition(_Decomposition):
     """Non-negative least squares on the raw directions."""
 
-    def fit(self, F, D):
+    def fit(self, F, D, reference=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         coef, _ = nnls(F.T, v)
@@ -118,7 +129,7 @@ class WhitenedNNLSDecomposition(_Decomposition):
     def __init__(self, n_components: int = 16):
         self.n_components = n_components
 
-    def fit(self, F, D):
+    def fit(self, F, D, reference=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         centred = F - F.mean(axis=0)
@@ -138,7 +149,7 @@ class SparseDecomposition(_Decomposition):
     def __init__(self, alpha_ratio: float = 0.05):
         self.alpha_ratio = alpha_ratio
 
-    def fit(self, F, D):
+    def fit(self, F, D, reference=None):
         from sklearn.linear_model import Lasso
 
         v = _as_vdiv(D)
@@ -169,7 +180,7 @@ class FinexlDecomposition(_Decomposition):
         self.max_concepts = max_concepts
         self.min_gain = min_gain
 
-    def fit(self, F, D):
+    def fit(self, F, D, reference=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, _ = _unit(F)
@@ -194,12 +205,121 @@ class FinexlDecomposition(_Decomposition):
         return self._finish(F, v, coef)
 
 
+class GSCLIPScorer(_Decomposition):
+    """GSCLIP-style: every concept scored on its own by the cosine of its direction with V_div (no joint fit); the
+    weight is the projection of V_div on the unit direction."""
+
+    def fit(self, F, D, reference=None):
+        v = _as_vdiv(D)
+        F = _check(F, v)
+        U, norms = _unit(F)
+        proj = U @ v
+        self.cosine_ = proj / max(float(np.linalg.norm(v)), 1e-12)
+        best = int(np.argmax(np.abs(proj)))
+        coef = np.zeros(len(F))
+        coef[best] = proj[best] / norms[best]
+        self._finish(F, v, coef)  # residual after the single best direction
+        self.coef_ = proj / norms
+        return self
+
+
+def _paired_sets(D, reference) -> tuple[np.ndarray, np.ndarray]:
+    if reference is None:
+        raise ValueError("this method compares the image sets themselves: pass the base embeddings as reference")
+    reference = np.asarray(reference, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    if D.ndim != 2 or D.shape != reference.shape:
+        raise ValueError(f"need per-pair differences and base embeddings of the same shape, got {D.shape}, "
+                         f"{reference.shape}")  # fmt: skip
+    return reference, reference + D
+
+
+class VisDiffRanker(_Decomposition):
+    """VisDiff-style: rank each phrase by how well its image-text similarity separates the personalized images
+    from the base images (AUROC); score = 2 AUROC - 1 in [-1, 1]. Rows are text anchors ("prompt, phrase")."""
+
+    design = "anchors"
+
+    def fit(self, F, D, reference=None):
+        base, tuned = _paired_sets(D, reference)
+        U, _ = _unit(_check(F, base[0]))
+        sb, st = base @ U.T, tuned @ U.T  # (n, k)
+        # AUROC by ranks (Mann-Whitney U) per phrase
+        both = np.concatenate([st, sb])
+        ranks = np.argsort(np.argsort(both, axis=0, kind="stable"), axis=0, kind="stable") + 1.0
+        n1, n0 = len(st), len(sb)
+        auc = (ranks[:n1].sum(axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)
+        self.auroc_ = auc
+        self.coef_ = 2 * auc - 1
+        self.residual_ = float("nan")
+        self.n_features_in_ = F.shape[1]
+        return self
+
+    def row_scores(self, rows, spread):
+        return self.coef_.copy()
+
+
+class SpliceDecomposition(_Decomposition):
+    """SpLiCE-style: every image is decomposed on its own as a sparse non-negative mix of centred, unit concept
+    anchors (non-negative lasso, penalty ``l1`` times the smallest penalty that zeroes every weight); the weight of a row is the mean over pairs of the code of the
+    personalized image minus the code of the base image, scored against the spread of the codes.
+
+    The codes are per image, so the pairs' code differences are computed once (``pair_codes``) and resampled, not
+    re-solved, for intervals (``per_pair = True``).
+    """
+
+    design = "anchors"
+    per_pair = True
+
+    def __init__(self, l1: float = 0.2):
+        self.l1 = l1
+
+    def pair_codes(self, F, D, reference) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pair code differences (n, k) and the codes' spread (k,)."""
+        from sklearn.linear_model import Lasso
+
+        base, tuned = _paired_sets(D, reference)
+        F = _check(F, base[0])
+        U, _ = _unit(F - F.mean(axis=0))
+        centre = base.mean(axis=0)
+
+        def code(x):  # the penalty is l1 times the smallest one that zeroes every weight of this image
+            alpha_max = float(np.max(U @ x)) / len(x)
+            if alpha_max <= 0:
+                return np.zeros(len(U))
+            lasso = Lasso(alpha=self.l1 * alpha_max, positive=True, fit_intercept=False, max_iter=5000)
+            return lasso.fit(U.T, x).coef_.copy()
+
+        def codes(E):
+            X = E - centre
+            X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            return np.stack([code(x) for x in X])
+
+        cb, ct = codes(base), codes(tuned)
+        pooled = np.concatenate([cb, ct])
+        spread = np.maximum(np.quantile(pooled, 0.95, axis=0) - np.quantile(pooled, 0.05, axis=0), 1e-6)
+        return ct - cb, spread
+
+    def fit(self, F, D, reference=None):
+        delta, self.code_spread_ = self.pair_codes(F, D, reference)
+        self.coef_ = delta.mean(axis=0)
+        self.residual_ = float("nan")  # per-image codes do not decompose V_div
+        self.n_features_in_ = np.asarray(F).shape[1]
+        return self
+
+    def row_scores(self, rows, spread):
+        return np.clip(self.coef_ / self.code_spread_, -1.0, 1.0)
+
+
 ESTIMATORS = {
     "finexl": FinexlDecomposition,
     "paper": PaperDecomposition,
     "nnls": NNLSDecomposition,
     "whitened-nnls": WhitenedNNLSDecomposition,
     "sparse": SparseDecomposition,
+    "gsclip": GSCLIPScorer,
+    "visdiff": VisDiffRanker,
+    "splice": SpliceDecomposition,
 }
 DEFAULT_METHOD = "finexl"
 

@@ -101,6 +101,11 @@ def _interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nd
     return np.quantile(samples, tail, axis=0), np.quantile(samples, 1 - tail, axis=0)
 
 
+def _finite(x) -> float | None:
+    """JSON has no NaN: methods without a residual (per-image scorers) report None."""
+    return float(x) if np.isfinite(x) else None
+
+
 def decompose_divergence(
     base: np.ndarray,
     tuned: np.ndarray,
@@ -125,18 +130,17 @@ def decompose_divergence(
     design = directions.design(estimator.design)
     D = tuned - base
     spread = spreads(np.concatenate([base, tuned]), design.rows)
-    point, residual = fit_row_scores(estimator, design, D, spread)
-    boot, boot_residual = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed)
+    point, residual = fit_row_scores(estimator, design, D, spread, base)
+    boot, boot_residual = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed, base)
     if getattr(estimator, "bagged", False):  # the median over refits on resampled pairs (see decompose.py)
         point, residual = np.median(boot, axis=0), float(np.median(boot_residual))
     agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
     a_low, a_high = _interval(agg_boot.aspect, confidence)
     c_low, c_high = _interval(agg_boot.concept, confidence)
-    r_low, r_high = _interval(boot_residual, confidence)
+    r_low, r_high = _interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
     threshold = np.full(len(bank.aspects), np.nan)
     if null_base is not None:
-        D0 = null_base - base
-        null = aggregate(null_row_scores(estimator, design, D0, spread, n_null, seed + 1), design, bank)
+        null = aggregate(null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1), design, bank)
         threshold = np.quantile(null.aspect, null_quantile, axis=0)
     aspects = []
     for a, name in enumerate(bank.aspects):
@@ -166,7 +170,7 @@ def decompose_divergence(
     return {
         "aspects": aspects,
         "concepts": concepts,
-        "residual": {"value": float(residual), "interval": [float(r_low), float(r_high)]},
+        "residual": {"value": _finite(residual), "interval": [_finite(r_low), _finite(r_high)]},
         "divergence": {
             "n_pairs": int(len(D)),
             "norm": float(np.linalg.norm(v)),
@@ -309,8 +313,11 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
         lines.append("no significant change: no aspect's interval lies above what the base reaches against itself")
     low, high = res["interval"]
     n_pairs = expl["divergence"]["n_pairs"]
-    lines.append(
-        f"unexplained part of the divergence: {res['value']:.3f} [{low:.3f}, {high:.3f}]   ({n_pairs} pairs, "
-        f"method {expl['method']})"
-    )
+    if res["value"] is None:
+        lines.append(f"({n_pairs} pairs, method {expl['method']}: no residual, it scores concepts one by one)")
+    else:
+        lines.append(
+            f"unexplained part of the divergence: {res['value']:.3f} [{low:.3f}, {high:.3f}]   ({n_pairs} pairs, "
+            f"method {expl['method']})"
+        )
     return "\n".join(lines)

@@ -75,28 +75,46 @@ def aggregate(row: np.ndarray, design: Design, bank: ConceptBank) -> Aggregated:
     return Aggregated(concept, aspect, sign, which)
 
 
-def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, float]:
-    est = clone(estimator).fit(design.rows, D)
-    return row_scores(est.coef_, design.rows, spread), est.residual_
+def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, reference: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, float]:  # fmt: skip
+    est = clone(estimator).fit(design.rows, D, reference=reference)
+    return est.row_scores(design.rows, spread), est.residual_
 
 
-def bootstrap_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, n_boot: int, seed: int
-                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Row scores and residuals refitted on ``n_boot`` resamples of the pairs (rows of ``D``)."""
+def bootstrap_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, n_boot: int, seed: int,
+                         reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Row scores and residuals refitted on ``n_boot`` resamples of the pairs (rows of ``D`` and ``reference``)."""
     rng = np.random.default_rng(seed)
     scores, residuals = np.zeros((n_boot, len(design.rows))), np.zeros(n_boot)
+    if getattr(estimator, "per_pair", False):  # per-image methods: resample the pairs' contributions
+        delta, code_spread = clone(estimator).pair_codes(design.rows, D, reference)
+        for b in range(n_boot):
+            idx = rng.integers(0, len(D), len(D))
+            scores[b] = np.clip(delta[idx].mean(axis=0) / code_spread, -1.0, 1.0)
+        return scores, np.full(n_boot, np.nan)
     for b in range(n_boot):
         idx = rng.integers(0, len(D), len(D))
-        scores[b], residuals[b] = fit_row_scores(estimator, design, D[idx], spread)
+        ref = reference[idx] if reference is not None else None
+        scores[b], residuals[b] = fit_row_scores(estimator, design, D[idx], spread, ref)
     return scores, residuals
 
 
-def null_row_scores(estimator, design: Design, D_null: np.ndarray, spread: np.ndarray, n_null: int, seed: int
-                    ) -> np.ndarray:  # fmt: skip
-    """Row scores of the base against itself under ``n_null`` random sign flips of the pair differences."""
+def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.ndarray, spread: np.ndarray,
+                    n_null: int, seed: int) -> np.ndarray:  # fmt: skip
+    """Row scores of the base against itself (``null_base``: other seeds) under ``n_null`` random swaps of the two
+    images of a pair, which flips the sign of its difference and leaves its distribution unchanged under "no
+    change"."""
     rng = np.random.default_rng(seed)
     scores = np.zeros((n_null, len(design.rows)))
+    if getattr(estimator, "per_pair", False):  # a swap flips the sign of the pair's code difference
+        delta, code_spread = clone(estimator).pair_codes(design.rows, null_base - base, base)
+        for m in range(n_null):
+            flips = np.where(rng.random(len(base)) < 0.5, -1.0, 1.0)
+            scores[m] = np.clip((delta * flips[:, None]).mean(axis=0) / code_spread, -1.0, 1.0)
+        return scores
     for m in range(n_null):
-        flips = rng.choice([-1.0, 1.0], size=len(D_null))
-        scores[m], _ = fit_row_scores(estimator, design, D_null * flips[:, None], spread)
+        swap = rng.random(len(base)) < 0.5
+        first = np.where(swap[:, None], null_base, base)
+        second = np.where(swap[:, None], base, null_base)
+        scores[m], _ = fit_row_scores(estimator, design, second - first, spread, first)
     return scores

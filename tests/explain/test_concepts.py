@@ -82,10 +82,11 @@ def test_text_directions_are_mean_prompt_differences_and_cached(tiny_clip_dir, t
     base = emb.embed_texts(["a shape", "a picture of a thing"])
     expected = (emb.embed_texts([compose(p, "red") for p in ["a shape", "a picture of a thing"]]) - base).mean(0)
     np.testing.assert_allclose(d.row("red"), expected, atol=1e-6)
-    cached = list((tmp_path / "directions").glob("*.npy"))
+    cached = list((tmp_path / "directions").glob("*.npz"))
     assert len(cached) == 1
     again = text_directions(emb, b, prompts, tmp_path)
     np.testing.assert_array_equal(again.raw, d.raw)
+    np.testing.assert_allclose(again.anchors - again.neutral, d.raw, atol=1e-12)
     extended = b.extended("proposed", ["red", "striped"])
     assert extended.phrases() == ["red", "blue", "striped"]
     assert json.dumps(extended.digest()) != json.dumps(b.digest())
