@@ -620,8 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, help="image pairs (default 128); prompts are cycled")
     p.add_argument("--clip", help="CLIP: 'toy' (default), a transformers CLIP folder, or open_clip:MODEL:CHECKPOINT")
     p.add_argument("--concepts", help="concept bank JSON file, or 'toy' (default) / 'real' for the shipped banks")
-    p.add_argument("--method", default="finexl", choices=["finexl", "paper", "nnls", "whitened-nnls", "sparse", "gsclip", "visdiff", "splice"],
-                   help="decomposition (default finexl)")  # fmt: skip
+    p.add_argument(
+        "--method",
+        default="finexl",
+        choices=["finexl", "paper", "nnls", "whitened-nnls", "sparse", "gsclip", "visdiff", "splice"],
+        help="decomposition (default finexl; see finexl/explain/decompose.py)",
+    )
     p.add_argument("--out", help="write OUT/explanation.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the first pair; pair i uses seed + i (default 0)")
