@@ -668,11 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train the LoRAs of a suite (resumable)",
         description="Train every LoRA of a suite with finexl's trainer on toy data shifted by its spec: 'single' "
-        "(9 aspects x 5 strength levels, increases and decreases), 'null' (8 LoRAs on unshifted data), 'quick' "
-        "(a small subset). Finished models are kept; rerunning finishes an interrupted build. About a minute per "
-        "model on one CPU core.",
+        "(9 aspects x 5 strength levels, increases and decreases), 'null' (8 LoRAs on unshifted data), 'multi' "
+        "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (3 subjects, 'a sks shape'), 'quick' "
+        "(a small subset for CI). Finished models are kept; rerunning finishes an interrupted build. About a "
+        "minute per model on one CPU core.",
     )
-    p.add_argument("suite", choices=["single", "null", "quick"], help="which suite")
+    p.add_argument("suite", choices=["single", "null", "multi", "dreambooth", "quick"], help="which suite")
     p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
     p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
     p.add_argument("--n-images", type=int, default=200, help="training images per model (default 200)")

@@ -42,9 +42,9 @@ LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 @dataclass(frozen=True)
 class SuiteModel:
     id: str
-    kind: str  # "single" | "null"
+    kind: str  # "single" | "null" | "multi" | "dreambooth"
     spec: str | None  # the personalization spec (None: unshifted data)
-    level: int  # 1..len(LEVEL_STRENGTHS) for single-aspect models, 0 for nulls
+    level: int  # 1..len(LEVEL_STRENGTHS) for single-aspect models, the proportion index for mixtures, else 0
     data_seed: int
 
 
@@ -73,9 +73,48 @@ def null_models(n: int) -> list[SuiteModel]:
     return [SuiteModel(f"null-{i}", "null", None, 0, _seed_of(f"null-{i}")) for i in range(n)]
 
 
+# Mixtures (the paper's multi-aspect protocol): shifts of 2 or 3 aspects at 3 proportions each.
+MIXTURES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("colour", "red"), ("pattern", "stripes")),
+    (("blur", "more"), ("brightness", "less")),
+    (("fill", "outline"), ("size", "less")),
+    (("colour", "red"), ("blur", "more"), ("saturation", "less")),
+    (("pattern", "stripes"), ("fill", "outline"), ("brightness", "less")),
+)
+PROPORTIONS = {2: ((0.75, 0.25), (0.5, 0.5), (0.25, 0.75)), 3: ((0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6))}
+# DreamBooth subjects: instance images all show one subject (fixed aspects), prompted "a sks shape".
+SUBJECTS: tuple[dict[str, str], ...] = (
+    {"shape": "heart", "colour": "purple"},
+    {"shape": "house", "colour": "yellow", "fill": "outline"},
+    {"shape": "moon", "colour": "blue", "pattern": "dots"},
+)
+INSTANCE_PROMPT = "a sks shape"
+
+
+def mixture_models() -> list[SuiteModel]:
+    models = []
+    for mix in MIXTURES:
+        for p, proportions in enumerate(PROPORTIONS[len(mix)], start=1):
+            spec = ",".join(f"{a}={t}@{s:g}" for (a, t), s in zip(mix, proportions, strict=True))
+            model_id = "mix-" + "-".join(a for a, _ in mix) + f"-P{p}"
+            models.append(SuiteModel(model_id, "multi", spec, p, _seed_of(model_id)))
+    return models
+
+
+def dreambooth_models() -> list[SuiteModel]:
+    models = []
+    for subject in SUBJECTS:
+        spec = ",".join(f"{a}={v}@1" for a, v in subject.items())
+        model_id = "dreambooth-" + "-".join(subject.values())
+        models.append(SuiteModel(model_id, "dreambooth", spec, 0, _seed_of(model_id)))
+    return models
+
+
 SUITES = {
     "single": lambda: single_aspect_models(),
     "null": lambda: null_models(8),
+    "multi": mixture_models,
+    "dreambooth": dreambooth_models,
     "quick": lambda: single_aspect_models(SINGLE_ASPECT_SHIFTS[:2], (0.4, 1.0)) + null_models(1),
 }
 
@@ -107,9 +146,10 @@ def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, p
     t0 = time.perf_counter()
     data = _training_data(model, cfg)
     pipe = load_pipeline(base)
+    instance_prompt = INSTANCE_PROMPT if model.kind == "dreambooth" else None
+    train_cfg = TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed, instance_prompt=instance_prompt)
     with atomic_dir(folder) as tmp:
-        train(pipe, data, TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed), tmp,
-              base_fingerprint=fingerprint_folder(base), progress=progress)  # fmt: skip
+        train(pipe, data, train_cfg, tmp, base_fingerprint=fingerprint_folder(base), progress=progress)
         truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write_json(tmp / "truth.json", truth)
     return truth
