@@ -515,6 +515,64 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from finexl.bench.metrics import all_metrics, markdown_table
+    from finexl.bench.runner import BenchConfig, SuiteError, load_truths, run_models
+    from finexl.utils import atomic_write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.suite.split(",") if n.strip()]
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(BenchConfig.methods)
+    cfg = BenchConfig(methods=tuple(methods), samples=args.samples, n_bootstrap=args.bootstrap, n_null=args.bootstrap,
+                      unpaired=args.unpaired, cache_dir=args.cache)  # fmt: skip
+    try:
+        truths = load_truths(args.suites, names)
+        records = run_models(truths, cfg, progress=not args.quiet)
+    except (SuiteError, FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    metrics = all_metrics(records, methods)
+    print(markdown_table(metrics, methods))
+    if "_paired_over_unpaired_interval_width" in metrics:
+        print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
+    if args.json:
+        config = {"methods": methods, "samples": args.samples, "bootstrap": args.bootstrap}
+        atomic_write_json(args.json, {"suites": names, "config": config, "metrics": metrics, "records": records})
+        print(f"wrote {args.json}")
+    if args.labels:
+        from finexl.bench.labels import labels_from_records, write_labels
+
+        write_labels(args.labels, labels_from_records(records))
+        print(f"wrote the suites' labels to {args.labels}")
+    return 0
+
+
+def cmd_bench_score(args: argparse.Namespace) -> int:
+    import json
+
+    from finexl.bench.labels import LabelError, read_labels, score_labels
+
+    explanations = {}
+    for path in args.explanations:
+        p = Path(path)
+        file = p / "explanation.json" if p.is_dir() else p
+        try:
+            expl = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CLIError(f"cannot read explanation {file}: {err}") from err
+        explanations[file.parent.name if file.name == "explanation.json" else file.stem] = expl
+    try:
+        aspects = sorted({a["aspect"] for e in explanations.values() for a in e["aspects"]})
+        result = score_labels(read_labels(args.labels, aspects), explanations)
+    except (LabelError, FileNotFoundError, KeyError) as err:
+        raise CLIError(str(err)) from err
+    for key, value in result.items():
+        print(f"{key:<20} {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # parser
 
@@ -680,6 +738,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=400, help="training steps per model (default 400)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_bench_build)
+
+    p = bench_sub.add_parser(
+        "run",
+        parents=[common],
+        help="score every method on built suites; prints a Markdown table (method x metric)",
+        description="For every model of the suites: sample base and personalized on the same prompts and seeds "
+        "(cached), read both with the judge, embed once with the toy CLIP, and explain with every method; then "
+        "compute the metrics (see finexl/bench/metrics.py). SUITE may list several, e.g. single,null,multi.",
+    )
+    p.add_argument("suite", help="suite name(s), comma-separated: single, null, multi, dreambooth, quick")
+    p.add_argument("--suites", default="suites", help="folder holding the built suites (default suites)")
+    p.add_argument("--methods", help="comma-separated methods (default: all)")
+    p.add_argument("--samples", type=int, default=128, help="image pairs per model (default 128)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap and null resamples (default 200)")
+    p.add_argument("--unpaired", type=int, default=0, help="also compare paired/unpaired intervals on N models")
+    p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
+    p.add_argument("--json", help="write metrics and per-model records to this JSON file")
+    p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_bench_run)
+
+    p = bench_sub.add_parser(
+        "score",
+        parents=[common],
+        help="score explanations against a JSONL label file (human labels)",
+        description="Each line of LABELS: {model, aspect, direction (increase|decrease|none), level 0-3, text}. "
+        "EXPLANATIONS are explanation.json files or folders holding one; the model id is the folder name.",
+    )
+    p.add_argument("labels", help="JSONL label file")
+    p.add_argument("explanations", nargs="+", help="explanation.json files or their folders")
+    p.set_defaults(func=cmd_bench_score)
 
     train = sub.add_parser("train", help="train a personalization: LoRA or DreamBooth")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="SUBCOMMAND")

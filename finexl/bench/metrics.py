@@ -1,0 +1,167 @@
+"""Metrics of explanations against ground truth, per method, on benchmark records (see :mod:`.runner`).
+
+* ``level_mae``: the paper's metric: within each single-aspect family (one aspect, 5 levels), rank the models by
+  the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5 levels);
+* ``spearman``: Spearman(score, level) per aspect, and their mean;
+* ``top1`` / ``top3``: the shifted aspect is first / among the first three of the explanation's ranking;
+* ``precision`` / ``recall`` / ``f1`` of (aspect, direction) pairs reported as changed, against the shifted
+  aspects of single-aspect, mixture and null models (a null has none);
+* ``direction``: share of single-aspect models whose shifted aspect is reported in the right direction;
+* ``multi_selection``: for each mixture model, pick among all mixtures the spec whose strength vector is closest
+  (cosine) to the explanation's score vector; share picked right;
+* ``retrieval``: for each single-aspect model, its nearest other single-aspect model by cosine of the signed score
+  vectors has the same shifted aspect and direction (same-spec retrieval);
+* ``null_fpr``: share of (null model, aspect) checks reported as changed;
+* ``sentence_f1``: F1 of the aspects the templated sentences name as changed, against the shifted aspects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from finexl.toyworld.aspects import CATEGORICAL_BY_NAME
+
+
+def expected_direction(target: str) -> str:
+    if target == "less":
+        return "decrease"
+    if target == "more" or target in sum((a.values for a in CATEGORICAL_BY_NAME.values()), ()):
+        return "increase"
+    return "increase" if float(target) > 0.5 else "decrease"
+
+
+def direction_correct(aspect: str, target: str, result: dict) -> bool:
+    """Graded: the reported direction. Categorical: an increase toward a phrase naming the target value."""
+    if aspect not in CATEGORICAL_BY_NAME:
+        return result["direction"] == expected_direction(target)
+    words = CATEGORICAL_BY_NAME[aspect].words[target]
+    return result["direction"] == "increase" and any(w.lower() in result["toward"].lower() for w in words)
+
+
+def _signed(method_result: dict, aspects: list[str]) -> np.ndarray:
+    out = []
+    for a in aspects:
+        r = method_result["aspects"][a]
+        out.append(r["score"] * (-1.0 if r["direction"] == "decrease" else 1.0))
+    return np.array(out)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else -1.0
+
+
+def method_metrics(records: list[dict], method: str) -> dict:
+    single = [r for r in records if r["kind"] == "single"]
+    multi = [r for r in records if r["kind"] == "multi"]
+    nulls = [r for r in records if r["kind"] == "null"]
+    out: dict = {}
+    if single:
+        res = [r["methods"][method] for r in single]
+        truth = [r["shifts"][0] for r in single]
+        out["top1"] = float(np.mean([x["ranking"][0] == t[0] for x, t in zip(res, truth, strict=True)]))
+        out["top3"] = float(np.mean([t[0] in x["ranking"][:3] for x, t in zip(res, truth, strict=True)]))
+        out["direction"] = float(np.mean([direction_correct(t[0], t[1], x["aspects"][t[0]])
+                                          for x, t in zip(res, truth, strict=True)]))  # fmt: skip
+        spearman, maes = {}, []
+        for aspect in sorted({t[0] for t in truth}):
+            family = sorted((r for r in single if r["shifts"][0][0] == aspect), key=lambda r: r["level"])
+            levels = np.array([r["level"] for r in family], dtype=float)
+            scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
+            rho = spearmanr(levels, scores)[0] if len(family) > 2 and np.ptp(scores) > 0 else 0.0
+            spearman[aspect] = float(rho)
+            ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1
+            maes.append(float(np.mean(np.abs(ranks - (np.argsort(np.argsort(levels)) + 1)))))
+        out["spearman"] = spearman
+        out["spearman_mean"] = float(np.mean(list(spearman.values())))
+        out["level_mae"] = float(np.mean(maes))
+        aspects = list(single[0]["methods"][method]["aspects"])
+        vectors = [_signed(x, aspects) for x in res]
+        hits = []
+        for i, v in enumerate(vectors if len(vectors) > 1 else []):
+            sims = [(_cos(v, w), j) for j, w in enumerate(vectors) if j != i]
+            j = max(sims)[1]
+            same = truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
+            hits.append(same)
+        out["retrieval"] = float(np.mean(hits)) if hits else None
+    if multi:
+        aspects = list(multi[0]["methods"][method]["aspects"])
+        specs = [r["spec"] for r in multi]
+
+        def spec_vector(r):
+            v = np.zeros(len(aspects))
+            for a, t, s in r["shifts"]:
+                v[aspects.index(a)] = s * (1.0 if expected_direction(t) == "increase" else -1.0)
+            return v
+
+        targets = [spec_vector(r) for r in multi]
+        picks = [specs[int(np.argmax([_cos(_signed(r["methods"][method], aspects), t) for t in targets]))]
+                 for r in multi]  # fmt: skip
+        out["multi_selection"] = float(np.mean([p == r["spec"] for p, r in zip(picks, multi, strict=True)]))
+    tp = fp = fn = 0
+    for r in single + multi + nulls:
+        res = r["methods"][method]["aspects"]
+        truth = {a: t for a, t, _ in r["shifts"]}
+        for aspect, x in res.items():
+            if x["changed"]:
+                if aspect in truth and direction_correct(aspect, truth[aspect], x):
+                    tp += 1
+                else:
+                    fp += 1
+        fn += sum(1 for a, t in truth.items() if not (res[a]["changed"] and direction_correct(a, t, res[a])))
+    out["precision"] = tp / (tp + fp) if tp + fp else 0.0
+    out["recall"] = tp / (tp + fn) if tp + fn else 0.0
+    p, rc = out["precision"], out["recall"]
+    out["f1"] = 2 * p * rc / (p + rc) if p + rc else 0.0
+    if nulls:
+        out["null_fpr"] = float(
+            np.mean([x["changed"] for r in nulls for x in r["methods"][method]["aspects"].values()])
+        )
+    out["sentence_f1"] = sentence_f1(records, method)
+    return out
+
+
+def sentence_f1(records: list[dict], method: str) -> float:
+    """F1 of the aspects that the templated bullet sentences name as changed, against the shifted aspects."""
+    from finexl.narrate.templates import render
+
+    tp = fp = fn = 0
+    for r in records:
+        if r["kind"] == "dreambooth":
+            continue
+        aspects = [{"aspect": a, **x} for a, x in r["methods"][method]["aspects"].items()]
+        text = render({"aspects": aspects}, "bullets")
+        named = {line[2:].split(":", 1)[0] for line in text.splitlines() if ":" in line and "unchanged" not in line}
+        truth = {a for a, _, _ in r["shifts"]}
+        tp += len(named & truth)
+        fp += len(named - truth)
+        fn += len(truth - named)
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
+def all_metrics(records: list[dict], methods: list[str]) -> dict:
+    out = {m: method_metrics(records, m) for m in methods}
+    widths = [r["interval_width"] for r in records if "interval_width" in r]
+    if widths:
+        out["_paired_over_unpaired_interval_width"] = float(
+            np.mean([w["paired"] for w in widths]) / np.mean([w["unpaired"] for w in widths])
+        )
+    return out
+
+
+COLUMNS = ("level_mae", "spearman_mean", "top1", "top3", "direction", "precision", "recall", "f1",
+           "multi_selection", "retrieval", "null_fpr", "sentence_f1")  # fmt: skip
+LOWER_IS_BETTER = {"level_mae", "null_fpr"}
+
+
+def markdown_table(metrics: dict, methods: list[str]) -> str:
+    cols = [c for c in COLUMNS if any(c in metrics[m] for m in methods)]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for c in cols:
+            v = metrics[m].get(c)
+            cells.append("" if v is None else f"{v:.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Benchmark metrics on records with known answers; the label format, its errors and its scorer."""
+
+import json
+
+import pytest
+
+from finexl.bench.labels import Label, LabelError, labels_from_records, read_labels, score_labels, write_labels
+from finexl.bench.metrics import all_metrics, markdown_table, method_metrics
+
+ASPECTS = ("colour", "blur", "size")
+
+
+def result(scores: dict, changed=(), directions=None, toward=None):
+    directions = directions or {}
+    toward = toward or {}
+    aspects = {
+        a: {"score": scores.get(a, 0.0), "interval": [0, 1], "direction": directions.get(a, "increase"),
+            "changed": a in changed, "toward": toward.get(a, "x"), "concept": "x", "group": a, "threshold": 0.1}
+        for a in ASPECTS
+    }  # fmt: skip
+    return {"aspects": aspects, "ranking": sorted(ASPECTS, key=lambda a: -aspects[a]["score"])}
+
+
+def single(aspect, target, level, method_result):
+    return {"id": f"{aspect}-{level}", "kind": "single", "spec": f"{aspect}={target}@{level / 5:g}", "level": level,
+            "shifts": [[aspect, target, level / 5]], "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": method_result}}  # fmt: skip
+
+
+def perfect_records():
+    records = []
+    for level in range(1, 6):
+        s = level / 10
+        records.append(single("colour", "red", level, result({"colour": s}, ["colour"], toward={"colour": "scarlet"})))
+        records.append(single("blur", "less", level, result({"blur": s}, ["blur"], {"blur": "decrease"})))
+    records.append({"id": "null-0", "kind": "null", "spec": None, "level": 0, "shifts": [],
+                    "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": result({})}})  # fmt: skip
+    for p, (a, b) in enumerate([(0.75, 0.25), (0.25, 0.75)], start=1):
+        records.append({
+            "id": f"mix-{p}", "kind": "multi", "spec": f"colour=red@{a},blur=less@{b}", "level": p,
+            "shifts": [["colour", "red", a], ["blur", "less", b]], "judge": {},
+            "methods": {"m": result({"colour": a, "blur": b}, ["colour", "blur"], {"blur": "decrease"},
+                                    {"colour": "red"})},
+        })  # fmt: skip
+    return records
+
+
+def test_perfect_explanations_score_perfectly():
+    m = method_metrics(perfect_records(), "m")
+    assert m["top1"] == 1.0 and m["top3"] == 1.0 and m["direction"] == 1.0
+    assert m["level_mae"] == 0.0 and m["spearman_mean"] == pytest.approx(1.0)
+    assert m["precision"] == 1.0 and m["recall"] == 1.0 and m["f1"] == 1.0
+    assert m["multi_selection"] == 1.0 and m["null_fpr"] == 0.0 and m["retrieval"] == 1.0
+    assert m["sentence_f1"] == 1.0
+    assert "| m |" in markdown_table(all_metrics(perfect_records(), ["m"]), ["m"])
+
+
+def test_mistakes_are_counted():
+    records = perfect_records()
+    records[1]["methods"]["m"] = result({"blur": 0.1, "size": 0.5}, ["blur", "size"], {"blur": "increase"})
+    records[-3]["methods"]["m"] = result({"size": 0.3}, ["size"])  # a null reported as changed
+    m = method_metrics(records, "m")
+    assert m["top1"] == pytest.approx(0.9) and m["direction"] == pytest.approx(0.9)
+    assert m["null_fpr"] == pytest.approx(1 / 3)
+    assert m["precision"] < 1.0 and m["recall"] < 1.0
+
+
+def test_labels_round_trip_and_scoring(tmp_path):
+    records = perfect_records()
+    for r in records:
+        for a, t, _ in r["shifts"]:
+            r["judge"][a] = {"red": 0.4} if a == "colour" else -0.2
+    labels = labels_from_records(records)
+    assert Label("colour-5", "colour", "increase", 3, "colour=red@1 (spec)") in labels
+    assert all(label.level == 0 for label in labels if label.model == "null-0")
+    write_labels(tmp_path / "labels.jsonl", labels)
+    back = read_labels(tmp_path / "labels.jsonl", list(ASPECTS))
+    assert back == labels
+    explanations = {r["id"]: {"aspects": [{"aspect": a, **x} for a, x in r["methods"]["m"]["aspects"].items()]}
+                    for r in records}  # fmt: skip
+    score = score_labels(back, explanations)
+    assert score["f1"] == 1.0 and score["direction_accuracy"] == 1.0
+    with pytest.raises(LabelError, match="no explanation"):
+        score_labels(back, {})
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"model": "a", "aspect": "lighting", "direction": "increase", "level": 2}'], ":1: unknown aspect"),
+        (['{"model": "a", "aspect": "colour", "direction": "increase", "level": 2}'] * 2, ":2: duplicate"),
+        (['{"model": "a", "aspect": "colour", "direction": "increase", "level": 2}', "{broken"], ":2: not a JSON"),
+        (['{"model": "a", "aspect": "colour", "direction": "up", "level": 2}'], ":1: direction"),
+        (['{"model": "a", "aspect": "colour", "direction": "increase", "level": 5}'], ":1: level"),
+        (['{"model": "a", "aspect": "colour", "direction": "none", "level": 2}'], ":1: level 0 goes"),
+        (['{"model": "a", "aspect": "colour"}'], ":1: needs the fields"),
+    ],
+)
+def test_bad_label_lines_are_named(tmp_path, lines, message):
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LabelError, match=message):
+        read_labels(path, list(ASPECTS))
+
+
+def test_cli_score(tmp_path, capsys):
+    from finexl.cli import main
+
+    (tmp_path / "m1").mkdir()
+    expl = {"aspects": [{"aspect": "colour", "score": 0.4, "direction": "increase", "changed": True}]}
+    (tmp_path / "m1" / "explanation.json").write_text(json.dumps(expl))
+    (tmp_path / "labels.jsonl").write_text('{"model": "m1", "aspect": "colour", "direction": "increase", "level": 2}\n')
+    assert main(["bench", "score", str(tmp_path / "labels.jsonl"), str(tmp_path / "m1")]) == 0
+    assert "f1" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text('{"model": "m1", "aspect": "pose", "direction": "increase", "level": 2}\n')
+    assert main(["bench", "score", str(tmp_path / "bad.jsonl"), str(tmp_path / "m1")]) == 2
+    assert "bad.jsonl:1: unknown aspect" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""`finexl bench run` end to end on a tiny suite of real toy LoRAs; a suite missing a model is reported."""
+
+import json
+import shutil
+
+import pytest
+
+import finexl.bench.suites as suites
+from finexl.bench.suites import BuildConfig, build_suite
+from finexl.cli import main
+
+
+@pytest.fixture
+def tiny_suite(tmp_path, monkeypatch):
+    monkeypatch.setitem(suites.SUITES, "tiny", lambda: suites.single_aspect_models((("colour", "red"),), (1.0,))
+                        + suites.null_models(1))  # fmt: skip
+    build_suite("tiny", tmp_path / "suites" / "tiny", BuildConfig(n_images=8, max_steps=2), progress=False)
+    return tmp_path
+
+
+def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
+    out = tiny_suite
+    argv = ["bench", "run", "tiny", "--suites", str(out / "suites"), "--samples", "4", "--bootstrap", "10",
+            "--cache", str(out / "cache"), "--json", str(out / "bench.json"), "--labels", str(out / "labels.jsonl"),
+            "--methods", "finexl,paper,visdiff", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| method | level_mae")
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:5]] == ["finexl", "paper", "visdiff"]
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["id"] for r in result["records"]] == ["colour-red-L1", "null-0"]
+    assert set(result["metrics"]) == {"finexl", "paper", "visdiff"}
+    assert result["records"][0]["shifts"] == [["colour", "red", 1.0]]
+    assert (out / "labels.jsonl").read_text().count("\n") > 1
+
+    shutil.rmtree(out / "suites" / "tiny" / "models" / "null-0")
+    assert main(argv) == 2
+    assert "null-0 is missing" in capsys.readouterr().err
