@@ -526,7 +526,8 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.suite.split(",") if n.strip()]
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(BenchConfig.methods)
-    cfg = BenchConfig(methods=tuple(methods), samples=args.samples, n_bootstrap=args.bootstrap, n_null=args.bootstrap,
+    samples, resamples = (32, 50) if args.quick else (args.samples, args.bootstrap)
+    cfg = BenchConfig(methods=tuple(methods), samples=samples, n_bootstrap=resamples, n_null=resamples,
                       unpaired=args.unpaired, cache_dir=args.cache)  # fmt: skip
     try:
         truths = load_truths(args.suites, names)
@@ -538,7 +539,7 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     if "_paired_over_unpaired_interval_width" in metrics:
         print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
     if args.json:
-        config = {"methods": methods, "samples": args.samples, "bootstrap": args.bootstrap}
+        config = {"methods": methods, "samples": samples, "bootstrap": resamples}
         atomic_write_json(args.json, {"suites": names, "config": config, "metrics": metrics, "records": records})
         print(f"wrote {args.json}")
     if args.labels:
@@ -753,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, help="image pairs per model (default 128)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap and null resamples (default 200)")
     p.add_argument("--unpaired", type=int, default=0, help="also compare paired/unpaired intervals on N models")
+    p.add_argument(
+        "--quick", action="store_true", help="32 pairs and 50 resamples per model (for CI, with suite quick)"
+    )
     p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
     p.add_argument("--json", help="write metrics and per-model records to this JSON file")
     p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")

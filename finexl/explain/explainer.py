@@ -237,13 +237,18 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
         null_images = cached_samples(base_pipe, base_fp, ps, null_seeds, sampler, cache, "base (null)", progress)
     timings["sample"] = time.perf_counter() - t
 
-    proposals = []
+    proposals, proposal_note = [], None
     if cfg.vlm or cfg.vlm_endpoint:
+        from finexl.narrate.llm import LLMError
         from finexl.narrate.vlm import propose_concepts
 
         t = time.perf_counter()
-        proposals = propose_concepts(make_vlm(cfg, cache.root), base_images, tuned_images, ps, cfg.vlm_pairs)
-        bank = bank.extended("proposed", [p for p, _ in proposals])
+        try:
+            proposals = propose_concepts(make_vlm(cfg, cache.root), base_images, tuned_images, ps, cfg.vlm_pairs)
+        except LLMError as err:  # the explanation goes on with the bank as it is
+            proposal_note = f"VLM proposals failed ({err}); the concept bank was used as it is"
+            logger.warning(proposal_note)
+        bank = bank.extended("proposed", [p for p, _ in proposals]) if proposals else bank
         timings["propose"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -269,6 +274,7 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
             "n_concepts": len(bank.concepts),
             "aspects": bank.aspects,
             "proposed": [{"phrase": p, "pairs": c} for p, c in proposals],
+            "proposal_note": proposal_note,
         },  # fmt: skip
         "models": {
             "base": {"path": str(base_dir), "fingerprint": base_fp},

@@ -27,6 +27,11 @@ def test_explain_with_vlm_proposals_and_llm_sentences(tmp_path, tiny_pipeline_di
     assert main(["narrate", path, "--aspects", "lighting"]) == 2
     assert "unknown aspect" in capsys.readouterr().err
     assert main(["narrate", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    failing = [*argv[: argv.index("--vlm-model") + 1], "error", "--overwrite"]
+    assert main(failing) == 0  # a VLM that answers nothing: the explanation completes without proposals
+    expl = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert expl["concept_bank"]["proposed"] == [] and "HTTP 500" in expl["concept_bank"]["proposal_note"]
     (tmp_path / "bad.json").write_text("{}")
     assert main(["narrate", str(tmp_path / "bad.json")]) == 2
     assert "not an explanation" in capsys.readouterr().err
