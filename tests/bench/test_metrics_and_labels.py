@@ -108,7 +108,9 @@ def test_cli_score(tmp_path, capsys):
     (tmp_path / "m1").mkdir()
     expl = {"aspects": [{"aspect": "colour", "score": 0.4, "direction": "increase", "changed": True}]}
     (tmp_path / "m1" / "explanation.json").write_text(json.dumps(expl))
-    (tmp_path / "labels.jsonl").write_text('{"model": "m1", "aspect": "colour", "direction": "increase", "level": 2}\n')
+    (tmp_path / "labels.jsonl").write_text(
+        '{"model": "m1", "aspect": "colour", "direction": "increase", "level": 2}\n'
+    )
     assert main(["bench", "score", str(tmp_path / "labels.jsonl"), str(tmp_path / "m1")]) == 0
     assert "f1" in capsys.readouterr().out
     (tmp_path / "bad.jsonl").write_text('{"model": "m1", "aspect": "pose", "direction": "increase", "level": 2}\n')
