@@ -22,8 +22,10 @@ def result(scores: dict, changed=(), directions=None, toward=None):
 
 
 def single(aspect, target, level, method_result):
-    return {"id": f"{aspect}-{level}", "kind": "single", "spec": f"{aspect}={target}@{level / 5:g}", "level": level,
-            "shifts": [[aspect, target, level / 5]], "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": method_result}}  # fmt: skip
+    return {
+        "id": f"{aspect}-{level}", "kind": "single", "spec": f"{aspect}={target}@{level / 5:g}", "level": level,
+        "shifts": [[aspect, target, level / 5]], "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": method_result},
+    }  # fmt: skip
 
 
 def perfect_records():
@@ -67,7 +69,7 @@ def test_mistakes_are_counted():
 def test_labels_round_trip_and_scoring(tmp_path):
     records = perfect_records()
     for r in records:
-        for a, t, _ in r["shifts"]:
+        for a, _, _ in r["shifts"]:
             r["judge"][a] = {"red": 0.4} if a == "colour" else -0.2
     labels = labels_from_records(records)
     assert Label("colour-5", "colour", "increase", 3, "colour=red@1 (spec)") in labels
