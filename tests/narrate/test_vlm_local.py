@@ -39,8 +39,10 @@ def tiny_vlm_dir(tmp_path_factory):
     )
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                               image_size=16, patch_size=8, projection_dim=16)  # fmt: skip
-    text = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=3)  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )  # fmt: skip
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=4, vision_feature_layer=-1,
                          image_seq_length=4)  # fmt: skip
     torch.manual_seed(0)
