@@ -12,6 +12,8 @@
 * ``retrieval``: for each single-aspect model, its nearest other single-aspect model by cosine of the signed score
   vectors has the same shifted aspect and direction (same-spec retrieval);
 * ``null_fpr``: share of (null model, aspect) checks reported as changed;
+* ``dreambooth_recall``: share of a DreamBooth subject's aspects (shape, colour, ...) reported changed toward the
+  subject's value, on the instance prompt;
 * ``sentence_f1``: F1 of the aspects the templated sentences name as changed, against the shifted aspects.
 """
 
@@ -118,6 +120,12 @@ def method_metrics(records: list[dict], method: str) -> dict:
         out["null_fpr"] = float(
             np.mean([x["changed"] for r in nulls for x in r["methods"][method]["aspects"].values()])
         )
+    subjects = [r for r in records if r["kind"] == "dreambooth"]
+    if subjects:
+        found = [r["methods"][method]["aspects"][a]["changed"]
+                 and direction_correct(a, t, r["methods"][method]["aspects"][a])
+                 for r in subjects for a, t, _ in r["shifts"]]  # fmt: skip
+        out["dreambooth_recall"] = float(np.mean(found))
     out["sentence_f1"] = sentence_f1(records, method)
     return out
 
@@ -151,7 +159,7 @@ def all_metrics(records: list[dict], methods: list[str]) -> dict:
 
 
 COLUMNS = ("level_mae", "spearman_mean", "top1", "top3", "direction", "precision", "recall", "f1",
-           "multi_selection", "retrieval", "null_fpr", "sentence_f1")  # fmt: skip
+           "multi_selection", "retrieval", "null_fpr", "dreambooth_recall", "sentence_f1")  # fmt: skip
 LOWER_IS_BETTER = {"level_mae", "null_fpr"}
 
 
