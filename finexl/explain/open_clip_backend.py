@@ -22,7 +22,7 @@ def _import_open_clip():
         import open_clip
     except ImportError as err:
         raise ImportError(
-            "open_clip is not installed; it is an optional extra: pip install -e '.[open_clip]' "
+            "open_clip is not installed; it is an optional extra: pip install -e '.[open-clip]' "
             '(see README, section "open_clip and torchvision")'
         ) from err
     return open_clip
