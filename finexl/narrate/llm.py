@@ -126,19 +126,36 @@ class EndpointChat(ChatBackend):
         return reply
 
 
-class LocalChat(ChatBackend):
-    """A transformers chat model (causal LM with a chat template) from a local folder; text only."""
+class _LocalModel(ChatBackend):
+    """A transformers model from a local folder: the folder is checked, ``_load`` reads it, the model is moved to
+    ``device`` (default CUDA when available), and the identity (for the cache) includes the weights' fingerprint."""
+
+    kind = "local"
 
     def __init__(self, path: str | Path, device: str | None = None, **kw):
         super().__init__(**kw)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from finexl.loading import fingerprint_folder
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise LLMError(f"no transformers model at {path}: config.json is missing")
+        self._load(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.identity = f"{self.kind}:{path.name}:{fingerprint_folder(path)}"
+
+    def _load(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+class LocalChat(_LocalModel):
+    """A transformers chat model (causal LM with a chat template) from a local folder; text only."""
+
+    def _load(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -146,9 +163,6 @@ class LocalChat(ChatBackend):
             raise LLMError(f"{path} is not a transformers chat model: {err}") from err
         if not getattr(self.tokenizer, "chat_template", None):
             raise LLMError(f"{path} is not a chat model: its tokenizer has no chat template")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device)
-        self.identity = f"local:{path.name}:{fingerprint_folder(path)}"
 
     def _generate(self, messages: list[dict]) -> str:
         import torch
@@ -173,27 +187,19 @@ class LocalChat(ChatBackend):
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-class LocalVisionChat(ChatBackend):
+class LocalVisionChat(_LocalModel):
     """A transformers vision-language model (``AutoModelForImageTextToText`` with a processor) from a local folder."""
 
-    def __init__(self, path: str | Path, device: str | None = None, **kw):
-        super().__init__(**kw)
-        import torch
+    kind = "local-vlm"
+
+    def _load(self, path: Path) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from finexl.loading import fingerprint_folder
-
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise LLMError(f"no transformers model at {path}: config.json is missing")
         try:
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = AutoModelForImageTextToText.from_pretrained(path).eval()
         except (OSError, ValueError, KeyError) as err:
             raise LLMError(f"{path} is not a transformers vision-language model: {err}") from err
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device)
-        self.identity = f"local-vlm:{path.name}:{fingerprint_folder(path)}"
 
     def _generate(self, messages: list[dict]) -> str:
         import torch
