@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -30,7 +30,6 @@ class BenchConfig:
     seed: int = 0
     unpaired: int = 0  # models on which to also measure intervals with unpaired noise
     cache_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class SuiteError(ValueError):

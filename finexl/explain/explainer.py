@@ -130,10 +130,11 @@ def decompose_divergence(
     design = directions.design(estimator.design)
     D = tuned - base
     spread = spreads(np.concatenate([base, tuned]), design.rows)
-    point, residual = fit_row_scores(estimator, design, D, spread, base)
     boot, boot_residual = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed, base)
     if getattr(estimator, "bagged", False):  # the median over refits on resampled pairs (see decompose.py)
         point, residual = np.median(boot, axis=0), float(np.median(boot_residual))
+    else:
+        point, residual = fit_row_scores(estimator, design, D, spread, base)
     agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
     a_low, a_high = _interval(agg_boot.aspect, confidence)
     c_low, c_high = _interval(agg_boot.concept, confidence)

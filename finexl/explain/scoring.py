@@ -11,7 +11,7 @@ concept's score is its row of largest magnitude; an aspect's score is the larges
 its direction that concept's sign.
 
 Intervals: the estimator is refitted on bootstrap resamples of the pairs; percentile intervals. Null: the same
-estimator is fitted on the base against itself (other seeds) with random sign flips of the pair differences, which
+estimator is fitted on the base against itself (other seeds) with the two images of each pair randomly swapped, which
 under "no change" leaves their distribution unchanged; an aspect's threshold is a high quantile of its null score,
 and an aspect counts as changed only when the lower end of its interval is above that threshold.
 """
