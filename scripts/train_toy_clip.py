@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--plain", action="store_true", help="plain InfoNCE on random images, no minimal pairs")
     parser.add_argument("--hard-batches", type=float, default=0.5, help="fraction of hard batches (shared colour)")
+    parser.add_argument("--group-batches", type=float, default=0.0, help="fraction of pose / shape group batches")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--init", default=None, help="continue training this toy CLIP folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -41,6 +42,7 @@ def main() -> None:
         max_minutes=args.minutes,
         minimal_pairs=not args.plain,
         hard_batch_fraction=0.0 if args.plain else args.hard_batches,
+        group_batch_fraction=0.0 if args.plain else args.group_batches,
         lr=args.lr,
         init_from=args.init,
         seed=args.seed,

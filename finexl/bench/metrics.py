@@ -1,7 +1,8 @@
 """Metrics of explanations against ground truth, per method, on benchmark records (see :mod:`.runner`).
 
 * ``level_mae``: the paper's metric: within each single-aspect family (one aspect, 5 levels), rank the models by
-  the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5 levels);
+  the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5 levels; tied
+  scores share their average rank, so scoring a whole family alike gives 1.2, not the levels' own order);
 * ``spearman``: Spearman(score, level) per aspect, and their mean;
 * ``top1`` / ``top3``: the shifted aspect is first / among the first three of the explanation's ranking;
 * ``precision`` / ``recall`` / ``f1`` of (aspect, direction) pairs reported as changed, against the shifted
@@ -20,7 +21,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from finexl.toyworld.aspects import CATEGORICAL_BY_NAME
 
@@ -73,8 +74,8 @@ def method_metrics(records: list[dict], method: str) -> dict:
             scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
             rho = spearmanr(levels, scores)[0] if len(family) > 2 and np.ptp(scores) > 0 else 0.0
             spearman[aspect] = float(rho)
-            ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1
-            maes.append(float(np.mean(np.abs(ranks - (np.argsort(np.argsort(levels)) + 1)))))
+            # tied scores share their average rank: a method that scores a whole family alike gets no credit
+            maes.append(float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))))
         out["spearman"] = spearman
         out["spearman_mean"] = float(np.mean(list(spearman.values())))
         out["level_mae"] = float(np.mean(maes))

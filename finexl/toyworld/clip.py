@@ -49,6 +49,10 @@ class ToyClipTrainConfig:
     # Fraction of steps whose batch shares colour, background and pattern (rendered on the fly, captions silent on
     # them), so that only shape, pose, position, fill, size and style tell its images apart.
     hard_batch_fraction: float = 0.0
+    # Fraction of steps whose batch is made of groups of images identical but for one aspect (pose or shape, in
+    # turn), each group showing every value of it, with captions that name it: rotation and shape become the only
+    # thing that tells the images of a group apart.
+    group_batch_fraction: float = 0.0
     init_from: str | None = None  # a toy CLIP folder to continue training
     seed: int = 0
 
@@ -153,6 +157,33 @@ def hard_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tenso
     return images_to_tensor(images), aspects, captions
 
 
+# Aspects that group batches vary: the ones the image tower cannot read off colour, background or position.
+GROUP_BATCH_ASPECTS = ("pose", "shape")
+
+
+def group_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list, list]:
+    """Groups of images that differ only in one aspect (pose or shape), one image per value, same render noise.
+
+    Captions name that aspect (and a random subset of the rest). Returns pixels, aspects and captions, as
+    :func:`hard_batch` does; the batch holds ``n // k * k`` images for an aspect of ``k`` values.
+    """
+    from finexl.toyworld.aspects import CATEGORICAL_BY_NAME, sample_aspects
+    from finexl.toyworld.render import render
+
+    name = GROUP_BATCH_ASPECTS[int(rng.integers(len(GROUP_BATCH_ASPECTS)))]
+    values = CATEGORICAL_BY_NAME[name].values
+    aspects, images = [], []
+    for _ in range(n // len(values)):
+        base = sample_aspects(rng)
+        render_seed = int(rng.integers(2**31))
+        for value in values:
+            a = base.replace(**{name: value})
+            aspects.append(a)
+            images.append(render(a, seed=render_seed, size=size))
+    captions = [caption(a, rng, include=(name,)) for a in aspects]
+    return images_to_tensor(np.stack(images)), aspects, captions
+
+
 def multi_positive_loss(logits_per_text: torch.Tensor, compatible: torch.Tensor) -> torch.Tensor:
     """Contrastive loss whose target spreads over every image a caption is true of, both ways.
 
@@ -200,7 +231,10 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
     bar = tqdm(range(cfg.steps), desc="toy CLIP", disable=not progress)
     for step in bar:
         clock.set_lr(opt, step)
-        if rng.random() < cfg.hard_batch_fraction:
+        draw = rng.random()
+        if draw < cfg.group_batch_fraction:
+            batch_pixels, batch_aspects, captions = group_batch(cfg.batch_size, rng, cfg.model.image_size)
+        elif draw < cfg.group_batch_fraction + cfg.hard_batch_fraction:
             batch_pixels, batch_aspects, captions = hard_batch(cfg.batch_size, rng, cfg.model.image_size)
         else:
             if cfg.minimal_pairs:
@@ -217,7 +251,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
         texts = [c[0] for c in captions]
         tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length, return_tensors="pt")
         out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=batch_pixels)
-        if cfg.minimal_pairs or cfg.hard_batch_fraction > 0:
+        if cfg.minimal_pairs or cfg.hard_batch_fraction > 0 or cfg.group_batch_fraction > 0:
             compatible = torch.tensor([[is_true_of(c[1], a) for a in batch_aspects] for c in captions])
             loss = multi_positive_loss(out.logits_per_text, compatible)
         else:

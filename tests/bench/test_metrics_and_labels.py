@@ -66,6 +66,15 @@ def test_mistakes_are_counted():
     assert m["precision"] < 1.0 and m["recall"] < 1.0
 
 
+def test_a_family_scored_alike_gets_no_level_credit():
+    # all five colour models scored 0: ties share the middle rank (|3 - level| averages 1.2), not the input order
+    records = [r for r in perfect_records() if r["kind"] == "single" and r["shifts"][0][0] == "colour"]
+    for r in records:
+        r["methods"]["m"] = result({"colour": 0.0})
+    m = method_metrics(records, "m")
+    assert m["level_mae"] == pytest.approx(1.2) and m["spearman_mean"] == 0.0
+
+
 def test_labels_round_trip_and_scoring(tmp_path):
     records = perfect_records()
     for r in records:

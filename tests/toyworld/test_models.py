@@ -205,6 +205,28 @@ def test_hard_batches_share_the_easy_aspects_and_captions_skip_them(tiny_tokeniz
     assert (tmp_path / "clip" / "model.safetensors").is_file()
 
 
+def test_group_batches_vary_one_aspect_within_each_group_and_name_it(tiny_tokenizer_dir, tmp_path):
+    from finexl.toyworld.aspects import CATEGORICAL_BY_NAME
+    from finexl.toyworld.clip import group_batch
+
+    seen = set()
+    for seed in range(6):  # both aspects get drawn over a few seeds
+        pixels, aspects, captions = group_batch(17, np.random.default_rng(seed), 32)
+        name = "pose" if len(aspects) == 16 else "shape"  # 4 groups of 4 poses, or 3 groups of 5 shapes
+        seen.add(name)
+        k = len(CATEGORICAL_BY_NAME[name].values)
+        assert pixels.shape == (17 // k * k, 3, 32, 32)
+        for g in range(0, len(aspects), k):
+            group = aspects[g : g + k]
+            assert sorted(getattr(a, name) for a in group) == sorted(CATEGORICAL_BY_NAME[name].values)
+            assert len({a.replace(**{name: getattr(group[0], name)}) for a in group}) == 1  # all else equal
+        assert all(any(m.aspect == name for m in mentions) for _, mentions in captions)
+    assert seen == {"pose", "shape"}
+    cfg = ToyClipTrainConfig(model=TINY_CLIP, n_images=32, steps=2, batch_size=8, warmup=1, group_batch_fraction=1.0)
+    train_toy_clip(tmp_path / "clip", cfg, tiny_tokenizer_dir, progress=False)
+    assert (tmp_path / "clip" / "model.safetensors").is_file()
+
+
 def test_text_encoder_starts_from_the_clip_tower_or_fresh(tiny_models, tmp_path):
     from transformers import CLIPTextModel
 
