@@ -130,23 +130,30 @@ def decompose_divergence(
     design = directions.design(estimator.design)
     D = tuned - base
     spread = spreads(np.concatenate([base, tuned]), design.rows)
-    boot, boot_residual = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed, base)
-    if getattr(estimator, "bagged", False):  # the median over refits on resampled pairs (see decompose.py)
-        point, residual = np.median(boot, axis=0), float(np.median(boot_residual))
-    else:
-        point, residual = fit_row_scores(estimator, design, D, spread, base)
+    boot, boot_residual, boot_joint = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed, base)
+    point, residual, joint = fit_row_scores(estimator, design, D, spread, base)
+    if boot_joint is not None:  # two-part (finexl): the joint fit reports the median over refits (bagging)
+        joint, residual = np.median(boot_joint, axis=0), float(np.median(boot_residual))
     agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
     a_low, a_high = _interval(agg_boot.aspect, confidence)
     c_low, c_high = _interval(agg_boot.concept, confidence)
     r_low, r_high = _interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
-    threshold = np.full(len(bank.aspects), np.nan)
+    n_aspects = len(bank.aspects)
+    threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
     if null_base is not None:
-        null = aggregate(null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1), design, bank)
-        threshold = np.quantile(null.aspect, null_quantile, axis=0)
+        null, null_joint = null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1)
+        threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
+        changed = a_low > threshold
+        if joint is not None:  # the joint fit must see the change too
+            j_low, _ = _interval(aggregate(boot_joint, design, bank).aspect, confidence)
+            changed &= j_low > np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
+    # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
+    agg_joint = aggregate(joint, design, bank) if joint is not None else None
     aspects = []
     for a, name in enumerate(bank.aspects):
-        concept = bank.concepts[agg.aspect_concept[0, a]]
-        sign = agg.aspect_sign[0, a]
+        source = agg_joint if agg_joint is not None and agg_joint.aspect[0, a] > 0 else agg
+        concept = bank.concepts[source.aspect_concept[0, a]]
+        sign = source.aspect_sign[0, a]
         aspects.append({
             "aspect": name,
             "group": bank.group_of(name),
@@ -156,7 +163,8 @@ def decompose_divergence(
             "concept": concept.phrase,
             "toward": concept.phrase if sign >= 0 else (concept.antonym or f"less {concept.phrase}"),
             "threshold": None if np.isnan(threshold[a]) else float(threshold[a]),
-            "changed": bool(not np.isnan(threshold[a]) and a_low[a] > threshold[a]),
+            "changed": bool(changed[a]),
+            "joint_score": None if agg_joint is None else float(agg_joint.aspect[0, a]),
         })  # fmt: skip
     aspects.sort(key=lambda r: -r["score"])
     concepts = [

@@ -13,7 +13,9 @@ its direction that concept's sign.
 Intervals: the estimator is refitted on bootstrap resamples of the pairs; percentile intervals. Null: the same
 estimator is fitted on the base against itself (other seeds) with the two images of each pair randomly swapped, which
 under "no change" leaves their distribution unchanged; an aspect's threshold is a high quantile of its null score,
-and an aspect counts as changed only when the lower end of its interval is above that threshold.
+and an aspect counts as changed only when the lower end of its interval is above that threshold. finexl's default
+is in two parts (a joint fit for whether and toward what, a projection for how much): an aspect is changed only
+when both its scores pass this test against their own nulls.
 """
 
 from __future__ import annotations
@@ -76,14 +78,20 @@ def aggregate(row: np.ndarray, design: Design, bank: ConceptBank) -> Aggregated:
 
 
 def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, reference: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, float]:  # fmt: skip
+                   ) -> tuple[np.ndarray, float, np.ndarray | None]:  # fmt: skip
+    """One fit: the row scores, the residual, and the joint fit's row scores of a two-part estimator (finexl's
+    default, see :class:`~finexl.explain.decompose.FinexlDecomposition`; None for the others)."""
     est = clone(estimator).fit(design.rows, D, reference=reference)
-    return est.row_scores(design.rows, spread), est.residual_
+    joint = est.joint_row_scores(design.rows, spread) if hasattr(est, "joint_row_scores") else None
+    return est.row_scores(design.rows, spread), est.residual_, joint
 
 
-def bootstrap_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, n_boot: int, seed: int,
-                         reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Row scores and residuals refitted on ``n_boot`` resamples of the pairs (rows of ``D`` and ``reference``)."""
+def bootstrap_row_scores(
+    estimator, design: Design, D: np.ndarray, spread: np.ndarray, n_boot: int, seed: int,
+    reference: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Row scores, residuals and joint-fit row scores (two-part estimators; else None) refitted on ``n_boot``
+    resamples of the pairs (rows of ``D`` and ``reference``)."""
     rng = np.random.default_rng(seed)
     scores, residuals = np.zeros((n_boot, len(design.rows))), np.zeros(n_boot)
     if getattr(estimator, "per_pair", False):  # per-image methods: resample the pairs' contributions
@@ -91,19 +99,21 @@ def bootstrap_row_scores(estimator, design: Design, D: np.ndarray, spread: np.nd
         for b in range(n_boot):
             idx = rng.integers(0, len(D), len(D))
             scores[b] = np.clip(delta[idx].mean(axis=0) / code_spread, -1.0, 1.0)
-        return scores, np.full(n_boot, np.nan)
+        return scores, np.full(n_boot, np.nan), None
+    joints = []
     for b in range(n_boot):
         idx = rng.integers(0, len(D), len(D))
         ref = reference[idx] if reference is not None else None
-        scores[b], residuals[b] = fit_row_scores(estimator, design, D[idx], spread, ref)
-    return scores, residuals
+        scores[b], residuals[b], joint = fit_row_scores(estimator, design, D[idx], spread, ref)
+        joints.append(joint)
+    return scores, residuals, (np.stack(joints) if joints[0] is not None else None)
 
 
 def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.ndarray, spread: np.ndarray,
-                    n_null: int, seed: int) -> np.ndarray:  # fmt: skip
-    """Row scores of the base against itself (``null_base``: other seeds) under ``n_null`` random swaps of the two
-    images of a pair, which flips the sign of its difference and leaves its distribution unchanged under "no
-    change"."""
+                    n_null: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Row scores (and joint-fit row scores of a two-part estimator) of the base against itself (``null_base``:
+    other seeds) under ``n_null`` random swaps of the two images of a pair, which flips the sign of its difference
+    and leaves its distribution unchanged under "no change"."""
     rng = np.random.default_rng(seed)
     scores = np.zeros((n_null, len(design.rows)))
     if getattr(estimator, "per_pair", False):  # a swap flips the sign of the pair's code difference
@@ -111,10 +121,12 @@ def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.n
         for m in range(n_null):
             flips = np.where(rng.random(len(base)) < 0.5, -1.0, 1.0)
             scores[m] = np.clip((delta * flips[:, None]).mean(axis=0) / code_spread, -1.0, 1.0)
-        return scores
+        return scores, None
+    joints = []
     for m in range(n_null):
         swap = rng.random(len(base)) < 0.5
         first = np.where(swap[:, None], null_base, base)
         second = np.where(swap[:, None], base, null_base)
-        scores[m], _ = fit_row_scores(estimator, design, second - first, spread, first)
-    return scores
+        scores[m], _, joint = fit_row_scores(estimator, design, second - first, spread, first)
+        joints.append(joint)
+    return scores, (np.stack(joints) if joints[0] is not None else None)

@@ -55,3 +55,35 @@ def test_a_real_shift_is_changed_and_the_base_against_itself_is_not():
     same = base + rng.normal(size=base.shape) * 0.01  # paired, nothing systematic
     res = decompose_divergence(base, same, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
     assert not any(a["changed"] for a in res["aspects"])
+
+
+def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fit_needs():
+    # "vivid" (saturation) is built to lie close to "bright" (brightness): a pure brightness shift moves the outputs
+    # along both axes, so both get a projection score, but only brightness is needed to explain it
+    rng = np.random.default_rng(3)
+    d, n = 24, 96
+    bank = parse_concept_bank({"aspects": {
+        "brightness": {"concepts": [{"phrase": "bright", "antonym": "dark"}]},
+        "saturation": {"concepts": [{"phrase": "vivid", "antonym": "muted"}]},
+        "size": {"concepts": [{"phrase": "large", "antonym": "small"}]},
+    }})  # fmt: skip
+    vectors = {p: rng.normal(size=d) / np.sqrt(d) for p in bank.phrases()}
+    bright_axis = vectors["bright"] - vectors["dark"]
+    vectors["vivid"] = vectors["muted"] + 0.8 * bright_axis + 0.8 * rng.normal(size=d) / np.sqrt(d)
+    directions = ConceptDirections(bank, bank.phrases(), np.stack([vectors[p] for p in bank.phrases()]))
+    base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
+    unit = bright_axis / np.linalg.norm(bright_axis)
+    tuned = base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
+    res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
+    by = {a["aspect"]: a for a in res["aspects"]}
+    assert by["brightness"]["changed"] and by["brightness"]["direction"] == "increase"
+    assert by["saturation"]["score"] > 0.5 * by["brightness"]["score"]  # it did move along vivid...
+    assert by["saturation"]["joint_score"] == 0.0 and not by["saturation"]["changed"]  # ...but is not a change
+    # the projection alone (gsclip on the same axes) would call it changed: the joint fit is what stops it
+    gs = decompose_divergence(base, tuned, directions, "gsclip", null_base=null_base, n_bootstrap=50, n_null=50)
+    assert {a["aspect"]: a for a in gs["aspects"]}["saturation"]["changed"]
+    # and weaker shifts get smaller scores, in order
+    weak = [decompose_divergence(base, base + s * unit + rng.normal(size=(n, d)) * 0.02, directions, "finexl",
+                                 n_bootstrap=30) for s in (0.02, 0.05, 0.1)]  # fmt: skip
+    scores = [{a["aspect"]: a["score"] for a in w["aspects"]}["brightness"] for w in weak]
+    assert 0 < scores[0] < scores[1] < scores[2]
