@@ -311,14 +311,18 @@ def make_vlm(cfg: ExplainConfig, cache_dir):
 def format_explanation(expl: dict, top: int | None = None) -> str:
     """A readable table: one row per aspect, largest score first."""
     conf = expl.get("settings", {}).get("confidence", 0.9)
+    joint = any(a.get("joint_score") is not None for a in expl["aspects"])  # two-part methods (finexl)
     lines = [f"{'aspect':<12} {'group':<12} {'score':>6}  {int(conf * 100)}% interval   {'null':>5}  "
-             f"{'change':<8} toward"]  # fmt: skip
+             + ("joint  " if joint else "") + f"{'change':<8} toward"]  # fmt: skip
     for row in expl["aspects"][:top]:
         lo, hi = row["interval"]
         thr = "" if row["threshold"] is None else f"{row['threshold']:.3f}"
         change = "CHANGED" if row["changed"] else ("-" if row["threshold"] is not None else "?")
+        joint_cell = f"{row['joint_score']:.3f}  " if joint else ""
         lines.append(f"{row['aspect']:<12} {row['group']:<12} {row['score']:6.3f}  [{lo:.3f}, {hi:.3f}]   {thr:>5}  "
-                     f"{change:<8} {row['toward']}")  # fmt: skip
+                     f"{joint_cell}{change:<8} {row['toward']}")  # fmt: skip
+    if joint:
+        lines.append("joint: the joint fit's score; an aspect is CHANGED only if that fit needs it too")
     res = expl["residual"]
     lines.append("")
     changed = [a["aspect"] for a in expl["aspects"] if a["changed"]]

@@ -39,8 +39,14 @@ def change_phrase(a: dict) -> str:
 
 def aspect_sentence(a: dict) -> str:
     if not a["changed"]:
-        threshold = "" if a.get("threshold") is None else f", below the null {a['threshold']:.2f}"
-        return f"{a['aspect']}: unchanged ({_numbers(a)}{threshold})"
+        threshold = a.get("threshold")
+        if threshold is None:
+            why = ""
+        elif a["interval"][0] > threshold:  # above its null, but the joint fit does not need it (finexl)
+            why = ", accounted for by the changed aspects"
+        else:
+            why = f", below the null {threshold:.2f}"
+        return f"{a['aspect']}: unchanged ({_numbers(a)}{why})"
     return f"{a['aspect']}: {change_phrase(a)} ({band(a['score'])}, {_numbers(a)})"
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from finexl.explain.concepts import ConceptDirections, parse_concept_bank
-from finexl.explain.explainer import decompose_divergence
+from finexl.explain.explainer import decompose_divergence, format_explanation
 from finexl.explain.scoring import aggregate, row_scores, spreads
 
 
@@ -79,6 +79,10 @@ def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fi
     assert by["brightness"]["changed"] and by["brightness"]["direction"] == "increase"
     assert by["saturation"]["score"] > 0.5 * by["brightness"]["score"]  # it did move along vivid...
     assert by["saturation"]["joint_score"] == 0.0 and not by["saturation"]["changed"]  # ...but is not a change
+    table = format_explanation({**res, "method": "finexl"}).splitlines()
+    assert "joint" in table[0] and table[1].split()[0] == "brightness" and "CHANGED" in table[1]
+    row = next(line for line in table if line.startswith("saturation"))
+    assert "0.000" in row and "CHANGED" not in row
     # the projection alone (gsclip on the same axes) would call it changed: the joint fit is what stops it
     gs = decompose_divergence(base, tuned, directions, "gsclip", null_base=null_base, n_bootstrap=50, n_null=50)
     assert {a["aspect"]: a for a in gs["aspects"]}["saturation"]["changed"]

@@ -36,6 +36,15 @@ def test_templates_pass_the_faithfulness_check(expl, form):
     assert check(render(expl, form, asked=["pose", "size"]), expl).ok
 
 
+def test_unchanged_says_why(expl):
+    assert "- pose: unchanged (0.04, interval 0.00-0.08, below the null 0.10)" in render(expl, "bullets", ["pose"])
+    expl["aspects"][2]["interval"] = [0.15, 0.2]  # above its null, but the joint fit did not need it
+    text = render(expl, "bullets", ["pose"])
+    line = text.splitlines()[-1]
+    assert line.endswith("accounted for by the changed aspects)") and "below" not in line
+    assert check(text, expl).ok
+
+
 def test_no_change_is_said_and_checked(expl):
     for a in expl["aspects"]:
         a["changed"] = False
