@@ -215,8 +215,8 @@ class FinexlDecomposition(SignedOMP):
       A correlated concept gets its share here, which is right for "how far did the outputs move along *vivid*",
       and the joint fit keeps it from being reported as a change of its own.
 
-    Measured on the toy benchmark, the joint weights alone rank levels and mixtures worse (a level at the noise floor
-    is dropped to 0 and ties) and the projections alone report correlated concepts as changes (see the README).
+    Measured on the toy benchmark (``scripts/ablate_finexl.py``), the joint weights alone order levels worse and the
+    projections alone report correlated concepts as changes (see the README).
     """
 
     def fit(self, F, D, reference=None):
