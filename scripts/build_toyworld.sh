@@ -26,6 +26,12 @@ $py scripts/train_judge.py --init data/toy_judge --minutes 12 --seed 4
 # The CLIP above continued with hard batches that always share colour and background and in turn one more aspect
 # (pattern, shape, pose, position or fill); 7845 steps, 110 min on one core.
 $py scripts/train_toy_clip.py --init data/toy_clip --minutes 110 --steps 8000 --lr 3e-4 --hard-batches 0.6 --seed 3
-# The shipped toy CLIP: continued with 60% group batches (groups of one image in every pose, or in every shape, all
-# else equal, captions naming it), 15% hard batches, the rest minimal pairs; 5557 steps, 80 min on one core.
+# Continued with 60% group batches (groups of one image in every pose, or in every shape, all else equal, captions
+# naming it), 15% hard batches, the rest minimal pairs; 5557 steps, 80 min on one core.
 $py scripts/train_toy_clip.py --init data/toy_clip --minutes 80 --steps 6000 --lr 3e-4 --group-batches 0.6 --hard-batches 0.15 --seed 13
+# The shipped toy CLIP: the same, 3000 more steps at a lower learning rate (22 min on 2 threads).
+$py scripts/train_toy_clip.py --init data/toy_clip --minutes 22 --steps 3000 --lr 2e-4 --group-batches 0.6 --hard-batches 0.15 --threads 2 --seed 14
+# The shipped toy pipeline: stage 2 above continued 8016 steps (62 min on one core). That run took its tokenizer from
+# the toy CLIP rather than from the pipeline (fixed since: --init keeps the pipeline's tokenizer), so its text
+# encoder relearned the token ids; the pipeline saved it with the tokenizer it trained with.
+$py scripts/train_toy_sd.py --init data/toy_sd --vae runs/toy_vae --minutes 62 --n-images 30000 --threads 1 --seed 5

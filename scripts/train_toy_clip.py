@@ -1,10 +1,10 @@
 """Train the toy CLIP and ship it to data/toy_clip (with its tokenizer).
 
-The shipped model was made in three runs, listed with their budgets in scripts/build_toyworld.sh: from scratch on
+The shipped model was made in four runs, listed with their budgets in scripts/build_toyworld.sh: from scratch on
 minimal pairs (two images that differ in one aspect, multi-positive targets from the exact labels) with half the
 batches "hard" (shared colour, background and pattern), then continued with hard batches that share colour,
-background and in turn one more aspect, then continued with group batches (--group-batches: groups of one image in
-every pose, or in every shape, all else equal), which is what taught it pose and most of shape. --plain trains with
+background and in turn one more aspect, then continued twice with group batches (--group-batches: groups of one
+image in every pose, or in every shape, all else equal), which is what taught it pose and shape. --plain trains with
 plain InfoNCE on random images (the first UNet stage's text tower). Without --init the offline tokenizer is built
 afresh (the same token strings and ids every time); with it, the tokenizer of that folder is kept.
 """

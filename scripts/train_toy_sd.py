@@ -5,7 +5,8 @@
 Needs the toy VAE (scripts/train_toy_vae.py) and a toy CLIP (scripts/train_toy_clip.py), whose text tower is the
 starting point of the pipeline's text encoder. By default the text encoder trains with the UNet (at a fraction of
 its learning rate): the contrastive loss leaves the words for shape, pose and position nearly collapsed in the
-CLIP text tower, and a frozen copy of it keeps the UNet from learning them. --init continues a saved pipeline.
+CLIP text tower, and a frozen copy of it keeps the UNet from learning them. --init continues a saved pipeline
+(with its own text encoder and tokenizer, unless --fresh-text-encoder).
 Saves the pipeline every 15 minutes, so an interrupted run still leaves a loadable folder.
 """
 

@@ -246,10 +246,14 @@ def train_toy_diffusion(
     latent_size = cfg.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.init_from is not None:
         from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         unet = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
         text_encoder = CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder")
+        if not cfg.fresh_text_encoder:
+            # The continued text encoder reads token ids of the pipeline's own tokenizer, not the toy CLIP's
+            # (their vocabularies hold the same words under different ids).
+            tokenizer = CLIPTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer")
         logger.info("continuing from the UNet and text encoder in %s", cfg.init_from)
     else:
         text_encoder = text_encoder_from_clip(clip_model)
