@@ -165,7 +165,7 @@ class ConceptDirections:
         images with texts). ``axes``: one row per concept: f(C) - f(antonym) where there is an antonym, else f(C)
         minus the mean over the aspect's concepts without antonyms (when there are at least two), which removes
         what all values of an aspect share ("a colour word") and keeps what tells them apart."""
-        rows, concept_index, polarity = [], [], []
+        rows, concept_index, polarity, two_sided = [], [], [], []
         if kind == "raw":
             for ci, c in enumerate(self.bank.concepts):
                 rows.append(self.row(c.phrase))
@@ -188,6 +188,7 @@ class ConceptDirections:
                     rows.append(self.row(c.phrase) - plain_mean.get(c.aspect, 0.0))
                 concept_index.append(ci)
                 polarity.append(1.0)
+                two_sided.append(bool(c.antonym))
         elif kind == "anchors":
             if self.anchors is None:
                 raise ValueError("these directions carry no text anchors; build them with text_directions")
@@ -196,7 +197,12 @@ class ConceptDirections:
             return Design(self.anchors[index], raw.concept_index, raw.polarity)
         else:
             raise ValueError(f"unknown design {kind!r}; expected 'raw', 'axes' or 'anchors'")
-        return Design(np.asarray(rows), np.asarray(concept_index), np.asarray(polarity))
+        return Design(
+            np.asarray(rows),
+            np.asarray(concept_index),
+            np.asarray(polarity),
+            np.asarray(two_sided, dtype=bool) if kind == "axes" else None,
+        )
 
     def _raw_phrases(self) -> list[str]:
         """The phrase of every row of the ``raw`` design, in order."""
@@ -216,6 +222,9 @@ class Design:
     rows: np.ndarray  # (k, d)
     concept_index: np.ndarray  # (k,)
     polarity: np.ndarray  # (k,)
+    # axes only: True where the axis runs between a phrase and its antonym, so that a negative weight names a
+    # decrease ("less blurry" = "sharp"); False for a value centred within its aspect ("red" minus the mean colour)
+    two_sided: np.ndarray | None = None  # (k,) bool
 
 
 def direction_prompts(prompts: list[str], limit: int = MAX_DIRECTION_PROMPTS) -> list[str]:

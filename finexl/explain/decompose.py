@@ -24,8 +24,9 @@ Methods (the first five decompose V_div; the last three are the benchmark's riva
 * ``sparse``: SpLiCE-style non-negative lasso on unit-norm directions.
 * ``finexl`` (the default), in two parts on concept *axes* (antonym pairs, or values centred within their aspect):
   a joint fit, signed orthogonal matching pursuit, says whether an aspect changed and toward which concept; the
-  projection of V_div on each axis says how much. Signed weights on axes read decreases ("less blurry") as well as
-  increases; picking one axis at a time and refitting the picked set jointly explains a shift once, so a
+  projection of V_div on each axis says how much. Signed weights on antonym axes read decreases ("less blurry") as
+  well as increases (a value without an antonym, such as a colour, takes only positive weight: its aspect changed
+  toward it); picking one axis at a time and refitting the picked set jointly explains a shift once, so a
   correlated concept (a synonym, or "vivid" next to "bright") gets no weight of its own for what the first one
   explains. The joint weights reported are the median over refits on bootstrap resamples of the pairs.
 * ``gsclip``: each concept alone, by the cosine of its direction with V_div (GSCLIP-style).
@@ -167,9 +168,13 @@ class SparseDecomposition(_Decomposition):
 class SignedOMP(_Decomposition):
     """Signed orthogonal matching pursuit on concept axes: the joint fit inside finexl's default.
 
-    Repeatedly pick the axis most aligned (in absolute cosine) with what is still unexplained, refit all picked axes
-    by least squares, and stop after ``max_concepts`` or when the next axis would explain less than ``min_gain`` of
-    the remaining squared norm.
+    Repeatedly pick the axis most aligned with what is still unexplained, refit all picked axes by least squares,
+    and stop after ``max_concepts`` or when the next axis would explain less than ``min_gain`` of the remaining
+    squared norm. ``two_sided`` (fit parameter, one flag per axis) says which axes may take a negative weight: an
+    axis between a phrase and its antonym ("blurry" - "sharp") may, and a negative weight reads as the antonym; a
+    value centred within its aspect ("red" minus the mean colour) may not, since the values of an aspect move
+    together (red gaining is every other colour losing) and "less yellow" would name a loser where a gainer
+    exists. Without it every axis is two-sided.
     """
 
     design = "axes"
@@ -178,10 +183,13 @@ class SignedOMP(_Decomposition):
         self.max_concepts = max_concepts
         self.min_gain = min_gain
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, _ = _unit(F)
+        two_sided = np.ones(len(F), dtype=bool) if two_sided is None else np.asarray(two_sided, dtype=bool)
+        if two_sided.shape != (len(F),):
+            raise ValueError(f"two_sided has shape {two_sided.shape}; expected one flag per direction ({len(F)},)")
         chosen: list[int] = []
         coef = np.zeros(len(F))
         residual = v.copy()
@@ -189,18 +197,30 @@ class SignedOMP(_Decomposition):
             remaining_sq = float(residual @ residual)
             if remaining_sq <= 1e-24:
                 break
-            corr = np.abs(U @ residual)
-            corr[chosen] = -1.0
+            corr = U @ residual
+            corr = np.where(two_sided, np.abs(corr), corr)
+            corr[chosen] = -np.inf
             best = int(np.argmax(corr))
-            if corr[best] ** 2 / remaining_sq < self.min_gain:
+            if corr[best] <= 0 or corr[best] ** 2 / remaining_sq < self.min_gain:
                 break
             chosen.append(best)
-            w, *_ = np.linalg.lstsq(F[chosen].T, v, rcond=None)
             coef = np.zeros(len(F))
-            coef[chosen] = w
+            coef[chosen] = _signed_lstsq(F[chosen], v, two_sided[chosen])
             residual = v - coef @ F
         self.chosen_ = np.asarray(chosen, dtype=int)
         return self._finish(F, v, coef)
+
+
+def _signed_lstsq(F: np.ndarray, v: np.ndarray, two_sided: np.ndarray) -> np.ndarray:
+    """Least squares ``w @ F ~ v`` with ``w >= 0`` where not ``two_sided`` (free sign where it is): non-negative
+    least squares on the rows plus the negated two-sided rows, ``w = w+ - w-``."""
+    if two_sided.all():
+        return np.linalg.lstsq(F.T, v, rcond=None)[0]
+    A = np.concatenate([F, -F[two_sided]]).T  # (d, k + k2)
+    w, _ = nnls(A, v)
+    out = w[: len(F)].copy()
+    out[two_sided] -= w[len(F) :]
+    return out
 
 
 class FinexlDecomposition(SignedOMP):
@@ -219,8 +239,8 @@ class FinexlDecomposition(SignedOMP):
     projections alone report correlated concepts as changes (see the README).
     """
 
-    def fit(self, F, D, reference=None):
-        super().fit(F, D, reference)
+    def fit(self, F, D, reference=None, two_sided=None):
+        super().fit(F, D, reference, two_sided)
         v = _as_vdiv(D)
         U, norms = _unit(_check(F, v))
         self.projection_ = (U @ v) / norms

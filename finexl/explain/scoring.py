@@ -81,7 +81,8 @@ def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray,
                    ) -> tuple[np.ndarray, float, np.ndarray | None]:  # fmt: skip
     """One fit: the row scores, the residual, and the joint fit's row scores of a two-part estimator (finexl's
     default, see :class:`~finexl.explain.decompose.FinexlDecomposition`; None for the others)."""
-    est = clone(estimator).fit(design.rows, D, reference=reference)
+    sides = {"two_sided": design.two_sided} if estimator.design == "axes" else {}
+    est = clone(estimator).fit(design.rows, D, reference=reference, **sides)
     joint = est.joint_row_scores(design.rows, spread) if hasattr(est, "joint_row_scores") else None
     return est.row_scores(design.rows, spread), est.residual_, joint
 

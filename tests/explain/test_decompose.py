@@ -33,6 +33,22 @@ def test_finexl_recovers_signed_sparse_mixtures_that_nnls_cannot():
     assert (nn.coef_ >= 0).all() and nn.residual_ > 0.1
 
 
+def test_values_without_antonyms_only_take_positive_joint_weight():
+    # an aspect of three values centred on their mean (axes sum to zero) and one antonym axis
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(3, 32))
+    axes = np.concatenate([values - values.mean(axis=0), rng.normal(size=(1, 32))])
+    two_sided = np.array([False, False, False, True])
+    v = -axes[1] - 0.5 * axes[3]  # value 1 lost share (to values 0 and 2); the antonym axis decreased
+    free = make_estimator("finexl").fit(axes, v)
+    assert free.coef_[1] < 0  # without the flags the fit names the loser: "less <value 1>"
+    fx = make_estimator("finexl").fit(axes, v, two_sided=two_sided)
+    assert (fx.coef_[:3] >= 0).all() and fx.coef_[0] > 0.5 and fx.coef_[2] > 0.5  # the gainers
+    assert fx.coef_[3] == pytest.approx(-0.5) and fx.residual_ < 1e-8  # a decrease on the antonym axis stays
+    with pytest.raises(ValueError, match="two_sided"):
+        make_estimator("finexl").fit(axes, v, two_sided=[True, False])
+
+
 def test_paper_stops_at_the_residual_bound():
     F = directions()
     v = F[2] + 0.05 * F[5]
