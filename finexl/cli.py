@@ -536,6 +536,9 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from err
     metrics = all_metrics(records, methods)
     print(markdown_table(metrics, methods))
+    if "_multi_selection_by_judge" in metrics:
+        by_judge = metrics["_multi_selection_by_judge"]
+        print(f"\nmulti_selection made from the judge's readings of what changed: {by_judge:.3f}")
     if "_paired_over_unpaired_interval_width" in metrics:
         print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
     if args.json:

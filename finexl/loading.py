@@ -63,6 +63,20 @@ def resolve_lora_file(path: str | Path) -> Path:
     return path
 
 
+def recorded_base(lora_file: str | Path) -> str | None:
+    """The fingerprint (:func:`fingerprint_folder`) of the base a LoRA was trained on, as ``finexl train`` records it
+    in ``finexl_train_config.json`` beside the weights; ``None`` for LoRAs trained elsewhere."""
+    import json
+
+    config = Path(lora_file).parent / "finexl_train_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("identity", {}).get("base")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 # Key patterns of the formats diffusers converts to, mapped back to the module they adapt.
 _KEY_PATTERNS = (
     (re.compile(r"^(.*)\.lora_[AB]\.(?:default\.)?weight$"), None),  # peft
@@ -199,10 +213,18 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = "f
     file = resolve_lora_file(path)
     state_dict = normalized_lora_state_dict(pipe, file)
     n = check_lora_fits(pipe, state_dict)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    if not any(k.startswith("text_encoder") for k in state_dict):
+        # UNet-only LoRAs are the norm; diffusers would warn on every load that the text encoder has no keys
+        diffusers_logging.set_verbosity_error()
     try:
         pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
     except Exception as err:
         raise LoraError(f"could not load the LoRA {file} onto the pipeline: {err}") from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
     logger.info("loaded LoRA %s (%d modules) at scale %g", file, n, scale)
     return adapter_name

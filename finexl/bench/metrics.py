@@ -9,7 +9,9 @@
   aspects of single-aspect, mixture and null models (a null has none);
 * ``direction``: share of single-aspect models whose shifted aspect is reported in the right direction;
 * ``multi_selection``: for each mixture model, pick among all mixtures the spec whose strength vector is closest
-  (cosine) to the explanation's score vector; share picked right;
+  (cosine) to the explanation's score vector; share picked right. The same pick made from the judge's own readings
+  of what changed (``judge_multi_selection``) shows how far the built models realize their specs' proportions: an
+  explanation that reported exactly what changed would score that;
 * ``retrieval``: for each single-aspect model, its nearest other single-aspect model by cosine of the signed score
   vectors has the same shifted aspect and direction (same-spec retrieval);
 * ``null_fpr``: share of (null model, aspect) checks reported as changed;
@@ -91,14 +93,7 @@ def method_metrics(records: list[dict], method: str) -> dict:
     if multi:
         aspects = list(multi[0]["methods"][method]["aspects"])
         specs = [r["spec"] for r in multi]
-
-        def spec_vector(r):
-            v = np.zeros(len(aspects))
-            for a, t, s in r["shifts"]:
-                v[aspects.index(a)] = s * (1.0 if expected_direction(t) == "increase" else -1.0)
-            return v
-
-        targets = [spec_vector(r) for r in multi]
+        targets = [_spec_vector(r, aspects) for r in multi]
         picks = [specs[int(np.argmax([_cos(_signed(r["methods"][method], aspects), t) for t in targets]))]
                  for r in multi]  # fmt: skip
         out["multi_selection"] = float(np.mean([p == r["spec"] for p, r in zip(picks, multi, strict=True)]))
@@ -131,6 +126,37 @@ def method_metrics(records: list[dict], method: str) -> dict:
     return out
 
 
+def _spec_vector(r: dict, aspects: list[str]) -> np.ndarray:
+    v = np.zeros(len(aspects))
+    for a, t, s in r["shifts"]:
+        v[aspects.index(a)] = s * (1.0 if expected_direction(t) == "increase" else -1.0)
+    return v
+
+
+def judge_multi_selection(records: list[dict]) -> float | None:
+    """``multi_selection`` with the judge as the explanation: each mixture's measured change on the aspects the
+    mixtures shift (a graded aspect's level difference; a categorical aspect's change in the share of the value the
+    mixtures shift it toward), matched by cosine to every mixture's spec."""
+    multi = [r for r in records if r["kind"] == "multi"]
+    if not multi:
+        return None
+    targets = {}
+    for r in multi:
+        for a, t, _ in r["shifts"]:
+            targets.setdefault(a, t)
+    aspects = sorted(targets)
+    if any(a not in r.get("judge", {}) for r in multi for a in aspects):
+        return None  # no judge readings (records not made by the toy benchmark)
+
+    def measured(r):
+        return np.array([r["judge"][a][targets[a]] if isinstance(r["judge"][a], dict) else r["judge"][a]
+                         for a in aspects])  # fmt: skip
+
+    specs = [_spec_vector(r, aspects) for r in multi]
+    picks = [int(np.argmax([_cos(measured(r), t) for t in specs])) for r in multi]
+    return float(np.mean([multi[p]["spec"] == r["spec"] for p, r in zip(picks, multi, strict=True)]))
+
+
 def sentence_f1(records: list[dict], method: str) -> float:
     """F1 of the aspects that the templated bullet sentences name as changed, against the shifted aspects."""
     from finexl.narrate.templates import render
@@ -151,6 +177,9 @@ def sentence_f1(records: list[dict], method: str) -> float:
 
 def all_metrics(records: list[dict], methods: list[str]) -> dict:
     out = {m: method_metrics(records, m) for m in methods}
+    by_judge = judge_multi_selection(records)
+    if by_judge is not None:
+        out["_multi_selection_by_judge"] = by_judge
     widths = [r["interval_width"] for r in records if "interval_width" in r]
     if widths:
         out["_paired_over_unpaired_interval_width"] = float(

@@ -67,7 +67,7 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
     from finexl.explain.embed import load_embedder
     from finexl.explain.explainer import NULL_SEED_OFFSET, decompose_divergence, default_prompts, requests
     from finexl.explain.paired import ImageCache, cached_samples, default_cache_dir, lora_fingerprint
-    from finexl.loading import fingerprint_folder, load_lora, load_pipeline, resolve_lora_file
+    from finexl.loading import fingerprint_folder, load_lora, load_pipeline, recorded_base, resolve_lora_file
     from finexl.sampling import SamplerConfig
     from finexl.toyworld.judge import load_judge
     from finexl.toyworld.measure import compare_readings
@@ -105,6 +105,12 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
         t0 = time.perf_counter()
         ps, seeds, base_emb, null_emb, directions, base_images = world(truth["kind"])
         lora = resolve_lora_file(truth["path"])
+        trained_on = recorded_base(lora)
+        if trained_on is not None and trained_on != base_fp:
+            raise ValueError(
+                f"suite model {truth['id']} ({truth['path']}) was trained on base {trained_on}, but the base here "
+                f"({base_dir}) is {base_fp}: rebuild the suite with 'finexl bench build' on this base"
+            )
         fp = lora_fingerprint(base_fp, fingerprint_folder(lora), 1.0)
 
         def tuned_pipe(lora=lora):

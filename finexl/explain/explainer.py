@@ -194,7 +194,14 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
     from finexl.explain.concepts import load_concept_bank, text_directions
     from finexl.explain.embed import load_embedder
     from finexl.explain.paired import ImageCache, cached_samples, default_cache_dir, lora_fingerprint
-    from finexl.loading import fingerprint_folder, load_lora, load_pipeline, native_size, resolve_lora_file
+    from finexl.loading import (
+        fingerprint_folder,
+        load_lora,
+        load_pipeline,
+        native_size,
+        recorded_base,
+        resolve_lora_file,
+    )
     from finexl.utils import data_dir
 
     timings: dict[str, float] = {}
@@ -209,6 +216,12 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
     if cfg.lora:
         lora_file = resolve_lora_file(cfg.lora)
         tuned_fp = lora_fingerprint(base_fp, fingerprint_folder(lora_file), cfg.lora_scale)
+        trained_on = recorded_base(lora_file)
+        if trained_on is not None and trained_on != base_fp:
+            logger.warning(
+                "the LoRA %s was trained by finexl on another base (fingerprint %s) than %s (%s): the explanation "
+                "describes what it does to this base", lora_file, trained_on, base_dir, base_fp,
+            )  # fmt: skip
     else:
         tuned_fp = fingerprint_folder(cfg.model)
     size = native_size(base_dir)

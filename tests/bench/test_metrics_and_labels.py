@@ -5,7 +5,7 @@ import json
 import pytest
 
 from finexl.bench.labels import Label, LabelError, labels_from_records, read_labels, score_labels, write_labels
-from finexl.bench.metrics import all_metrics, markdown_table, method_metrics
+from finexl.bench.metrics import all_metrics, judge_multi_selection, markdown_table, method_metrics
 
 ASPECTS = ("colour", "blur", "size")
 
@@ -127,3 +127,15 @@ def test_cli_score(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"model": "m1", "aspect": "pose", "direction": "increase", "level": 2}\n')
     assert main(["bench", "score", str(tmp_path / "bad.jsonl"), str(tmp_path / "m1")]) == 2
     assert "bad.jsonl:1: unknown aspect" in capsys.readouterr().err
+
+
+def test_mixture_selection_from_the_judge_shows_what_the_models_realized():
+    records = [r for r in perfect_records() if r["kind"] == "multi"]
+    # as specified: colour red +0.75 / blur -0.25, then +0.25 / -0.75
+    for r, (red, blur) in zip(records, [(0.3, -0.1), (0.1, -0.3)], strict=True):
+        r["judge"] = {"colour": {"red": red, "blue": -red}, "blur": blur, "size": 0.0}
+    assert judge_multi_selection(records) == 1.0
+    assert all_metrics(records, ["m"])["_multi_selection_by_judge"] == 1.0
+    records[0]["judge"] = {"colour": {"red": 0.1, "blue": -0.1}, "blur": -0.3, "size": 0.0}  # realized the other
+    assert judge_multi_selection(records) == 0.5
+    assert judge_multi_selection([r for r in perfect_records() if r["kind"] != "multi"]) is None

@@ -36,3 +36,16 @@ def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
     shutil.rmtree(out / "suites" / "tiny" / "models" / "null-0")
     assert main(argv) == 2
     assert "null-0 is missing" in capsys.readouterr().err
+
+
+def test_bench_run_refuses_models_trained_on_another_base(tiny_suite, capsys):
+    out = tiny_suite
+    config = out / "suites" / "tiny" / "models" / "colour-red-L1" / "finexl_train_config.json"
+    record = json.loads(config.read_text())
+    record["identity"]["base"] = "0123456789abcdef"
+    config.write_text(json.dumps(record))
+    argv = ["bench", "run", "tiny", "--suites", str(out / "suites"), "--samples", "4", "--bootstrap", "10",
+            "--cache", str(out / "cache"), "--methods", "finexl", "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "colour-red-L1" in err and "trained on base 0123456789abcdef" in err and "rebuild the suite" in err

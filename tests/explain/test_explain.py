@@ -45,6 +45,23 @@ def test_a_lora_at_scale_zero_changes_nothing(tmp_path, tiny_pipeline_dir, tiny_
     assert all(a["score"] < 1e-6 for a in res["aspects"])
 
 
+def test_a_lora_trained_on_another_base_is_flagged(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir, caplog):
+    import shutil
+
+    lora = tmp_path / "lora"
+    shutil.copytree(tiny_lora_dir, lora)
+    cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(lora), lora_scale=0.0)
+    with caplog.at_level("WARNING", logger="finexl"):
+        explain(cfg)
+    assert "another base" not in caplog.text  # trained on this very base
+    record = json.loads((lora / "finexl_train_config.json").read_text())
+    record["identity"]["base"] = "0123456789abcdef"
+    (lora / "finexl_train_config.json").write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="finexl"):
+        explain(cfg)
+    assert "trained by finexl on another base (fingerprint 0123456789abcdef)" in caplog.text
+
+
 def test_lora_for_another_base_is_refused_before_sampling(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
     from finexl.utils import data_dir
 
