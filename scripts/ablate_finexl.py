@@ -24,6 +24,9 @@ from finexl.utils import atomic_write_json
 class ProjectionOnly(GSCLIPScorer):
     design = "axes"
 
+    def fit(self, F, D, reference=None, two_sided=None):  # a projection has no sign to constrain
+        return super().fit(F, D, reference)
+
 
 ABLATIONS = {"joint-only": SignedOMP, "projection-only": ProjectionOnly}
 
