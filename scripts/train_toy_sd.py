@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=60000, help="rendered training images")
     parser.add_argument("--frozen-text-encoder", action="store_true", help="train the UNet only")
     parser.add_argument("--fresh-text-encoder", action="store_true", help="text encoder from random weights")
+    parser.add_argument("--text-encoder-lr-scale", type=float, default=0.3, help="text encoder lr / UNet lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default: data/toy_sd")
@@ -44,6 +45,7 @@ def main() -> None:
         init_from=args.init,
         train_text_encoder=not args.frozen_text_encoder,
         fresh_text_encoder=args.fresh_text_encoder,
+        text_encoder_lr_scale=args.text_encoder_lr_scale,
         seed=args.seed,
     )
     train_toy_diffusion(
