@@ -6,7 +6,12 @@ Needs the toy VAE (scripts/train_toy_vae.py) and a toy CLIP (scripts/train_toy_c
 starting point of the pipeline's text encoder. By default the text encoder trains with the UNet (at a fraction of
 its learning rate): the contrastive loss leaves the words for shape, pose and position nearly collapsed in the
 CLIP text tower, and a frozen copy of it keeps the UNet from learning them. --init continues a saved pipeline
-(with its own text encoder and tokenizer, unless --fresh-text-encoder).
+(with its own text encoder and tokenizer, unless --fresh-text-encoder or --clip-text-encoder).
+
+The shipped pipeline's last stage went the other way: once the toy CLIP kept those words apart (group batches),
+its text tower, frozen, replaced the jointly trained text encoder, in which the denoising loss alone had let the
+position and pose words drift together (--init ... --clip-text-encoder --frozen-text-encoder; see
+scripts/build_toyworld.sh).
 Saves the pipeline every 15 minutes, so an interrupted run still leaves a loadable folder.
 """
 
@@ -30,6 +35,11 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=60000, help="rendered training images")
     parser.add_argument("--frozen-text-encoder", action="store_true", help="train the UNet only")
     parser.add_argument("--fresh-text-encoder", action="store_true", help="text encoder from random weights")
+    parser.add_argument(
+        "--clip-text-encoder",
+        action="store_true",
+        help="with --init: replace the pipeline's text encoder by the toy CLIP's text tower and tokenizer",
+    )
     parser.add_argument("--text-encoder-lr-scale", type=float, default=0.3, help="text encoder lr / UNet lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -45,6 +55,7 @@ def main() -> None:
         init_from=args.init,
         train_text_encoder=not args.frozen_text_encoder,
         fresh_text_encoder=args.fresh_text_encoder,
+        clip_text_encoder=args.clip_text_encoder,
         text_encoder_lr_scale=args.text_encoder_lr_scale,
         seed=args.seed,
     )

@@ -147,7 +147,17 @@ class ToyDiffusionTrainConfig:
     # Start the text encoder from random weights (the toy CLIP's text architecture and tokenizer) instead of its
     # trained tower: a tower whose contrastive training collapsed some words cannot be trained back apart quickly.
     fresh_text_encoder: bool = False
+    # Continue the UNet of ``init_from`` with the toy CLIP's text tower and tokenizer in place of the pipeline's
+    # text encoder (freeze it with ``train_text_encoder=False``): a text encoder trained only through the denoising
+    # loss lets the words the UNet does not yet use drift together, which the contrastive tower keeps apart.
+    clip_text_encoder: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.clip_text_encoder and self.fresh_text_encoder:
+            raise ValueError("clip_text_encoder and fresh_text_encoder exclude each other")
+        if self.clip_text_encoder and self.init_from is None:
+            raise ValueError("clip_text_encoder continues a pipeline: give init_from")
 
 
 def build_unet(cfg: ToyUnetConfig, latent_size: int, latent_channels: int, cross_attention_dim: int):
@@ -249,12 +259,17 @@ def train_toy_diffusion(
         from transformers import CLIPTextModel, CLIPTokenizer
 
         unet = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder")
-        if not cfg.fresh_text_encoder:
-            # The continued text encoder reads token ids of the pipeline's own tokenizer, not the toy CLIP's
-            # (their vocabularies hold the same words under different ids).
-            tokenizer = CLIPTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer")
-        logger.info("continuing from the UNet and text encoder in %s", cfg.init_from)
+        logger.info("continuing the UNet of %s", cfg.init_from)
+        if cfg.clip_text_encoder:
+            text_encoder = text_encoder_from_clip(clip_model)  # with the toy CLIP's own tokenizer
+            logger.info("text encoder: the toy CLIP's text tower and tokenizer")
+        else:
+            text_encoder = CLIPTextModel.from_pretrained(Path(cfg.init_from) / "text_encoder")
+            if not cfg.fresh_text_encoder:
+                # The continued text encoder reads token ids of the pipeline's own tokenizer, not the toy CLIP's
+                # (their vocabularies hold the same words under different ids).
+                tokenizer = CLIPTokenizer.from_pretrained(Path(cfg.init_from) / "tokenizer")
+                logger.info("text encoder and tokenizer continued from %s", cfg.init_from)
     else:
         text_encoder = text_encoder_from_clip(clip_model)
         unet = build_unet(cfg.unet, latent_size, vae.config.latent_channels, text_encoder.config.hidden_size)

@@ -248,3 +248,28 @@ def test_text_encoder_starts_from_the_clip_tower_or_fresh(tiny_models, tmp_path)
     fresh = CLIPTextModel.from_pretrained(tmp_path / "fresh" / "text_encoder").embeddings.token_embedding.weight
     torch.testing.assert_close(copied, tower)
     assert (fresh - tower).abs().mean() > 1e-3
+
+
+def test_continued_pipeline_can_take_the_clip_tower_and_its_tokenizer(tiny_models, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    clip, clip_tokenizer = load_toy_clip(tiny_models / "clip")
+    cfg = ToyDiffusionTrainConfig(
+        unet=TINY_UNET, n_images=8, steps=1, batch_size=4, warmup=1, lr=1e-9, train_text_encoder=False,
+        init_from=str(tiny_models / "sd"), clip_text_encoder=True,
+    )  # fmt: skip
+    train_toy_diffusion(tmp_path / "swapped", cfg, tiny_models / "vae", tiny_models / "clip", progress=False)
+    tower = clip.text_model.embeddings.token_embedding.weight
+    original = CLIPTextModel.from_pretrained(tiny_models / "sd" / "text_encoder").embeddings.token_embedding.weight
+    assert (original - tower).abs().max() > 1e-5  # the continued pipeline's encoder had moved away from the tower
+    swapped = CLIPTextModel.from_pretrained(tmp_path / "swapped" / "text_encoder").embeddings.token_embedding.weight
+    torch.testing.assert_close(swapped, tower)
+    assert CLIPTokenizer.from_pretrained(tmp_path / "swapped" / "tokenizer").get_vocab() == clip_tokenizer.get_vocab()
+    before = UNet2DConditionModel.from_pretrained(tiny_models / "sd" / "unet").conv_in.weight
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "swapped" / "unet").conv_in.weight
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)  # the UNet is continued, not rebuilt
+    with pytest.raises(ValueError, match="init_from"):
+        ToyDiffusionTrainConfig(clip_text_encoder=True)
+    with pytest.raises(ValueError, match="exclude"):
+        ToyDiffusionTrainConfig(init_from="x", clip_text_encoder=True, fresh_text_encoder=True)
