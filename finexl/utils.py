@@ -88,6 +88,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+TRAIN_RECORD = "finexl_train_config.json"
+
+
+def train_record(cfg, steps_done: int, seconds: float, continued_from: dict | None = None, **extra) -> dict:
+    """What a training run saves as ``finexl_train_config.json`` beside its weights: its config (a dataclass), the
+    steps done, the wall seconds, any ``extra`` figures, and, for a run that continued another, that run's record
+    under ``continued_from`` (read it with :func:`read_train_record` before the run saves anything: a run may write
+    over the folder it continues)."""
+    from dataclasses import asdict
+
+    record = {**asdict(cfg), "steps_done": steps_done, "seconds": round(seconds, 1), **extra}
+    if continued_from is not None:
+        record["continued_from"] = continued_from
+    return record
+
+
+def read_train_record(folder: str | Path | None) -> dict | None:
+    """The ``finexl_train_config.json`` of a model folder, or None (no folder given, or none recorded)."""
+    if folder is None:
+        return None
+    path = Path(folder) / TRAIN_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def seed_everything(seed: int) -> None:
     import random
 

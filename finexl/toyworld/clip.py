@@ -6,7 +6,7 @@ Its text tower doubles as the text encoder of the toy text-to-image pipeline, as
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from finexl.toyworld.aspects import CATEGORICAL
 from finexl.toyworld.captions import caption, is_true_of, prompt_for
 from finexl.toyworld.dataset import render_set
-from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, data_dir, seed_everything
+from finexl.utils import (
+    TrainingClock,
+    atomic_dir,
+    atomic_write_json,
+    data_dir,
+    read_train_record,
+    seed_everything,
+    train_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +215,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
     from transformers import CLIPTokenizer
 
     seed_everything(cfg.seed)
+    continued_from = read_train_record(cfg.init_from)  # before any save: out_dir may be the folder continued
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     if cfg.init_from is not None:
         model, _ = load_toy_clip(cfg.init_from)
@@ -271,8 +280,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(
-            tmp / "finexl_train_config.json",
-            {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
+            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
         )
     return model, tokenizer
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from finexl.toyworld.captions import caption
 from finexl.toyworld.clip import images_to_tensor
 from finexl.toyworld.dataset import render_set
-from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, seed_everything
+from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, read_train_record, seed_everything, train_record
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def train_toy_vae(out_dir: str | Path, cfg: ToyVaeTrainConfig, progress: bool = 
     with atomic_dir(out_dir) as tmp:
         vae.save_pretrained(tmp)
         atomic_write_json(
-            tmp / "finexl_train_config.json",
-            {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1), "recon_mae_255": mae},
+            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), recon_mae_255=mae)
         )
     return vae
 
@@ -250,6 +249,7 @@ def train_toy_diffusion(
     from finexl.toyworld.clip import load_toy_clip
 
     seed_everything(cfg.seed)
+    continued_from = read_train_record(cfg.init_from)  # before any save: out_dir may be the folder continued
     # 1. Models: frozen VAE; text encoder from the toy CLIP's text tower (or the pipeline continued); UNet
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     clip_model, tokenizer = load_toy_clip(clip_dir)
@@ -343,8 +343,7 @@ def train_toy_diffusion(
                 ema_text_encoder = emas[1] if cfg.train_text_encoder else text_encoder.eval()
                 make_pipeline(vae, ema_text_encoder, tokenizer, emas[0]).save_pretrained(tmp)
                 atomic_write_json(
-                    tmp / "finexl_train_config.json",
-                    {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
+                    tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
                 )
             logger.info("saved pipeline at step %d to %s", step + 1, out_dir)
         if finished:

@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 from finexl.toyworld.aspects import CATEGORICAL, GRADED
 from finexl.toyworld.clip import images_to_tensor
 from finexl.toyworld.dataset import render_set
-from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, data_dir, seed_everything
+from finexl.utils import (
+    TrainingClock,
+    atomic_dir,
+    atomic_write_json,
+    data_dir,
+    read_train_record,
+    seed_everything,
+    train_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +112,7 @@ def train_judge(out_dir: str | Path, cfg: JudgeTrainConfig, vae_dir: str | Path 
     from safetensors.torch import save_file
 
     seed_everything(cfg.seed)
+    continued_from = read_train_record(cfg.init_from)  # before any save: out_dir may be the folder continued
     model = load_judge(cfg.init_from).train() if cfg.init_from is not None else Judge(cfg.model)
     logger.info("judge: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     data = render_set(cfg.n_images, seed=cfg.seed + 300, size=cfg.model.image_size, progress=progress)
@@ -150,8 +159,7 @@ def train_judge(out_dir: str | Path, cfg: JudgeTrainConfig, vae_dir: str | Path 
         save_file(model.state_dict(), tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", asdict(cfg.model))
         atomic_write_json(
-            tmp / "finexl_train_config.json",
-            {**asdict(cfg), "steps_done": step + 1, "seconds": round(clock.elapsed(), 1)},
+            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
         )
     return model
 

@@ -269,7 +269,27 @@ def test_continued_pipeline_can_take_the_clip_tower_and_its_tokenizer(tiny_model
     before = UNet2DConditionModel.from_pretrained(tiny_models / "sd" / "unet").conv_in.weight
     after = UNet2DConditionModel.from_pretrained(tmp_path / "swapped" / "unet").conv_in.weight
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)  # the UNet is continued, not rebuilt
+    record = json.loads((tmp_path / "swapped" / "finexl_train_config.json").read_text())
+    previous = json.loads((tiny_models / "sd" / "finexl_train_config.json").read_text())
+    assert record["clip_text_encoder"] and record["continued_from"] == previous  # the run it continued, nested
     with pytest.raises(ValueError, match="init_from"):
         ToyDiffusionTrainConfig(clip_text_encoder=True)
     with pytest.raises(ValueError, match="exclude"):
         ToyDiffusionTrainConfig(init_from="x", clip_text_encoder=True, fresh_text_encoder=True)
+
+
+def test_continued_clip_and_judge_record_the_run_they_continued(tiny_models, tiny_tokenizer_dir, tmp_path):
+    clip_cfg = ToyClipTrainConfig(
+        model=TINY_CLIP, n_images=16, steps=1, batch_size=8, warmup=1, init_from=str(tiny_models / "clip")
+    )
+    train_toy_clip(tmp_path / "clip", clip_cfg, tiny_tokenizer_dir, progress=False)
+    judge_cfg = JudgeTrainConfig(
+        model=JudgeConfig(width=8, hidden=32), n_images=16, steps=1, batch_size=8, warmup=1,
+        init_from=str(tiny_models / "judge"),
+    )  # fmt: skip
+    train_judge(tmp_path / "judge", judge_cfg, tiny_models / "vae", progress=False)
+    for name in ("clip", "judge"):
+        record = json.loads((tmp_path / name / "finexl_train_config.json").read_text())
+        previous = json.loads((tiny_models / name / "finexl_train_config.json").read_text())
+        assert record["steps_done"] == 1 and record["continued_from"] == previous
+        assert "continued_from" not in previous  # trained from scratch: nothing to nest
