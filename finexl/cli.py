@@ -506,7 +506,8 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = BuildConfig(n_images=args.n_images, max_steps=args.max_steps)
+    defaults = BuildConfig()
+    cfg = BuildConfig(n_images=args.n_images or defaults.n_images, max_steps=args.max_steps or defaults.max_steps)
     try:
         records = build_suite(args.suite, Path(args.out) / args.suite, cfg, base=args.base, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as err:
@@ -738,8 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=["single", "null", "multi", "dreambooth", "quick"], help="which suite")
     p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
     p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
-    p.add_argument("--n-images", type=int, default=200, help="training images per model (default 200)")
-    p.add_argument("--max-steps", type=int, default=400, help="training steps per model (default 400)")
+    p.add_argument("--n-images", type=int, default=0, help="training images per model (default 800)")
+    p.add_argument("--max-steps", type=int, default=0, help="training steps per model (default 400)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_bench_build)
 
