@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+import numpy as np
+
 from finexl.bench.metrics import all_metrics, markdown_table
 from finexl.bench.runner import BenchConfig, load_truths, run_models
 from finexl.explain.decompose import ESTIMATORS, GSCLIPScorer, SignedOMP
@@ -22,10 +24,15 @@ from finexl.utils import atomic_write_json
 
 
 class ProjectionOnly(GSCLIPScorer):
+    """The default's projection alone: on a one-sided axis (a value without an antonym) only a move toward it."""
+
     design = "axes"
 
-    def fit(self, F, D, reference=None, two_sided=None):  # a projection has no sign to constrain
-        return super().fit(F, D, reference)
+    def fit(self, F, D, reference=None, two_sided=None):
+        super().fit(F, D, reference)
+        if two_sided is not None:
+            self.coef_ = np.where(np.asarray(two_sided, dtype=bool), self.coef_, np.maximum(self.coef_, 0.0))
+        return self
 
 
 ABLATIONS = {"joint-only": SignedOMP, "projection-only": ProjectionOnly}

@@ -233,7 +233,9 @@ class FinexlDecomposition(SignedOMP):
       that noise picks.
     * ``projection_`` (how much): how far V_div reaches along each unit axis on its own, in the units of the rows.
       A correlated concept gets its share here, which is right for "how far did the outputs move along *vivid*",
-      and the joint fit keeps it from being reported as a change of its own.
+      and the joint fit keeps it from being reported as a change of its own. On a one-sided axis (a value without
+      an antonym) only a move toward the value counts, as in the joint fit: a categorical aspect's score is how far
+      the outputs moved toward the value that gained most, never "less triangle".
 
     Measured on the toy benchmark (``scripts/ablate_finexl.py``), the joint weights alone order levels worse and the
     projections alone report correlated concepts as changes (see the README).
@@ -243,7 +245,10 @@ class FinexlDecomposition(SignedOMP):
         super().fit(F, D, reference, two_sided)
         v = _as_vdiv(D)
         U, norms = _unit(_check(F, v))
-        self.projection_ = (U @ v) / norms
+        projection = (U @ v) / norms
+        if two_sided is not None:  # a value without an antonym moves only toward itself, as in the joint fit
+            projection = np.where(np.asarray(two_sided, dtype=bool), projection, np.maximum(projection, 0.0))
+        self.projection_ = projection
         return self
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:

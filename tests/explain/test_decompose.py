@@ -45,6 +45,10 @@ def test_values_without_antonyms_only_take_positive_joint_weight():
     fx = make_estimator("finexl").fit(axes, v, two_sided=two_sided)
     assert (fx.coef_[:3] >= 0).all() and fx.coef_[0] > 0.5 and fx.coef_[2] > 0.5  # the gainers
     assert fx.coef_[3] == pytest.approx(-0.5) and fx.residual_ < 1e-8  # a decrease on the antonym axis stays
+    # the projection (how much) reads the same way: the loser gets no negative share, the antonym axis keeps its sign
+    assert free.projection_[1] < 0 and fx.projection_[1] == 0.0
+    assert fx.projection_[0] == pytest.approx(free.projection_[0]) and fx.projection_[0] > 0
+    assert fx.projection_[3] == pytest.approx(free.projection_[3]) and fx.projection_[3] < 0
     with pytest.raises(ValueError, match="two_sided"):
         make_estimator("finexl").fit(axes, v, two_sided=[True, False])
 
