@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
-
 from finexl.bench.metrics import all_metrics, markdown_table
 from finexl.bench.runner import BenchConfig, load_truths, run_models
-from finexl.explain.decompose import ESTIMATORS, GSCLIPScorer, SignedOMP
+from finexl.explain.decompose import ESTIMATORS, GSCLIPScorer, SignedOMP, one_sided
 from finexl.utils import atomic_write_json
 
 
@@ -30,8 +28,7 @@ class ProjectionOnly(GSCLIPScorer):
 
     def fit(self, F, D, reference=None, two_sided=None):
         super().fit(F, D, reference)
-        if two_sided is not None:
-            self.coef_ = np.where(np.asarray(two_sided, dtype=bool), self.coef_, np.maximum(self.coef_, 0.0))
+        self.coef_ = one_sided(self.coef_, two_sided)
         return self
 
 

@@ -50,9 +50,9 @@ class SuiteModel:
 
 @dataclass
 class BuildConfig:
-    # 800, not 200: on the stage-5 base, LoRAs trained on 200 images moved unshifted aspects by 0.12 of judge
-    # probability on average (null LoRAs); 800 images at the same steps shrank the largest such move on every
-    # null probed (README, Known problems). Training time is about the same (steps, not images, dominate).
+    # 800, not 200: on the stage-5 base, null LoRAs trained on 200 images moved single aspects by up to 0.19 (judge
+    # readings); 800 images at the same steps shrank the largest move on each of three nulls probed (README, Known
+    # problems). Training time is about the same (steps, not images, dominate).
     n_images: int = field(default=800, metadata={"help": "training images per model"})
     max_steps: int = field(default=400, metadata={"help": "LoRA training steps per model"})
     image_size: int = 32

@@ -211,6 +211,14 @@ class SignedOMP(_Decomposition):
         return self._finish(F, v, coef)
 
 
+def one_sided(weights: np.ndarray, two_sided=None) -> np.ndarray:
+    """``weights`` with the negative ones of one-sided axes (``two_sided`` False: a value without an antonym, which
+    moves only toward itself) set to 0; unchanged without flags."""
+    if two_sided is None:
+        return weights
+    return np.where(np.asarray(two_sided, dtype=bool), weights, np.maximum(weights, 0.0))
+
+
 def _signed_lstsq(F: np.ndarray, v: np.ndarray, two_sided: np.ndarray) -> np.ndarray:
     """Least squares ``w @ F ~ v`` with ``w >= 0`` where not ``two_sided`` (free sign where it is): non-negative
     least squares on the rows plus the negated two-sided rows, ``w = w+ - w-``."""
@@ -245,10 +253,7 @@ class FinexlDecomposition(SignedOMP):
         super().fit(F, D, reference, two_sided)
         v = _as_vdiv(D)
         U, norms = _unit(_check(F, v))
-        projection = (U @ v) / norms
-        if two_sided is not None:  # a value without an antonym moves only toward itself, as in the joint fit
-            projection = np.where(np.asarray(two_sided, dtype=bool), projection, np.maximum(projection, 0.0))
-        self.projection_ = projection
+        self.projection_ = one_sided((U @ v) / norms, two_sided)
         return self
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
