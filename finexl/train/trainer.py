@@ -194,7 +194,7 @@ class _Run:
     def __init__(self, pipe, data: ImageSet, cfg: TrainConfig, class_data: ImageSet | None, device: torch.device):
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
-        from peft import LoraConfig
+        from peft import LoraConfig, inject_adapter_in_model
 
         self.pipe, self.cfg, self.device = pipe, cfg, device
         self.weight_dtype = PRECISIONS[cfg.mixed_precision]
@@ -239,7 +239,9 @@ class _Run:
                 init_lora_weights="gaussian",
                 target_modules=list(cfg.text_encoder_target_modules),
             )
-            pipe.text_encoder.add_adapter(self.te_lora_config)
+            # peft directly, not transformers' add_adapter: transformers 5.24 asks for peft >= 0.22 there, while the
+            # same injection works on every peft this project supports
+            inject_adapter_in_model(self.te_lora_config, pipe.text_encoder)
         self.params = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
         if cfg.train_text_encoder:
             self.params.update(
