@@ -540,6 +540,8 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     if "_multi_selection_by_judge" in metrics:
         by_judge = metrics["_multi_selection_by_judge"]
         print(f"\nmulti_selection made from the judge's readings of what changed: {by_judge:.3f}")
+    if "_top1_of_judge" in metrics:
+        print(f"top1 made from the judge's readings (shifted aspect moved most): {metrics['_top1_of_judge']:.3f}")
     if "_paired_over_unpaired_interval_width" in metrics:
         print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
     if args.json:

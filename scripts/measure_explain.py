@@ -55,11 +55,13 @@ def main() -> None:
                 a: float(np.mean([f for f, r in zip(first, single, strict=True) if r["shifts"][0][0] == a]))
                 for a in sorted({r["shifts"][0][0] for r in single})
             },  # fmt: skip
+            "top1_judge": metrics[m].get("top1_judge"),
             "spearman_level": metrics[m]["spearman"],
             "direction": metrics[m]["direction"],
             "null_fpr": metrics[m].get("null_fpr"),
             "level_mae": metrics[m]["level_mae"],
         }
+    summary["top1_of_judge"] = metrics.get("_top1_of_judge")
     summary["paired_over_unpaired_interval_width"] = metrics.get("_paired_over_unpaired_interval_width")
     summary["judge_change_of_shifted_aspect"] = {
         r["id"]: (r["judge"][r["shifts"][0][0]][r["shifts"][0][1]]

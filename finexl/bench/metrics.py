@@ -5,6 +5,10 @@
   scores share their average rank, so scoring a whole family alike gives 1.2, not the levels' own order);
 * ``spearman``: Spearman(score, level) per aspect, and their mean;
 * ``top1`` / ``top3``: the shifted aspect is first / among the first three of the explanation's ranking;
+* ``top1_judge``: the explanation's first aspect is the one the judge reads moving most (``judge_top_aspects``):
+  top-1 against the measured ground truth, which differs from the spec's where a LoRA's side effect outgrows its
+  shifted aspect. ``_top1_of_judge`` is how often the judge itself ranks the shifted aspect first: the ``top1``
+  that an explanation reporting exactly what the judge measured would get;
 * ``precision`` / ``recall`` / ``f1`` of (aspect, direction) pairs reported as changed, against the shifted
   aspects of single-aspect, mixture and null models (a null has none);
 * ``direction``: share of single-aspect models whose shifted aspect is reported in the right direction;
@@ -57,6 +61,17 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else -1.0
 
 
+def judge_top_aspects(r: dict) -> frozenset[str]:
+    """The judged aspects that moved most on the model's outputs (several when tied; empty without judge readings):
+    a categorical aspect by the largest gain in a value's share, a graded one by the absolute change of its mean
+    level (both are fractions of the same images)."""
+    moves = {a: (max(v.values()) if isinstance(v, dict) else abs(v)) for a, v in r.get("judge", {}).items()}
+    if not moves:
+        return frozenset()
+    top = max(moves.values())
+    return frozenset(a for a, m in moves.items() if m >= top - 1e-9)
+
+
 def method_metrics(records: list[dict], method: str) -> dict:
     single = [r for r in records if r["kind"] == "single"]
     multi = [r for r in records if r["kind"] == "multi"]
@@ -67,6 +82,9 @@ def method_metrics(records: list[dict], method: str) -> dict:
         truth = [r["shifts"][0] for r in single]
         out["top1"] = float(np.mean([x["ranking"][0] == t[0] for x, t in zip(res, truth, strict=True)]))
         out["top3"] = float(np.mean([t[0] in x["ranking"][:3] for x, t in zip(res, truth, strict=True)]))
+        measured = [judge_top_aspects(r) for r in single]
+        if all(measured):
+            out["top1_judge"] = float(np.mean([x["ranking"][0] in j for x, j in zip(res, measured, strict=True)]))
         out["direction"] = float(np.mean([direction_correct(t[0], t[1], x["aspects"][t[0]])
                                           for x, t in zip(res, truth, strict=True)]))  # fmt: skip
         spearman, maes = {}, []
@@ -180,6 +198,10 @@ def all_metrics(records: list[dict], methods: list[str]) -> dict:
     by_judge = judge_multi_selection(records)
     if by_judge is not None:
         out["_multi_selection_by_judge"] = by_judge
+    single = [r for r in records if r["kind"] == "single"]
+    measured = [judge_top_aspects(r) for r in single]
+    if single and all(measured):
+        out["_top1_of_judge"] = float(np.mean([r["shifts"][0][0] in j for j, r in zip(measured, single, strict=True)]))
     widths = [r["interval_width"] for r in records if "interval_width" in r]
     if widths:
         out["_paired_over_unpaired_interval_width"] = float(
@@ -188,7 +210,7 @@ def all_metrics(records: list[dict], methods: list[str]) -> dict:
     return out
 
 
-COLUMNS = ("level_mae", "spearman_mean", "top1", "top3", "direction", "precision", "recall", "f1",
+COLUMNS = ("level_mae", "spearman_mean", "top1", "top3", "top1_judge", "direction", "precision", "recall", "f1",
            "multi_selection", "retrieval", "null_fpr", "dreambooth_recall", "sentence_f1")  # fmt: skip
 LOWER_IS_BETTER = {"level_mae", "null_fpr"}
 

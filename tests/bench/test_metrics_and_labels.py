@@ -5,7 +5,13 @@ import json
 import pytest
 
 from finexl.bench.labels import Label, LabelError, labels_from_records, read_labels, score_labels, write_labels
-from finexl.bench.metrics import all_metrics, judge_multi_selection, markdown_table, method_metrics
+from finexl.bench.metrics import (
+    all_metrics,
+    judge_multi_selection,
+    judge_top_aspects,
+    markdown_table,
+    method_metrics,
+)
 
 ASPECTS = ("colour", "blur", "size")
 
@@ -139,3 +145,31 @@ def test_mixture_selection_from_the_judge_shows_what_the_models_realized():
     records[0]["judge"] = {"colour": {"red": 0.1, "blue": -0.1}, "blur": -0.3, "size": 0.0}  # realized the other
     assert judge_multi_selection(records) == 0.5
     assert judge_multi_selection([r for r in perfect_records() if r["kind"] != "multi"]) is None
+
+
+def test_top1_against_the_judge_follows_what_really_moved():
+    records = [r for r in perfect_records() if r["kind"] == "single"]
+    for r in records:  # the judge sees each shifted aspect move most
+        a = r["shifts"][0][0]
+        r["judge"] = (
+            {"colour": {"red": 0.3, "blue": -0.3}, "blur": 0.0, "size": 0.05}
+            if a == "colour"
+            else {"colour": {"red": 0.0, "blue": 0.0}, "blur": -0.2, "size": 0.05}
+        )
+    m = all_metrics(records, ["m"])
+    assert m["m"]["top1_judge"] == 1.0 and m["_top1_of_judge"] == 1.0
+    # a blur LoRA whose side effect on size outgrew its blur change: the judge's top is size, not blur
+    records[1]["judge"]["size"] = -0.4
+    assert judge_top_aspects(records[1]) == {"size"}
+    m = all_metrics(records, ["m"])
+    assert m["_top1_of_judge"] == pytest.approx(0.9) and m["m"]["top1_judge"] == pytest.approx(0.9)
+    assert m["m"]["top1"] == 1.0  # against the spec the explanation is still right
+    # an explanation ranking the side effect first is right against the judge, wrong against the spec
+    records[1]["methods"]["m"] = result({"blur": 0.1, "size": 0.5}, ["size"])
+    m = all_metrics(records, ["m"])
+    assert m["m"]["top1_judge"] == 1.0 and m["m"]["top1"] == pytest.approx(0.9)
+    assert judge_top_aspects({"judge": {}}) == frozenset()
+    # a tie is read the same in any key order (records written to JSON come back with sorted keys)
+    tied = {"judge": {"size": 0.2, "colour": {"red": 0.2, "blue": -0.2}, "blur": 0.1}}
+    assert judge_top_aspects(tied) == {"colour", "size"}
+    assert judge_top_aspects({"judge": dict(reversed(tied["judge"].items()))}) == {"colour", "size"}
