@@ -29,7 +29,11 @@ def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:5]] == ["finexl", "paper", "visdiff"]
     result = json.loads((out / "bench.json").read_text())
     assert [r["id"] for r in result["records"]] == ["colour-red-L1", "null-0"]
-    assert set(result["metrics"]) == {"finexl", "paper", "visdiff"}
+    assert {k for k in result["metrics"] if not k.startswith("_")} == {"finexl", "paper", "visdiff"}
+    # the judge read the one single-aspect model: top-1 against it is scored, and the judge's own top-1 reported
+    assert 0.0 <= result["metrics"]["_top1_of_judge"] <= 1.0
+    assert result["metrics"]["finexl"]["top1_judge"] in (0.0, 1.0)
+    assert "top1 made from the judge's readings" in table
     assert result["records"][0]["shifts"] == [["colour", "red", 1.0]]
     assert (out / "labels.jsonl").read_text().count("\n") > 1
 
