@@ -57,6 +57,7 @@ def main() -> None:
             },  # fmt: skip
             "top1_judge": metrics[m].get("top1_judge"),
             "spearman_level": metrics[m]["spearman"],
+            "spearman_judge": metrics[m].get("spearman_judge"),
             "direction": metrics[m]["direction"],
             "null_fpr": metrics[m].get("null_fpr"),
             "level_mae": metrics[m]["level_mae"],

@@ -4,6 +4,8 @@
   the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5 levels; tied
   scores share their average rank, so scoring a whole family alike gives 1.2, not the levels' own order);
 * ``spearman``: Spearman(score, level) per aspect, and their mean;
+* ``spearman_judge``: Spearman(score, measured change) per aspect, and their mean: the level replaced by what the
+  judge reads on the same images (``judge_shift``), for levels that a LoRA realized out of order;
 * ``top1`` / ``top3``: the shifted aspect is first / among the first three of the explanation's ranking;
 * ``top1_judge``: the explanation's first aspect is the one the judge reads moving most (``judge_top_aspects``):
   top-1 against the measured ground truth, which differs from the spec's where a LoRA's side effect outgrows its
@@ -56,6 +58,13 @@ def _signed(method_result: dict, aspects: list[str]) -> np.ndarray:
     return np.array(out)
 
 
+def _spearman(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Spearman's rho; 0 for fewer than three models or constant scores (no order to credit)."""
+    if len(scores) < 3 or np.ptp(scores) == 0 or np.ptp(truth) == 0:
+        return 0.0
+    return float(spearmanr(truth, scores)[0])
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else -1.0
@@ -70,6 +79,19 @@ def judge_top_aspects(r: dict) -> frozenset[str]:
         return frozenset()
     top = max(moves.values())
     return frozenset(a for a, m in moves.items() if m >= top - 1e-9)
+
+
+def judge_shift(r: dict) -> float | None:
+    """How far the judge reads a single-aspect model's shifted aspect moving toward its target: the gain in the
+    target value's share (categorical), or the mean level's change signed so that the intended direction is
+    positive (graded). None without judge readings."""
+    aspect, target, _ = r["shifts"][0]
+    reading = r.get("judge", {}).get(aspect)
+    if reading is None:
+        return None
+    if isinstance(reading, dict):
+        return float(reading[target])
+    return float(reading) * (1.0 if expected_direction(target) == "increase" else -1.0)
 
 
 def method_metrics(records: list[dict], method: str) -> dict:
@@ -87,17 +109,22 @@ def method_metrics(records: list[dict], method: str) -> dict:
             out["top1_judge"] = float(np.mean([x["ranking"][0] in j for x, j in zip(res, measured, strict=True)]))
         out["direction"] = float(np.mean([direction_correct(t[0], t[1], x["aspects"][t[0]])
                                           for x, t in zip(res, truth, strict=True)]))  # fmt: skip
-        spearman, maes = {}, []
+        spearman, by_judge, maes = {}, {}, []
         for aspect in sorted({t[0] for t in truth}):
             family = sorted((r for r in single if r["shifts"][0][0] == aspect), key=lambda r: r["level"])
             levels = np.array([r["level"] for r in family], dtype=float)
             scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
-            rho = spearmanr(levels, scores)[0] if len(family) > 2 and np.ptp(scores) > 0 else 0.0
-            spearman[aspect] = float(rho)
+            spearman[aspect] = _spearman(levels, scores)
+            measured = [judge_shift(r) for r in family]
+            if None not in measured:
+                by_judge[aspect] = _spearman(np.array(measured), scores)
             # tied scores share their average rank: a method that scores a whole family alike gets no credit
             maes.append(float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))))
         out["spearman"] = spearman
         out["spearman_mean"] = float(np.mean(list(spearman.values())))
+        if len(by_judge) == len(spearman):
+            out["spearman_judge"] = by_judge
+            out["spearman_judge_mean"] = float(np.mean(list(by_judge.values())))
         out["level_mae"] = float(np.mean(maes))
         aspects = list(single[0]["methods"][method]["aspects"])
         vectors = [_signed(x, aspects) for x in res]
@@ -210,8 +237,9 @@ def all_metrics(records: list[dict], methods: list[str]) -> dict:
     return out
 
 
-COLUMNS = ("level_mae", "spearman_mean", "top1", "top3", "top1_judge", "direction", "precision", "recall", "f1",
-           "multi_selection", "retrieval", "null_fpr", "dreambooth_recall", "sentence_f1")  # fmt: skip
+COLUMNS = ("level_mae", "spearman_mean", "spearman_judge_mean", "top1", "top3", "top1_judge", "direction",
+           "precision", "recall", "f1", "multi_selection", "retrieval", "null_fpr", "dreambooth_recall",
+           "sentence_f1")  # fmt: skip
 LOWER_IS_BETTER = {"level_mae", "null_fpr"}
 
 

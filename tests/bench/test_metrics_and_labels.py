@@ -173,3 +173,24 @@ def test_top1_against_the_judge_follows_what_really_moved():
     tied = {"judge": {"size": 0.2, "colour": {"red": 0.2, "blue": -0.2}, "blur": 0.1}}
     assert judge_top_aspects(tied) == {"colour", "size"}
     assert judge_top_aspects({"judge": dict(reversed(tied["judge"].items()))}) == {"colour", "size"}
+
+
+def test_spearman_against_the_judge_follows_the_measured_change():
+    records = [r for r in perfect_records() if r["kind"] == "single"]
+    # the colour LoRAs realized their levels out of order (L4 moved less than L2), the blur ones in order (decreases)
+    realized = {1: 0.05, 2: 0.3, 3: 0.4, 4: 0.2, 5: 0.6}
+    for r in records:
+        level = r["level"]
+        if r["shifts"][0][0] == "colour":
+            r["judge"] = {"colour": {"red": realized[level], "blue": -realized[level]}, "blur": 0.0, "size": 0.0}
+            r["methods"]["m"]["aspects"]["colour"]["score"] = realized[level] / 2  # follows what was measured
+        else:
+            r["judge"] = {"colour": {"red": 0.0, "blue": 0.0}, "blur": -0.1 * level, "size": 0.0}
+    m = method_metrics(records, "m")
+    assert m["spearman_judge"] == {"colour": pytest.approx(1.0), "blur": pytest.approx(1.0)}
+    assert m["spearman"]["colour"] == pytest.approx(0.7)  # against the levels the L4 swap costs
+    assert m["spearman"]["blur"] == pytest.approx(1.0)
+    # a blur LoRA that moved the wrong way (sharper) ranks lowest by the judge: the level-ordered scores lose
+    records[-1]["judge"]["blur"] = 0.2
+    assert method_metrics(records, "m")["spearman_judge"]["blur"] < 1.0
+    assert "spearman_judge" not in method_metrics([{**r, "judge": {}} for r in records], "m")
