@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from finexl.bench.metrics import all_metrics
+from finexl.bench.metrics import all_metrics, judge_shift
 from finexl.bench.runner import BenchConfig, load_truths, run_models
 from finexl.utils import atomic_write_json
 
@@ -64,11 +64,8 @@ def main() -> None:
         }
     summary["top1_of_judge"] = metrics.get("_top1_of_judge")
     summary["paired_over_unpaired_interval_width"] = metrics.get("_paired_over_unpaired_interval_width")
-    summary["judge_change_of_shifted_aspect"] = {
-        r["id"]: (r["judge"][r["shifts"][0][0]][r["shifts"][0][1]]
-                  if isinstance(r["judge"][r["shifts"][0][0]], dict) else r["judge"][r["shifts"][0][0]])
-        for r in single
-    }  # fmt: skip
+    # the judge's reading of each model's move toward its target (what spearman_judge ranks the scores against)
+    summary["judge_shift"] = {r["id"]: judge_shift(r) for r in single}
     print(json.dumps(summary, indent=1))
     if args.json:
         atomic_write_json(args.json, {"summary": summary, "metrics": metrics, "records": records,
