@@ -121,7 +121,8 @@ def decompose_divergence(
     """Scores, intervals and null thresholds from paired embeddings (rows of ``base`` and ``tuned`` are pairs).
 
     ``null_base``: embeddings of the base on the same prompts with other seeds; without it no aspect is tested.
-    Returns the ``aspects``, ``concepts``, ``residual`` and ``divergence`` parts of an explanation.
+    Returns the ``aspects`` (those reported as changed first, then the rest, each by score), ``concepts``,
+    ``residual`` and ``divergence`` parts of an explanation.
     """
     if base.shape != tuned.shape:
         raise ValueError(f"base and personalized embeddings differ in shape: {base.shape} vs {tuned.shape}")
@@ -166,7 +167,9 @@ def decompose_divergence(
             "changed": bool(changed[a]),
             "joint_score": None if agg_joint is None else float(agg_joint.aspect[0, a]),
         })  # fmt: skip
-    aspects.sort(key=lambda r: -r["score"])
+    # the aspects reported as changed first, then the rest, each by score: a concept that only correlates with the
+    # change (the joint fit gives it no weight) can outscore it when the images spread less along it
+    aspects.sort(key=lambda r: (not r["changed"], -r["score"]))
     concepts = [
         {"phrase": c.phrase, "antonym": c.antonym, "aspect": c.aspect, "score": float(agg.concept[0, i]),
          "interval": [float(c_low[i]), float(c_high[i])]}

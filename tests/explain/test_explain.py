@@ -25,8 +25,8 @@ def test_explanation_schema_cache_and_determinism(tmp_path, tiny_pipeline_dir, t
     assert first["schema"] == SCHEMA and first["divergence"]["n_pairs"] == 6
     names = [a["aspect"] for a in first["aspects"]]
     assert sorted(names) == sorted(first["concept_bank"]["aspects"])
-    scores = [a["score"] for a in first["aspects"]]
-    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    order = [(not a["changed"], -a["score"]) for a in first["aspects"]]
+    assert order == sorted(order) and all(0 <= a["score"] <= 1 for a in first["aspects"])
     for a in first["aspects"]:
         assert a["interval"][0] <= a["interval"][1] and a["threshold"] is not None
     assert first["models"]["base"]["fingerprint"] != first["models"]["personalized"]["fingerprint"]

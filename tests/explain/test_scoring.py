@@ -91,3 +91,31 @@ def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fi
                                  n_bootstrap=30) for s in (0.02, 0.05, 0.1)]  # fmt: skip
     scores = [{a["aspect"]: a["score"] for a in w["aspects"]}["brightness"] for w in weak]
     assert 0 < scores[0] < scores[1] < scores[2]
+
+
+def test_aspects_reported_as_changed_come_first_even_when_a_correlated_one_scores_higher():
+    # "vivid" lies close to "bright" and the images hardly vary along it, so a pure brightness shift gives vivid
+    # the larger score (a shift over a small spread); the joint fit needs only brightness
+    rng = np.random.default_rng(3)
+    d, n = 24, 96
+    bank = parse_concept_bank({"aspects": {
+        "brightness": {"concepts": [{"phrase": "bright", "antonym": "dark"}]},
+        "saturation": {"concepts": [{"phrase": "vivid", "antonym": "muted"}]},
+        "size": {"concepts": [{"phrase": "large", "antonym": "small"}]},
+    }})  # fmt: skip
+    vectors = {p: rng.normal(size=d) / np.sqrt(d) for p in bank.phrases()}
+    bright_axis = vectors["bright"] - vectors["dark"]
+    vectors["vivid"] = vectors["muted"] + 0.8 * bright_axis + 0.8 * rng.normal(size=d) / np.sqrt(d)
+    directions = ConceptDirections(bank, bank.phrases(), np.stack([vectors[p] for p in bank.phrases()]))
+    vivid = (vectors["vivid"] - vectors["muted"]) / np.linalg.norm(vectors["vivid"] - vectors["muted"])
+
+    def squeeze(x):
+        return x - 0.9 * np.outer(x @ vivid, vivid)
+
+    base, null_base = squeeze(rng.normal(size=(n, d)) * 0.3), squeeze(rng.normal(size=(n, d)) * 0.3)
+    tuned = base + 0.4 * bright_axis / np.linalg.norm(bright_axis) + rng.normal(size=(n, d)) * 0.02
+    res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
+    by = {a["aspect"]: a for a in res["aspects"]}
+    assert by["saturation"]["score"] > by["brightness"]["score"] and not by["saturation"]["changed"]
+    assert [a["aspect"] for a in res["aspects"]] == ["brightness", "saturation", "size"]
+    assert format_explanation({**res, "method": "finexl"}).splitlines()[1].split()[0] == "brightness"
