@@ -15,11 +15,12 @@
   aspects of single-aspect, mixture and null models (a null has none);
 * ``direction``: share of single-aspect models whose shifted aspect is reported in the right direction;
 * ``multi_selection``: for each mixture model, pick among all mixtures the spec whose strength vector is closest
-  (cosine) to the explanation's score vector; share picked right. The same pick made from the judge's own readings
-  of what changed (``judge_multi_selection``) shows how far the built models realize their specs' proportions: an
-  explanation that reported exactly what changed would score that;
+  (cosine) to the explanation's score vector; share picked right (a tie for closest earns the share of the tied
+  specs that is right, so that no result depends on the order of the models or of the aspects). The same pick made
+  from the judge's own readings of what changed (``judge_multi_selection``) shows how far the built models realize
+  their specs' proportions: an explanation that reported exactly what changed would score that;
 * ``retrieval``: for each single-aspect model, its nearest other single-aspect model by cosine of the signed score
-  vectors has the same shifted aspect and direction (same-spec retrieval);
+  vectors has the same shifted aspect and direction (same-spec retrieval; ties as in ``multi_selection``);
 * ``null_fpr``: share of (null model, aspect) checks reported as changed;
 * ``dreambooth_recall``: share of a DreamBooth subject's aspects (shape, colour, ...) reported changed toward the
   subject's value, on the instance prompt;
@@ -56,6 +57,15 @@ def _signed(method_result: dict, aspects: list[str]) -> np.ndarray:
         r = method_result["aspects"][a]
         out.append(r["score"] * (-1.0 if r["direction"] == "decrease" else 1.0))
     return np.array(out)
+
+
+def _pick_credit(similarities: list[float], right: list[bool]) -> float:
+    """Credit for picking the most similar candidate: 1 or 0, or, where several tie for most similar, the share of
+    them that is right (what a uniform pick among the tied would score on average), so that no result depends on
+    the order of the candidates."""
+    best = max(similarities)
+    tied = [ok for sim, ok in zip(similarities, right, strict=True) if sim >= best - 1e-9]
+    return float(np.mean(tied))
 
 
 def _spearman(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -126,22 +136,23 @@ def method_metrics(records: list[dict], method: str) -> dict:
             out["spearman_judge"] = by_judge
             out["spearman_judge_mean"] = float(np.mean(list(by_judge.values())))
         out["level_mae"] = float(np.mean(maes))
-        aspects = list(single[0]["methods"][method]["aspects"])
+        aspects = sorted(single[0]["methods"][method]["aspects"])
         vectors = [_signed(x, aspects) for x in res]
         hits = []
         for i, v in enumerate(vectors if len(vectors) > 1 else []):
-            sims = [(_cos(v, w), j) for j, w in enumerate(vectors) if j != i]
-            j = max(sims)[1]
-            same = truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
-            hits.append(same)
+            others = [j for j in range(len(vectors)) if j != i]
+            same = [truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
+                    for j in others]  # fmt: skip
+            hits.append(_pick_credit([_cos(v, vectors[j]) for j in others], same))
         out["retrieval"] = float(np.mean(hits)) if hits else None
     if multi:
-        aspects = list(multi[0]["methods"][method]["aspects"])
-        specs = [r["spec"] for r in multi]
+        aspects = sorted(multi[0]["methods"][method]["aspects"])
         targets = [_spec_vector(r, aspects) for r in multi]
-        picks = [specs[int(np.argmax([_cos(_signed(r["methods"][method], aspects), t) for t in targets]))]
-                 for r in multi]  # fmt: skip
-        out["multi_selection"] = float(np.mean([p == r["spec"] for p, r in zip(picks, multi, strict=True)]))
+        out["multi_selection"] = float(np.mean([
+            _pick_credit([_cos(_signed(r["methods"][method], aspects), t) for t in targets],
+                         [other["spec"] == r["spec"] for other in multi])
+            for r in multi
+        ]))  # fmt: skip
     tp = fp = fn = 0
     for r in single + multi + nulls:
         res = r["methods"][method]["aspects"]
@@ -198,8 +209,8 @@ def judge_multi_selection(records: list[dict]) -> float | None:
                          for a in aspects])  # fmt: skip
 
     specs = [_spec_vector(r, aspects) for r in multi]
-    picks = [int(np.argmax([_cos(measured(r), t) for t in specs])) for r in multi]
-    return float(np.mean([multi[p]["spec"] == r["spec"] for p, r in zip(picks, multi, strict=True)]))
+    return float(np.mean([_pick_credit([_cos(measured(r), t) for t in specs], [o["spec"] == r["spec"] for o in multi])
+                          for r in multi]))  # fmt: skip
 
 
 def sentence_f1(records: list[dict], method: str) -> float:

@@ -194,3 +194,25 @@ def test_spearman_against_the_judge_follows_the_measured_change():
     records[-1]["judge"]["blur"] = 0.2
     assert method_metrics(records, "m")["spearman_judge"]["blur"] < 1.0
     assert "spearman_judge" not in method_metrics([{**r, "judge": {}} for r in records], "m")
+
+
+def test_a_tie_for_closest_earns_the_share_of_the_tied_that_is_right_in_any_aspect_order():
+    records = perfect_records()
+    mixtures = [r for r in records if r["kind"] == "multi"]
+    # an explanation on neither mixed aspect is as close to 75/25 as to 25/75: the two specs tie, and it earns 1/2
+    # whichever comes first (the other mixture's explanation is right: 1)
+    mixtures[0]["methods"]["m"] = result({"size": 0.4}, ["size"])
+    assert method_metrics(records, "m")["multi_selection"] == pytest.approx(0.75)
+    # the same records with every explanation's aspects in another order give the same metrics
+    shuffled = json.loads(json.dumps(records))
+    for r in shuffled:
+        x = r["methods"]["m"]
+        x["aspects"] = dict(reversed(list(x["aspects"].items())))
+    assert method_metrics(shuffled, "m") == method_metrics(records, "m")
+    # three single-aspect models with identical score vectors: each ties its two neighbours for nearest
+    colour_1, blur_1, colour_2 = [r for r in perfect_records() if r["kind"] == "single"][:3]
+    singles = [colour_1, colour_2, blur_1]
+    for r in singles:
+        r["methods"]["m"] = result({"size": 0.2})
+    # colour L1 and L2 each tie the other colour model (right) with blur L1 (wrong): 1/2; blur L1 ties two wrong: 0
+    assert method_metrics(singles, "m")["retrieval"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
