@@ -57,11 +57,9 @@ def test_a_real_shift_is_changed_and_the_base_against_itself_is_not():
     assert not any(a["changed"] for a in res["aspects"])
 
 
-def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fit_needs():
-    # "vivid" (saturation) is built to lie close to "bright" (brightness): a pure brightness shift moves the outputs
-    # along both axes, so both get a projection score, but only brightness is needed to explain it
-    rng = np.random.default_rng(3)
-    d, n = 24, 96
+def _vivid_near_bright(rng, d):
+    """Concept directions in which "vivid" (saturation) lies close to "bright" (brightness); returns them and the
+    unit bright-dark and vivid-muted axes."""
     bank = parse_concept_bank({"aspects": {
         "brightness": {"concepts": [{"phrase": "bright", "antonym": "dark"}]},
         "saturation": {"concepts": [{"phrase": "vivid", "antonym": "muted"}]},
@@ -71,8 +69,17 @@ def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fi
     bright_axis = vectors["bright"] - vectors["dark"]
     vectors["vivid"] = vectors["muted"] + 0.8 * bright_axis + 0.8 * rng.normal(size=d) / np.sqrt(d)
     directions = ConceptDirections(bank, bank.phrases(), np.stack([vectors[p] for p in bank.phrases()]))
+    vivid_axis = vectors["vivid"] - vectors["muted"]
+    return directions, bright_axis / np.linalg.norm(bright_axis), vivid_axis / np.linalg.norm(vivid_axis)
+
+
+def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fit_needs():
+    # "vivid" (saturation) is built to lie close to "bright" (brightness): a pure brightness shift moves the outputs
+    # along both axes, so both get a projection score, but only brightness is needed to explain it
+    rng = np.random.default_rng(3)
+    d, n = 24, 96
+    directions, unit, _ = _vivid_near_bright(rng, d)
     base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
-    unit = bright_axis / np.linalg.norm(bright_axis)
     tuned = base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
     by = {a["aspect"]: a for a in res["aspects"]}
@@ -98,22 +105,13 @@ def test_aspects_reported_as_changed_come_first_even_when_a_correlated_one_score
     # the larger score (a shift over a small spread); the joint fit needs only brightness
     rng = np.random.default_rng(3)
     d, n = 24, 96
-    bank = parse_concept_bank({"aspects": {
-        "brightness": {"concepts": [{"phrase": "bright", "antonym": "dark"}]},
-        "saturation": {"concepts": [{"phrase": "vivid", "antonym": "muted"}]},
-        "size": {"concepts": [{"phrase": "large", "antonym": "small"}]},
-    }})  # fmt: skip
-    vectors = {p: rng.normal(size=d) / np.sqrt(d) for p in bank.phrases()}
-    bright_axis = vectors["bright"] - vectors["dark"]
-    vectors["vivid"] = vectors["muted"] + 0.8 * bright_axis + 0.8 * rng.normal(size=d) / np.sqrt(d)
-    directions = ConceptDirections(bank, bank.phrases(), np.stack([vectors[p] for p in bank.phrases()]))
-    vivid = (vectors["vivid"] - vectors["muted"]) / np.linalg.norm(vectors["vivid"] - vectors["muted"])
+    directions, bright, vivid = _vivid_near_bright(rng, d)
 
     def squeeze(x):
         return x - 0.9 * np.outer(x @ vivid, vivid)
 
     base, null_base = squeeze(rng.normal(size=(n, d)) * 0.3), squeeze(rng.normal(size=(n, d)) * 0.3)
-    tuned = base + 0.4 * bright_axis / np.linalg.norm(bright_axis) + rng.normal(size=(n, d)) * 0.02
+    tuned = base + 0.4 * bright + rng.normal(size=(n, d)) * 0.02
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
     by = {a["aspect"]: a for a in res["aspects"]}
     assert by["saturation"]["score"] > by["brightness"]["score"] and not by["saturation"]["changed"]
