@@ -407,7 +407,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         cfg = ExplainConfig(
             base=args.base, lora=args.lora, model=args.model, lora_scale=args.scale, prompts=args.prompts,
-            samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
+            direction_prompts=args.direction_prompts, samples=args.samples, clip=args.clip, concepts=args.concepts,
+            method=args.method, seed=args.seed,
             n_bootstrap=args.bootstrap, null=not args.no_null, cache_dir=args.cache, vlm=args.vlm,
             vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model, vlm_pairs=args.vlm_pairs,
             sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
@@ -683,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--prompts", help="UTF-8 file, one prompt per line (default: the toy world's neutral prompts)")
     p.add_argument("--samples", type=int, default=128, help="image pairs (default 128); prompts are cycled")
+    p.add_argument(
+        "--direction-prompts",
+        help="UTF-8 file of prompts to build the concept directions from (default: --prompts). For a DreamBooth "
+        "model sampled on its instance prompt ('a sks dog'), give the class prompt ('a dog'): the text encoder has "
+        "no meaning for the identifier",
+    )
     p.add_argument("--clip", help="CLIP: 'toy' (default), a transformers CLIP folder, or open_clip:MODEL:CHECKPOINT")
     p.add_argument("--concepts", help="concept bank JSON file, or 'toy' (default) / 'real' for the shipped banks")
     p.add_argument(

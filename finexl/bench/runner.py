@@ -2,7 +2,8 @@
 
 For each model: sample base and personalized on the same prompts and seeds (cached; DreamBooth models on their
 instance prompt, the others on the toy world's neutral prompts), read both with the judge (what really changed),
-embed with the toy CLIP once, and score with every method through
+embed with the toy CLIP once (DreamBooth's concept directions from the class prompt, the instance prompt without its
+identifier), and score with every method through
 :func:`finexl.explain.explainer.decompose_divergence`. The records feed :mod:`finexl.bench.metrics`.
 """
 
@@ -62,7 +63,7 @@ def spec_shifts(spec: str | None) -> list[tuple[str, str, float]]:
 
 
 def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> list[dict]:
-    from finexl.bench.suites import INSTANCE_PROMPT
+    from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT
     from finexl.explain.concepts import load_concept_bank, text_directions
     from finexl.explain.embed import load_embedder
     from finexl.explain.explainer import NULL_SEED_OFFSET, decompose_divergence, default_prompts, requests
@@ -95,8 +96,9 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
             base_images = cached_samples(base_pipe, base_fp, ps, seeds, sampler, cache, "base")
             null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
             null_images = cached_samples(base_pipe, base_fp, ps, null_seeds, sampler, cache, "base (null)")
+            direction_prompts = [CLASS_PROMPT] if key == "instance" else ps  # as `finexl explain --direction-prompts`
             worlds[key] = (ps, seeds, embedder.embed_images(base_images), embedder.embed_images(null_images),
-                           text_directions(embedder, bank, ps, cache.root), base_images)  # fmt: skip
+                           text_directions(embedder, bank, direction_prompts, cache.root), base_images)  # fmt: skip
         return worlds[key]
 
     records = []

@@ -92,6 +92,7 @@ SUBJECTS: tuple[dict[str, str], ...] = (
     {"shape": "moon", "colour": "blue", "pattern": "dots"},
 )
 INSTANCE_PROMPT = "a sks shape"
+CLASS_PROMPT = "a shape"  # the instance prompt without its identifier: the concept directions are built from it
 
 
 def mixture_models() -> list[SuiteModel]:

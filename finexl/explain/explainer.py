@@ -39,6 +39,10 @@ class ExplainConfig:
     model: str | None = field(default=None, metadata={"help": "fine-tuned pipeline folder (instead of a LoRA)"})
     lora_scale: float = 1.0
     prompts: str | None = field(default=None, metadata={"help": "UTF-8 file, one prompt per line; default toy"})
+    # the prompts the concept directions f(C) are built from; default the sampling prompts. For a DreamBooth model
+    # sampled on its instance prompt ("a sks dog"), the class prompt ("a dog"): the text encoder has no meaning for
+    # the identifier, and "a sks dog, purple" - "a sks dog" need not point where purple does
+    direction_prompts: str | None = field(default=None, metadata={"help": "UTF-8 file; default the prompts"})
     samples: int = field(default=128, metadata={"help": "image pairs; prompts are cycled, pair i has seed + i"})
     clip: str | None = field(default=None, metadata={"help": "CLIP spec (see finexl.explain.embed); default toy"})
     concepts: str | None = field(default=None, metadata={"help": "concept bank file or 'toy'/'real'"})
@@ -210,6 +214,7 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     prompts = read_prompts(cfg.prompts) if cfg.prompts else default_prompts()
+    direction_prompts = read_prompts(cfg.direction_prompts) if cfg.direction_prompts else None
     bank = load_concept_bank(cfg.concepts)
     embedder = load_embedder(cfg.clip)
     base_dir = Path(cfg.base) if cfg.base else data_dir() / "toy_sd"
@@ -279,7 +284,7 @@ def explain(cfg: ExplainConfig, progress: bool = False) -> dict:
     t = time.perf_counter()
     base_emb, tuned_emb = embedder.embed_images(base_images), embedder.embed_images(tuned_images)
     null_emb = embedder.embed_images(null_images) if null_images is not None else None
-    directions = text_directions(embedder, bank, ps, cache.root)
+    directions = text_directions(embedder, bank, direction_prompts or ps, cache.root)
     timings["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -92,6 +92,28 @@ def test_bad_prompts_files_are_named(tmp_path):
     assert read_prompts(tmp_path / "ok.txt") == ["a cat", "a dog"]
 
 
+def test_direction_prompts_build_the_concept_directions(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    (tmp_path / "sampled.txt").write_text("a sks shape\n")
+    (tmp_path / "same.txt").write_text("a sks shape\n")
+    (tmp_path / "class.txt").write_text("a shape\n")
+    (tmp_path / "empty.txt").write_text("\n")
+
+    def run(directions=None):
+        cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir),
+                     prompts=str(tmp_path / "sampled.txt"), direction_prompts=directions)  # fmt: skip
+        return explain(cfg)
+
+    default = run()
+    same = run(str(tmp_path / "same.txt"))
+    assert same["concepts"] == default["concepts"] and same["aspects"] == default["aspects"]
+    by_class = run(str(tmp_path / "class.txt"))
+    assert by_class["settings"]["direction_prompts"].endswith("class.txt")
+    assert by_class["divergence"] == default["divergence"]  # the same images...
+    assert [c["score"] for c in by_class["concepts"]] != [c["score"] for c in default["concepts"]]  # ...other axes
+    with pytest.raises(PromptsError, match="no prompts"):
+        run(str(tmp_path / "empty.txt"))
+
+
 def test_nan_images_are_named(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
     import torch
 
