@@ -740,12 +740,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train the LoRAs of a suite (resumable)",
         description="Train every LoRA of a suite with finexl's trainer on toy data shifted by its spec: 'single' "
-        "(9 aspects x 5 strength levels, increases and decreases), 'null' (8 LoRAs on unshifted data), 'multi' "
+        "(9 aspects x 5 strength levels, increases and decreases), 'steps' (the same 9 shifts at full strength, "
+        "5 levels as snapshots of one run at 0.2 ... 1.0 of its steps), 'null' (8 LoRAs on unshifted data), 'multi' "
         "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (3 subjects, 'a sks shape'), 'quick' "
         "(a small subset for CI). Finished models are kept; rerunning finishes an interrupted build. About a "
         "minute per model on one CPU core.",
     )
-    p.add_argument("suite", choices=["single", "null", "multi", "dreambooth", "quick"], help="which suite")
+    p.add_argument("suite", choices=["single", "steps", "null", "multi", "dreambooth", "quick"], help="which suite")
     p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
     p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
     p.add_argument("--n-images", type=int, default=0, help="training images per model (default 800)")
@@ -761,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(cached), read both with the judge, embed once with the toy CLIP, and explain with every method; then "
         "compute the metrics (see finexl/bench/metrics.py). SUITE may list several, e.g. single,null,multi.",
     )
-    p.add_argument("suite", help="suite name(s), comma-separated: single, null, multi, dreambooth, quick")
+    p.add_argument("suite", help="suite name(s), comma-separated: single, steps, null, multi, dreambooth, quick")
     p.add_argument("--suites", default="suites", help="folder holding the built suites (default suites)")
     p.add_argument("--methods", help="comma-separated methods (default: all)")
     p.add_argument("--samples", type=int, default=128, help="image pairs per model (default 128)")

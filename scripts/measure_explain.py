@@ -1,12 +1,14 @@
 """Measure `finexl explain` on toy LoRAs with known ground truth (issue: explain a personalization).
 
-Builds nothing: run `finexl bench build single` and `finexl bench build null` first (about an hour on one core).
+Builds nothing: run `finexl bench build single` (or `steps`, the levels by training steps: `--single steps`) and
+`finexl bench build null` first (about an hour on one core; `steps` about 12 minutes).
 Then, on the same cached images and embeddings as `finexl bench run`, prints per method: the share of single-aspect
 LoRAs whose shifted aspect is ranked first (overall, per level, per aspect), Spearman(score, level) per aspect, the
 direction accuracy, the share of null-LoRA aspect checks reported as changed, and the ratio of interval widths with
 paired versus unpaired noise at the same number of samples.
 
     python scripts/measure_explain.py --suites runs/suites --json docs/explain_measure.json
+    python scripts/measure_explain.py --suites runs/suites --single steps --json docs/explain_measure_steps.json
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suites", default="runs/suites")
     ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument(
+        "--single",
+        default="single",
+        choices=["single", "steps"],
+        help="the single-aspect suite: levels by data strength (single) or by training steps (steps)",
+    )
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--methods", default=",".join(BenchConfig.methods))
     ap.add_argument("--unpaired", type=int, default=9, help="single-aspect models with an unpaired comparison")
@@ -39,7 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     cfg = BenchConfig(methods=tuple(methods), samples=args.samples, unpaired=args.unpaired, cache_dir=args.cache)
-    records = run_models(load_truths(args.suites, ["single", "null"]), cfg)
+    records = run_models(load_truths(args.suites, [args.single, "null"]), cfg)
     metrics = all_metrics(records, methods)
     single = [r for r in records if r["kind"] == "single"]
     summary = {}
@@ -69,7 +77,7 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if args.json:
         atomic_write_json(args.json, {"summary": summary, "metrics": metrics, "records": records,
-                                      "samples": args.samples})  # fmt: skip
+                                      "samples": args.samples, "suites": [args.single, "null"]})  # fmt: skip
 
 
 if __name__ == "__main__":

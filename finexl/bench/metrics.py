@@ -1,8 +1,8 @@
 """Metrics of explanations against ground truth, per method, on benchmark records (see :mod:`.runner`).
 
-* ``level_mae``: the paper's metric: within each single-aspect family (one aspect, 5 levels), rank the models by
-  the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5 levels; tied
-  scores share their average rank, so scoring a whole family alike gives 1.2, not the levels' own order);
+* ``level_mae``: the paper's metric: within each single-aspect family (one suite, one aspect, 5 levels), rank the
+  models by the method's score for that aspect and average |rank - true level| (0 is perfect; random is 1.6 for 5
+  levels; tied scores share their average rank, so scoring a whole family alike gives 1.2, not the levels' order);
 * ``spearman``: Spearman(score, level) per aspect, and their mean;
 * ``spearman_judge``: Spearman(score, measured change) per aspect, and their mean: the level replaced by what the
   judge reads on the same images (``judge_shift``), for levels that a LoRA realized out of order;
@@ -104,6 +104,19 @@ def judge_shift(r: dict) -> float | None:
     return float(reading) * (1.0 if expected_direction(target) == "increase" else -1.0)
 
 
+def _families(single: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """The single-aspect models grouped into families (one suite, one shifted aspect), each in level order, as
+    (key, aspect, models); the key is the aspect, or ``suite/aspect`` when records of several suites are pooled."""
+    suites = sorted({r.get("suite", "") for r in single})
+    out = []
+    for suite in suites:
+        for aspect in sorted({r["shifts"][0][0] for r in single if r.get("suite", "") == suite}):
+            family = sorted((r for r in single if r.get("suite", "") == suite and r["shifts"][0][0] == aspect),
+                            key=lambda r: r["level"])  # fmt: skip
+            out.append((aspect if len(suites) == 1 else f"{suite}/{aspect}", aspect, family))
+    return out
+
+
 def method_metrics(records: list[dict], method: str) -> dict:
     single = [r for r in records if r["kind"] == "single"]
     multi = [r for r in records if r["kind"] == "multi"]
@@ -120,14 +133,13 @@ def method_metrics(records: list[dict], method: str) -> dict:
         out["direction"] = float(np.mean([direction_correct(t[0], t[1], x["aspects"][t[0]])
                                           for x, t in zip(res, truth, strict=True)]))  # fmt: skip
         spearman, by_judge, maes = {}, {}, []
-        for aspect in sorted({t[0] for t in truth}):
-            family = sorted((r for r in single if r["shifts"][0][0] == aspect), key=lambda r: r["level"])
+        for key, aspect, family in _families(single):
             levels = np.array([r["level"] for r in family], dtype=float)
             scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
-            spearman[aspect] = _spearman(levels, scores)
+            spearman[key] = _spearman(levels, scores)
             measured = [judge_shift(r) for r in family]
             if None not in measured:
-                by_judge[aspect] = _spearman(np.array(measured), scores)
+                by_judge[key] = _spearman(np.array(measured), scores)
             # tied scores share their average rank: a method that scores a whole family alike gets no credit
             maes.append(float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))))
         out["spearman"] = spearman

@@ -5,8 +5,11 @@ each with ``truth.json``: the spec its data was shifted by, the level, the kind 
 the seed of its data. ``SUITE/suite.json`` lists the models. Building is resumable: a finished model folder is
 kept, an interrupted one is only a hidden temporary folder that the next build removes and redoes.
 
-Levels are data strengths (``colour=red@0.2`` ... ``@1.0``): the spec's strength is the level's cause, and what the
-judge measures on the outputs is what really changed (see :mod:`finexl.toyworld.measure`).
+Levels are data strengths (``colour=red@0.2`` ... ``@1.0``, suite ``single``) or training steps (suite ``steps``: one
+run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps): the spec's strength or
+the snapshot's step is the level's cause, and what the judge measures on the outputs is what really changed (see
+:mod:`finexl.toyworld.measure`). The levels of a ``steps`` family share one run, hence its side effects, so their
+order is the order of one training trajectory; the levels of a ``single`` family are independent runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +41,8 @@ SINGLE_ASPECT_SHIFTS: tuple[tuple[str, str], ...] = (
     ("brightness", "less"),
 )
 LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+# Step levels: snapshots of one run at these fractions of ``BuildConfig.max_steps`` (evenly spaced, as the strengths)
+LEVEL_STEP_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class SuiteModel:
     spec: str | None  # the personalization spec (None: unshifted data)
     level: int  # 1..len(LEVEL_STRENGTHS) for single-aspect models, the proportion index for mixtures, else 0
     data_seed: int
+    # Step levels: the model is the snapshot of its family's run at this fraction of the training steps (None: a
+    # run of its own, trained to the end)
+    snapshot: float | None = None
 
 
 @dataclass
@@ -69,6 +78,17 @@ def single_aspect_models(shifts=SINGLE_ASPECT_SHIFTS, strengths=LEVEL_STRENGTHS)
             model_id = f"{aspect}-{target}-L{level}"
             spec = f"{aspect}={target}@{strength:g}"
             models.append(SuiteModel(model_id, "single", spec, level, _seed_of(model_id)))
+    return models
+
+
+def step_level_models(shifts=SINGLE_ASPECT_SHIFTS, fractions=LEVEL_STEP_FRACTIONS) -> list[SuiteModel]:
+    """One family per shift: the snapshots of a single run on fully shifted data (``aspect=target@1``)."""
+    models = []
+    for aspect, target in shifts:
+        seed = _seed_of(f"{aspect}-{target}-steps")
+        for level, fraction in enumerate(fractions, start=1):
+            model_id = f"{aspect}-{target}-S{level}"
+            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=fraction))
     return models
 
 
@@ -116,6 +136,7 @@ def dreambooth_models() -> list[SuiteModel]:
 
 SUITES = {
     "single": lambda: single_aspect_models(),
+    "steps": lambda: step_level_models(),
     "null": lambda: null_models(8),
     "multi": mixture_models,
     "dreambooth": dreambooth_models,
@@ -159,6 +180,48 @@ def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, p
     return truth
 
 
+def snapshot_steps(model: SuiteModel, cfg: BuildConfig) -> int:
+    """The training step at which a step-level model is its run's snapshot."""
+    if not 0 < model.snapshot <= 1:
+        raise ValueError(f"{model.id}: a snapshot lies in (0, 1] of the run, got {model.snapshot}")
+    return max(1, round(model.snapshot * cfg.max_steps))
+
+
+def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig, base: Path,
+                 progress: bool = False) -> list[dict]:  # fmt: skip
+    """Train the one run behind a family of step-level models (same spec and data) and write each snapshot into its
+    model's folder (atomically, with ``truth.json``); returns their truth records."""
+    from finexl.loading import LORA_WEIGHTS_NAME, fingerprint_folder, load_pipeline
+    from finexl.train.trainer import CONFIG_NAME, TrainConfig, train
+
+    first = models[0]
+    if any(m.snapshot is None or (m.spec, m.data_seed) != (first.spec, first.data_seed) for m in models):
+        raise ValueError("a family is step-level models of one spec and one data seed")
+    t0 = time.perf_counter()
+    data = _training_data(first, cfg)
+    steps = [snapshot_steps(m, cfg) for m in models]
+    # the run always goes to max_steps, whichever levels are missing: the learning-rate schedule spans the whole run,
+    # so a snapshot is the same whether its family is built at once or finished after an interruption
+    train_cfg = TrainConfig(max_steps=cfg.max_steps, seed=first.data_seed, snapshot_steps=tuple(steps))
+    run_dir = Path(tempfile.mkdtemp(dir=folders[0].parent, prefix=".run-", suffix=".tmp"))
+    records = []
+    try:
+        train(load_pipeline(base), data, train_cfg, run_dir, base_fingerprint=fingerprint_folder(base),
+              progress=progress)  # fmt: skip
+        seconds = round(time.perf_counter() - t0, 1)
+        for model, folder, step in zip(models, folders, steps, strict=True):
+            snap = run_dir / "snapshots" / f"step-{step:06d}"
+            with atomic_dir(folder) as tmp:
+                for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
+                    shutil.copy2(snap / name, tmp / name)
+                truth = {**asdict(model), "steps": step, "build": asdict(cfg), "seconds": seconds}
+                atomic_write_json(tmp / "truth.json", truth)
+            records.append(truth)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return records
+
+
 def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base: str | Path | None = None,
                 progress: bool = True) -> list[dict]:  # fmt: skip
     """Build (or finish building) suite ``name`` in ``out``; returns the truth record of every model."""
@@ -173,13 +236,25 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
     (out / "models").mkdir(parents=True, exist_ok=True)
     for stale in (out / "models").glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    records = []
+    records = {}
     for model in tqdm(models, desc=f"build {name}", disable=not progress):
         folder = out / "models" / model.id
+        if model.id in records:
+            continue  # built with its family
         if (folder / "truth.json").is_file():
-            records.append(json.loads((folder / "truth.json").read_text()))
+            records[model.id] = json.loads((folder / "truth.json").read_text())
             continue
-        logger.info("training %s (%s)", model.id, model.spec or "unshifted data")
-        records.append(build_model(model, folder, cfg, base))
+        if model.snapshot is None:
+            logger.info("training %s (%s)", model.id, model.spec or "unshifted data")
+            records[model.id] = build_model(model, folder, cfg, base)
+            continue
+        # a step level: its family's run makes every level not yet built (a finished one is kept)
+        run = (model.spec, model.data_seed)
+        family = [m for m in models if m.snapshot is not None and (m.spec, m.data_seed) == run
+                  and not (out / "models" / m.id / "truth.json").is_file()]  # fmt: skip
+        logger.info("training %s for its snapshots %s", model.spec, ", ".join(m.id for m in family))
+        built = build_family(family, [out / "models" / m.id for m in family], cfg, base)
+        records.update({m.id: r for m, r in zip(family, built, strict=True)})
+    records = [records[m.id] for m in models]
     atomic_write_json(out / "suite.json", {"suite": name, "build": asdict(cfg), "models": [r["id"] for r in records]})
     return records

@@ -1,8 +1,13 @@
 """`finexl bench build` trains a suite's LoRAs with ground truth and resumes an interrupted build."""
 
 import json
+import shutil
 
-from finexl.bench.suites import BuildConfig, build_suite, suite_models
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finexl.bench.suites import BuildConfig, SuiteModel, build_suite, snapshot_steps, suite_models
 
 
 def test_suites_have_the_promised_shape():
@@ -12,6 +17,9 @@ def test_suites_have_the_promised_shape():
     assert any(m.spec.endswith("less@1") for m in single) and any("more@" in m.spec for m in single)
     assert all(m.spec is None for m in suite_models("null"))
     assert len({m.data_seed for m in single}) == len(single)
+    steps = suite_models("steps")  # the same shifts, levels by training steps of one run per shift
+    assert {m.spec.split("@")[0] for m in steps} == {m.spec.split("@")[0] for m in single}
+    assert {m.level for m in steps} == {1, 2, 3, 4, 5} and {m.spec.split("@")[1] for m in steps} == {"1"}
 
 
 def test_build_is_resumable(tmp_path, tiny_pipeline_dir, monkeypatch):
@@ -37,3 +45,42 @@ def test_build_is_resumable(tmp_path, tiny_pipeline_dir, monkeypatch):
     assert (tmp_path / "tiny" / "models" / "null-0" / "pytorch_lora_weights.safetensors").is_file()
     build_suite("tiny", tmp_path / "tiny", cfg, base=tiny_pipeline_dir, progress=False)
     assert calls == ["colour-red-L1", "null-0"]  # nothing retrained
+
+
+def _lora_tensors(folder):
+    return load_file(str(folder / "pytorch_lora_weights.safetensors"))
+
+
+def test_step_levels_are_snapshots_of_one_run(tmp_path, tiny_pipeline_dir, monkeypatch):
+    import finexl.bench.suites as suites
+
+    family = suites.step_level_models((("colour", "red"),), (0.5, 1.0))
+    assert [m.id for m in family] == ["colour-red-S1", "colour-red-S2"]
+    assert {m.spec for m in family} == {"colour=red@1"} and len({m.data_seed for m in family}) == 1
+    monkeypatch.setitem(suites.SUITES, "tiny-steps", lambda: family)
+    cfg = BuildConfig(n_images=4, max_steps=4, image_size=32)
+    out = tmp_path / "tiny-steps"
+    records = build_suite("tiny-steps", out, cfg, base=tiny_pipeline_dir, progress=False)
+    assert [(r["id"], r["level"], r["steps"]) for r in records] == [("colour-red-S1", 1, 2), ("colour-red-S2", 2, 4)]
+    assert not list((out / "models").glob(".*"))  # the run's folder is gone, the snapshots are in the models
+    early, last = _lora_tensors(out / "models" / "colour-red-S1"), _lora_tensors(out / "models" / "colour-red-S2")
+    assert early.keys() == last.keys() and any(not torch.equal(early[k], last[k]) for k in early)
+
+    # the last level is the whole run: the same weights as a model of its own with the same spec, data and steps
+    whole = SuiteModel("whole", "single", "colour=red@1", 1, family[0].data_seed)
+    suites.build_model(whole, tmp_path / "whole", cfg, tiny_pipeline_dir)
+    alone = _lora_tensors(tmp_path / "whole")
+    assert all(torch.equal(alone[k], last[k]) for k in last)
+
+    # an interrupted family: a missing level is rebuilt from the same run (same schedule), the finished one kept
+    shutil.rmtree(out / "models" / "colour-red-S1")
+    stamp = (out / "models" / "colour-red-S2" / "truth.json").stat().st_mtime_ns
+    build_suite("tiny-steps", out, cfg, base=tiny_pipeline_dir, progress=False)
+    again = _lora_tensors(out / "models" / "colour-red-S1")
+    assert all(torch.equal(again[k], early[k]) for k in early)
+    assert (out / "models" / "colour-red-S2" / "truth.json").stat().st_mtime_ns == stamp
+
+
+def test_a_snapshot_outside_the_run_is_refused():
+    with pytest.raises(ValueError, match="snapshot lies in"):
+        snapshot_steps(SuiteModel("x", "single", "colour=red@1", 1, 0, snapshot=1.5), BuildConfig())

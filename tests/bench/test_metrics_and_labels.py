@@ -216,3 +216,16 @@ def test_a_tie_for_closest_earns_the_share_of_the_tied_that_is_right_in_any_aspe
         r["methods"]["m"] = result({"size": 0.2})
     # colour L1 and L2 each tie the other colour model (right) with blur L1 (wrong): 1/2; blur L1 ties two wrong: 0
     assert method_metrics(singles, "m")["retrieval"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
+
+
+def test_families_of_two_suites_are_ranked_apart():
+    # the same aspect and levels in two suites: each suite's five levels are one family. Pooled into one family of
+    # ten, the step suite's scores (all below the strength suite's) would break the level order.
+    records = []
+    for suite, offset in (("single", 0.5), ("steps", 0.0)):
+        for level in range(1, 6):
+            r = single("colour", "red", level, result({"colour": offset + level / 10}, ["colour"]))
+            records.append(r | {"suite": suite, "id": f"{suite}-{level}"})
+    m = method_metrics(records, "m")
+    assert m["level_mae"] == 0.0
+    assert m["spearman"] == pytest.approx({"single/colour": 1.0, "steps/colour": 1.0})
