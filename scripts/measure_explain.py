@@ -1,7 +1,7 @@
 """Measure `finexl explain` on toy LoRAs with known ground truth (issue: explain a personalization).
 
 Builds nothing: run `finexl bench build single` (or `steps`, the levels by training steps: `--single steps`) and
-`finexl bench build null` first (about an hour on one core; `steps` about 12 minutes).
+`finexl bench build null` first (about an hour on one core; `steps` about 15 minutes: one run per shift).
 Then, on the same cached images and embeddings as `finexl bench run`, prints per method: the share of single-aspect
 LoRAs whose shifted aspect is ranked first (overall, per level, per aspect), Spearman(score, level) per aspect, the
 direction accuracy, the share of null-LoRA aspect checks reported as changed, and the ratio of interval widths with
