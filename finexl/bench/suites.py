@@ -233,6 +233,13 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
     base = Path(base) if base else data_dir() / "toy_sd"
     out = Path(out)
     models = suite_models(name)
+    runs: dict[tuple, list[int]] = {}
+    for m in models:
+        if m.snapshot is not None:
+            runs.setdefault((m.spec, m.data_seed), []).append(snapshot_steps(m, cfg))
+    if any(len(set(steps)) < len(steps) for steps in runs.values()):
+        raise ValueError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
+                         f"the same snapshot (levels at {sorted(next(iter(runs.values())))} steps)")  # fmt: skip
     (out / "models").mkdir(parents=True, exist_ok=True)
     for stale in (out / "models").glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -84,3 +84,9 @@ def test_step_levels_are_snapshots_of_one_run(tmp_path, tiny_pipeline_dir, monke
 def test_a_snapshot_outside_the_run_is_refused():
     with pytest.raises(ValueError, match="snapshot lies in"):
         snapshot_steps(SuiteModel("x", "single", "colour=red@1", 1, 0, snapshot=1.5), BuildConfig())
+
+
+def test_too_few_steps_for_distinct_step_levels_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_steps=3 is too few for suite 'steps'"):
+        build_suite("steps", tmp_path / "steps", BuildConfig(max_steps=3), base=tmp_path / "unused", progress=False)
+    assert not (tmp_path / "steps").exists()  # refused before anything was written
