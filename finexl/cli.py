@@ -653,6 +653,8 @@ def _add_narration_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from finexl.bench.suites import SUITES
+
     parser = argparse.ArgumentParser(
         prog="finexl",
         description="Explain how a personalized text-to-image model differs from its base, aspect by aspect. "
@@ -741,12 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the LoRAs of a suite (resumable)",
         description="Train every LoRA of a suite with finexl's trainer on toy data shifted by its spec: 'single' "
         "(9 aspects x 5 strength levels, increases and decreases), 'steps' (the same 9 shifts at full strength, "
-        "5 levels as snapshots of one run at 0.2 ... 1.0 of its steps), 'null' (8 LoRAs on unshifted data), 'multi' "
+        "5 levels as snapshots of one run at 0.2 ... 1.0 of its steps), 'scale' (that run's final LoRA sampled at "
+        "LoRA scales 0.2 ... 1.0), 'null' (8 LoRAs on unshifted data), 'multi' "
         "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (3 subjects, 'a sks shape'), 'quick' "
         "(a small subset for CI). Finished models are kept; rerunning finishes an interrupted build. About a "
         "minute per model on one CPU core.",
     )
-    p.add_argument("suite", choices=["single", "steps", "null", "multi", "dreambooth", "quick"], help="which suite")
+    p.add_argument("suite", choices=list(SUITES), help="which suite")
     p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
     p.add_argument("--base", help="base pipeline folder (default data/toy_sd)")
     p.add_argument("--n-images", type=int, default=0, help="training images per model (default 800)")
@@ -762,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(cached), read both with the judge, embed once with the toy CLIP, and explain with every method; then "
         "compute the metrics (see finexl/bench/metrics.py). SUITE may list several, e.g. single,null,multi.",
     )
-    p.add_argument("suite", help="suite name(s), comma-separated: single, steps, null, multi, dreambooth, quick")
+    p.add_argument("suite", help=f"suite name(s), comma-separated: {', '.join(SUITES)}")
     p.add_argument("--suites", default="suites", help="folder holding the built suites (default suites)")
     p.add_argument("--methods", help="comma-separated methods (default: all)")
     p.add_argument("--samples", type=int, default=128, help="image pairs per model (default 128)")

@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument(
         "--single",
         default="single",
-        choices=["single", "steps"],
-        help="the single-aspect suite: levels by data strength (single) or by training steps (steps)",
+        choices=["single", "steps", "scale"],
+        help="the single-aspect suite: levels by data strength (single), training steps (steps) or LoRA scale (scale)",
     )
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--methods", default=",".join(BenchConfig.methods))

@@ -113,11 +113,12 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
                 f"suite model {truth['id']} ({truth['path']}) was trained on base {trained_on}, but the base here "
                 f"({base_dir}) is {base_fp}: rebuild the suite with 'finexl bench build' on this base"
             )
-        fp = lora_fingerprint(base_fp, fingerprint_folder(lora), 1.0)
+        scale = float(truth.get("lora_scale", 1.0))  # scale levels: one LoRA sampled at several scales
+        fp = lora_fingerprint(base_fp, fingerprint_folder(lora), scale)
 
-        def tuned_pipe(lora=lora):
+        def tuned_pipe(lora=lora, scale=scale):
             pipe = load_pipeline(base_dir)
-            load_lora(pipe, lora)
+            load_lora(pipe, lora, scale=scale)
             return pipe
 
         tuned_images = cached_samples(tuned_pipe, fp, ps, seeds, sampler, cache, truth["id"])

@@ -5,11 +5,12 @@ each with ``truth.json``: the spec its data was shifted by, the level, the kind 
 the seed of its data. ``SUITE/suite.json`` lists the models. Building is resumable: a finished model folder is
 kept, an interrupted one is only a hidden temporary folder that the next build removes and redoes.
 
-Levels are data strengths (``colour=red@0.2`` ... ``@1.0``, suite ``single``) or training steps (suite ``steps``: one
-run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps): the spec's strength or
-the snapshot's step is the level's cause, and what the judge measures on the outputs is what really changed (see
-:mod:`finexl.toyworld.measure`). The levels of a ``steps`` family share one run, hence its side effects, so their
-order is the order of one training trajectory; the levels of a ``single`` family are independent runs.
+Levels are data strengths (``colour=red@0.2`` ... ``@1.0``, suite ``single``), training steps (suite ``steps``: one
+run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps) or LoRA scales (suite
+``scale``: that run's final LoRA, sampled at scale 0.2 ... 1.0): the spec's strength, the snapshot's step or the
+scale is the level's cause, and what the judge measures on the outputs is what really changed (see
+:mod:`finexl.toyworld.measure`). The levels of a ``steps`` or ``scale`` family share one run, hence its side
+effects; the levels of a ``single`` family are independent runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ SINGLE_ASPECT_SHIFTS: tuple[tuple[str, str], ...] = (
 LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 # Step levels: snapshots of one run at these fractions of ``BuildConfig.max_steps`` (evenly spaced, as the strengths)
 LEVEL_STEP_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+# Scale levels: one LoRA (the step-level family's last snapshot) sampled at these LoRA scales
+LEVEL_SCALES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class SuiteModel:
     # Step levels: the model is the snapshot of its family's run at this fraction of the training steps (None: a
     # run of its own, trained to the end)
     snapshot: float | None = None
+    # the LoRA scale the model is sampled at (scale levels: one LoRA at several scales)
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -89,6 +94,19 @@ def step_level_models(shifts=SINGLE_ASPECT_SHIFTS, fractions=LEVEL_STEP_FRACTION
         for level, fraction in enumerate(fractions, start=1):
             model_id = f"{aspect}-{target}-S{level}"
             models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=fraction))
+    return models
+
+
+def scale_level_models(shifts=SINGLE_ASPECT_SHIFTS, scales=LEVEL_SCALES) -> list[SuiteModel]:
+    """One family per shift: the final LoRA of the step-level family's run (same data and seed, so the same
+    weights as its last level) sampled at each LoRA scale."""
+    models = []
+    for aspect, target in shifts:
+        seed = _seed_of(f"{aspect}-{target}-steps")
+        for level, scale in enumerate(scales, start=1):
+            model_id = f"{aspect}-{target}-W{level}"
+            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=1.0,
+                                     lora_scale=scale))  # fmt: skip
     return models
 
 
@@ -137,6 +155,7 @@ def dreambooth_models() -> list[SuiteModel]:
 SUITES = {
     "single": lambda: single_aspect_models(),
     "steps": lambda: step_level_models(),
+    "scale": lambda: scale_level_models(),
     "null": lambda: null_models(8),
     "multi": mixture_models,
     "dreambooth": dreambooth_models,
@@ -233,13 +252,14 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
     base = Path(base) if base else data_dir() / "toy_sd"
     out = Path(out)
     models = suite_models(name)
-    runs: dict[tuple, list[int]] = {}
+    runs: dict[tuple, list[tuple[int, float]]] = {}
     for m in models:
         if m.snapshot is not None:
-            runs.setdefault((m.spec, m.data_seed), []).append(snapshot_steps(m, cfg))
-    if any(len(set(steps)) < len(steps) for steps in runs.values()):
+            runs.setdefault((m.spec, m.data_seed), []).append((snapshot_steps(m, cfg), m.lora_scale))
+    if any(len(set(levels)) < len(levels) for levels in runs.values()):
+        steps = sorted(s for s, _ in next(iter(runs.values())))
         raise ValueError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
-                         f"the same snapshot (levels at {sorted(next(iter(runs.values())))} steps)")  # fmt: skip
+                         f"the same snapshot (levels at {steps} steps)")  # fmt: skip
     (out / "models").mkdir(parents=True, exist_ok=True)
     for stale in (out / "models").glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -90,3 +90,19 @@ def test_too_few_steps_for_distinct_step_levels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_steps=3 is too few for suite 'steps'"):
         build_suite("steps", tmp_path / "steps", BuildConfig(max_steps=3), base=tmp_path / "unused", progress=False)
     assert not (tmp_path / "steps").exists()  # refused before anything was written
+
+
+def test_scale_levels_are_one_lora_at_several_scales(tmp_path, tiny_pipeline_dir, monkeypatch):
+    import finexl.bench.suites as suites
+
+    family = suites.scale_level_models((("colour", "red"),), (0.5, 1.0))
+    assert [(m.id, m.lora_scale) for m in family] == [("colour-red-W1", 0.5), ("colour-red-W2", 1.0)]
+    # the same run as the step levels' family: its final LoRA
+    assert family[0].data_seed == suites.step_level_models((("colour", "red"),))[0].data_seed
+    monkeypatch.setitem(suites.SUITES, "tiny-scale", lambda: family)
+    out = tmp_path / "tiny-scale"
+    records = build_suite("tiny-scale", out, BuildConfig(n_images=4, max_steps=2, image_size=32),
+                          base=tiny_pipeline_dir, progress=False)  # fmt: skip
+    assert [(r["level"], r["lora_scale"], r["steps"]) for r in records] == [(1, 0.5, 2), (2, 1.0, 2)]
+    low, full = _lora_tensors(out / "models" / "colour-red-W1"), _lora_tensors(out / "models" / "colour-red-W2")
+    assert all(torch.equal(low[k], full[k]) for k in full)  # one LoRA; the scale is applied when it is sampled

@@ -53,3 +53,17 @@ def test_bench_run_refuses_models_trained_on_another_base(tiny_suite, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "colour-red-L1" in err and "trained on base 0123456789abcdef" in err and "rebuild the suite" in err
+
+
+def test_bench_run_samples_scale_levels_at_their_scale(tmp_path, monkeypatch):
+    # one LoRA at scale 0 (exactly the base) and 1: a runner that ignored the scale would sample both alike
+    family = suites.scale_level_models((("colour", "red"),), (0.0, 1.0))
+    monkeypatch.setitem(suites.SUITES, "tiny-scale", lambda: family)
+    build_suite("tiny-scale", tmp_path / "suites" / "tiny-scale", BuildConfig(n_images=8, max_steps=2), progress=False)
+    argv = ["bench", "run", "tiny-scale", "--suites", str(tmp_path / "suites"), "--samples", "4", "--bootstrap",
+            "10", "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "bench.json"), "--methods", "gsclip",
+            "-q"]  # fmt: skip
+    assert main(argv) == 0
+    off, on = json.loads((tmp_path / "bench.json").read_text())["records"]
+    assert all(x["score"] == 0.0 for x in off["methods"]["gsclip"]["aspects"].values())
+    assert any(x["score"] > 0.0 for x in on["methods"]["gsclip"]["aspects"].values())
