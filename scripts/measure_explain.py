@@ -1,7 +1,8 @@
 """Measure `finexl explain` on toy LoRAs with known ground truth (issue: explain a personalization).
 
-Builds nothing: run `finexl bench build single` (or `steps`, the levels by training steps: `--single steps`) and
-`finexl bench build null` first (about an hour on one core; `steps` about 15 minutes: one run per shift).
+Builds nothing: run `finexl bench build single` (or `steps` / `scale`, the levels by training steps or by LoRA
+scale: `--single steps|scale`) and `finexl bench build null` first (about an hour on one core; `steps` and `scale`
+about 15 minutes each: one run per shift).
 Then, on the same cached images and embeddings as `finexl bench run`, prints per method: the share of single-aspect
 LoRAs whose shifted aspect is ranked first (overall, per level, per aspect), Spearman(score, level) per aspect, the
 direction accuracy, the share of null-LoRA aspect checks reported as changed, and the ratio of interval widths with
@@ -9,6 +10,7 @@ paired versus unpaired noise at the same number of samples.
 
     python scripts/measure_explain.py --suites runs/suites --json docs/explain_measure.json
     python scripts/measure_explain.py --suites runs/suites --single steps --json docs/explain_measure_steps.json
+    python scripts/measure_explain.py --suites runs/suites --single scale --json docs/explain_measure_scale.json
 """
 
 from __future__ import annotations
