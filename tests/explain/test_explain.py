@@ -128,6 +128,27 @@ def test_nan_images_are_named(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
         explain(cfg)
 
 
+def test_blank_images_are_named_and_nothing_is_written(tmp_path, tiny_pipeline_dir, tiny_clip_dir, capsys):
+    import torch
+
+    from finexl.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    with torch.no_grad():  # the decoder's last layer outputs 0 everywhere: every image one flat grey
+        pipe.vae.decoder.conv_out.weight.zero_()
+        pipe.vae.decoder.conv_out.bias.zero_()
+    pipe.save_pretrained(tmp_path / "grey")
+    cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, model=str(tmp_path / "grey"))
+    with pytest.raises(BadImagesError, match="blank"):
+        explain(cfg)
+    argv = ["explain", "--model", str(tmp_path / "grey"), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
+            "--samples", "4", "--steps", "2", "--bootstrap", "20", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+    assert main(argv) == 2
+    assert "blank" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "explanation.json").exists()
+
+
 def test_cli_explain_writes_json_and_keeps_existing_results(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
                                                             tiny_lora_dir, capsys):  # fmt: skip
     (tmp_path / "prompts.txt").write_text("a shape\na picture of a thing\n")
