@@ -141,9 +141,9 @@ def test_blank_images_are_named_and_nothing_is_written(tmp_path, tiny_pipeline_d
     cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, model=str(tmp_path / "grey"))
     with pytest.raises(BadImagesError, match="blank"):
         explain(cfg)
-    argv = ["explain", "--model", str(tmp_path / "grey"), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
-            "--samples", "4", "--steps", "2", "--bootstrap", "20", "--cache", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+    argv = ["explain", "--model", str(tmp_path / "grey"), "--base", str(tiny_pipeline_dir),
+            "--clip", str(tiny_clip_dir), "--samples", "4", "--steps", "2", "--bootstrap", "20",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
     assert main(argv) == 2
     assert "blank" in capsys.readouterr().err
     assert not (tmp_path / "out" / "explanation.json").exists()
