@@ -6,11 +6,11 @@ the seed of its data. ``SUITE/suite.json`` lists the models. Building is resumab
 kept, an interrupted one is only a hidden temporary folder that the next build removes and redoes.
 
 Levels are data strengths (``colour=red@0.2`` ... ``@1.0``, suite ``single``), training steps (suite ``steps``: one
-run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps) or LoRA scales (suite
-``scale``: that run's final LoRA, sampled at scale 0.2 ... 1.0): the spec's strength, the snapshot's step or the
-scale is the level's cause, and what the judge measures on the outputs is what really changed (see
-:mod:`finexl.toyworld.measure`). The levels of a ``steps`` or ``scale`` family share one run, hence its side
-effects; the levels of a ``single`` family are independent runs.
+slow run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps) or LoRA scales
+(suite ``scale``: one run per aspect on fully shifted data at the suites' usual learning rate, its LoRA sampled at
+scale 0.2 ... 1.0): the spec's strength, the snapshot's step or the scale is the level's cause, and what the judge
+measures on the outputs is what really changed (see :mod:`finexl.toyworld.measure`). The levels of a ``steps`` or
+``scale`` family share one run, hence its side effects; the levels of a ``single`` family are independent runs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ SINGLE_ASPECT_SHIFTS: tuple[tuple[str, str], ...] = (
 LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 # Step levels: snapshots of one run at these fractions of ``BuildConfig.max_steps`` (evenly spaced, as the strengths)
 LEVEL_STEP_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
-# Scale levels: one LoRA (the step-level family's last snapshot) sampled at these LoRA scales
+# The step-level runs' learning rate, constant, per aspect. At the trainer's 5e-3 (cosine) a full-strength shift is
+# learnt within the first snapshot and the five levels read alike. At a constant 5e-5 the judge read colour's red
+# share +0.13, +0.24, +0.30, +0.38, +0.42 and blur's level +0.10, +0.15, +0.17, +0.19, +0.19 at the five snapshots,
+# but pose's upside-down share +0.01 to +0.03 at every one; at 5e-4 pose read +0.11, +0.22, +0.26, +0.31, +0.32
+# (dev probes on neutral prompts, seed 5000, not the benchmark's; README, Benchmark).
+STEP_LEVEL_LR = {"pose": 5e-4}
+STEP_LEVEL_LR_DEFAULT = 5e-5
+STEP_LEVEL_LR_SCHEDULER = "constant"
+# Scale levels: one LoRA (a run on fully shifted data at the trainer's learning rate) sampled at these LoRA scales
 LEVEL_SCALES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -60,6 +68,9 @@ class SuiteModel:
     snapshot: float | None = None
     # the LoRA scale the model is sampled at (scale levels: one LoRA at several scales)
     lora_scale: float = 1.0
+    # the training run's learning rate and its schedule (None: the trainer's defaults)
+    lr: float | None = None
+    lr_scheduler: str | None = None
 
 
 @dataclass
@@ -87,19 +98,22 @@ def single_aspect_models(shifts=SINGLE_ASPECT_SHIFTS, strengths=LEVEL_STRENGTHS)
 
 
 def step_level_models(shifts=SINGLE_ASPECT_SHIFTS, fractions=LEVEL_STEP_FRACTIONS) -> list[SuiteModel]:
-    """One family per shift: the snapshots of a single run on fully shifted data (``aspect=target@1``)."""
+    """One family per shift: the snapshots of a single slow run (``STEP_LEVEL_LR``) on fully shifted data
+    (``aspect=target@1``)."""
     models = []
     for aspect, target in shifts:
         seed = _seed_of(f"{aspect}-{target}-steps")
         for level, fraction in enumerate(fractions, start=1):
             model_id = f"{aspect}-{target}-S{level}"
-            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=fraction))
+            lr = STEP_LEVEL_LR.get(aspect, STEP_LEVEL_LR_DEFAULT)
+            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=fraction,
+                                     lr=lr, lr_scheduler=STEP_LEVEL_LR_SCHEDULER))  # fmt: skip
     return models
 
 
 def scale_level_models(shifts=SINGLE_ASPECT_SHIFTS, scales=LEVEL_SCALES) -> list[SuiteModel]:
-    """One family per shift: the final LoRA of the step-level family's run (same data and seed, so the same
-    weights as its last level) sampled at each LoRA scale."""
+    """One family per shift: the LoRA of one run on fully shifted data at the trainer's own learning rate (the data
+    and seed of the step-level family, not its slow schedule) sampled at each LoRA scale."""
     models = []
     for aspect, target in shifts:
         seed = _seed_of(f"{aspect}-{target}-steps")
@@ -182,16 +196,29 @@ def _training_data(model: SuiteModel, cfg: BuildConfig):
     return ImageSet(images=rendered.images, captions=list(rendered.captions), files=files)
 
 
+def _train_config(model: SuiteModel, cfg: BuildConfig, **settings):
+    """The trainer's settings for a suite model's run: the build's steps, the model's seed and learning rate."""
+    from finexl.train.trainer import TrainConfig
+
+    schedule = {k: v for k, v in (("lr", model.lr), ("lr_scheduler", model.lr_scheduler)) if v is not None}
+    return TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed, **schedule, **settings)
+
+
+def _run_of(model: SuiteModel) -> tuple:
+    """What makes two step-level models snapshots of one training run."""
+    return model.spec, model.data_seed, model.lr, model.lr_scheduler
+
+
 def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, progress: bool = False) -> dict:
     """Render the model's data, train its LoRA into ``folder`` (atomically) and write ``truth.json``."""
     from finexl.loading import fingerprint_folder, load_pipeline
-    from finexl.train.trainer import TrainConfig, train
+    from finexl.train.trainer import train
 
     t0 = time.perf_counter()
     data = _training_data(model, cfg)
     pipe = load_pipeline(base)
     instance_prompt = INSTANCE_PROMPT if model.kind == "dreambooth" else None
-    train_cfg = TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed, instance_prompt=instance_prompt)
+    train_cfg = _train_config(model, cfg, instance_prompt=instance_prompt)
     with atomic_dir(folder) as tmp:
         train(pipe, data, train_cfg, tmp, base_fingerprint=fingerprint_folder(base), progress=progress)
         truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}
@@ -211,17 +238,17 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
     """Train the one run behind a family of step-level models (same spec and data) and write each snapshot into its
     model's folder (atomically, with ``truth.json``); returns their truth records."""
     from finexl.loading import LORA_WEIGHTS_NAME, fingerprint_folder, load_pipeline
-    from finexl.train.trainer import CONFIG_NAME, TrainConfig, train
+    from finexl.train.trainer import CONFIG_NAME, train
 
     first = models[0]
-    if any(m.snapshot is None or (m.spec, m.data_seed) != (first.spec, first.data_seed) for m in models):
-        raise ValueError("a family is step-level models of one spec and one data seed")
+    if any(m.snapshot is None or _run_of(m) != _run_of(first) for m in models):
+        raise ValueError("a family is step-level models of one run: one spec, data seed and learning rate")
     t0 = time.perf_counter()
     data = _training_data(first, cfg)
     steps = [snapshot_steps(m, cfg) for m in models]
     # the run always goes to max_steps, whichever levels are missing: the learning-rate schedule spans the whole run,
     # so a snapshot is the same whether its family is built at once or finished after an interruption
-    train_cfg = TrainConfig(max_steps=cfg.max_steps, seed=first.data_seed, snapshot_steps=tuple(steps))
+    train_cfg = _train_config(first, cfg, snapshot_steps=tuple(steps))
     run_dir = Path(tempfile.mkdtemp(dir=folders[0].parent, prefix=".run-", suffix=".tmp"))
     records = []
     try:
@@ -255,7 +282,7 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
     runs: dict[tuple, list[tuple[int, float]]] = {}
     for m in models:
         if m.snapshot is not None:
-            runs.setdefault((m.spec, m.data_seed), []).append((snapshot_steps(m, cfg), m.lora_scale))
+            runs.setdefault(_run_of(m), []).append((snapshot_steps(m, cfg), m.lora_scale))
     if any(len(set(levels)) < len(levels) for levels in runs.values()):
         steps = sorted(s for s, _ in next(iter(runs.values())))
         raise ValueError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
@@ -276,8 +303,7 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
             records[model.id] = build_model(model, folder, cfg, base)
             continue
         # a step level: its family's run makes every level not yet built (a finished one is kept)
-        run = (model.spec, model.data_seed)
-        family = [m for m in models if m.snapshot is not None and (m.spec, m.data_seed) == run
+        family = [m for m in models if m.snapshot is not None and _run_of(m) == _run_of(model)
                   and not (out / "models" / m.id / "truth.json").is_file()]  # fmt: skip
         logger.info("training %s for its snapshots %s", model.spec, ", ".join(m.id for m in family))
         built = build_family(family, [out / "models" / m.id for m in family], cfg, base)

@@ -65,9 +65,14 @@ def test_step_levels_are_snapshots_of_one_run(tmp_path, tiny_pipeline_dir, monke
     assert not list((out / "models").glob(".*"))  # the run's folder is gone, the snapshots are in the models
     early, last = _lora_tensors(out / "models" / "colour-red-S1"), _lora_tensors(out / "models" / "colour-red-S2")
     assert early.keys() == last.keys() and any(not torch.equal(early[k], last[k]) for k in early)
+    # the run went at the family's own slow learning rate, not the trainer's default
+    trained = json.loads((out / "models" / "colour-red-S1" / "finexl_train_config.json").read_text())
+    assert (trained["lr"], trained["lr_scheduler"]) == (family[0].lr, family[0].lr_scheduler) == (5e-5, "constant")
+    assert json.loads((out / "models" / "colour-red-S1" / "truth.json").read_text())["lr"] == 5e-5
 
-    # the last level is the whole run: the same weights as a model of its own with the same spec, data and steps
-    whole = SuiteModel("whole", "single", "colour=red@1", 1, family[0].data_seed)
+    # the last level is the whole run: the same weights as a model of its own with the same spec, data, steps and
+    # learning rate
+    whole = SuiteModel("whole", "single", "colour=red@1", 1, family[0].data_seed, lr=5e-5, lr_scheduler="constant")
     suites.build_model(whole, tmp_path / "whole", cfg, tiny_pipeline_dir)
     alone = _lora_tensors(tmp_path / "whole")
     assert all(torch.equal(alone[k], last[k]) for k in last)
@@ -86,6 +91,16 @@ def test_a_snapshot_outside_the_run_is_refused():
         snapshot_steps(SuiteModel("x", "single", "colour=red@1", 1, 0, snapshot=1.5), BuildConfig())
 
 
+def test_a_family_of_two_runs_is_refused(tmp_path):
+    from finexl.bench.suites import build_family
+
+    slow = SuiteModel("a", "single", "colour=red@1", 1, 7, snapshot=0.5, lr=5e-5)
+    fast = SuiteModel("b", "single", "colour=red@1", 2, 7, snapshot=1.0)  # same data, the trainer's learning rate
+    with pytest.raises(ValueError, match="one run"):
+        build_family([slow, fast], [tmp_path / "a", tmp_path / "b"], BuildConfig(), base=tmp_path / "unused")
+    assert not list(tmp_path.iterdir())
+
+
 def test_too_few_steps_for_distinct_step_levels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_steps=3 is too few for suite 'steps'"):
         build_suite("steps", tmp_path / "steps", BuildConfig(max_steps=3), base=tmp_path / "unused", progress=False)
@@ -97,8 +112,9 @@ def test_scale_levels_are_one_lora_at_several_scales(tmp_path, tiny_pipeline_dir
 
     family = suites.scale_level_models((("colour", "red"),), (0.5, 1.0))
     assert [(m.id, m.lora_scale) for m in family] == [("colour-red-W1", 0.5), ("colour-red-W2", 1.0)]
-    # the same run as the step levels' family: its final LoRA
+    # the step levels' data, at the trainer's own learning rate (the step levels' run is slower)
     assert family[0].data_seed == suites.step_level_models((("colour", "red"),))[0].data_seed
+    assert family[0].lr is None and suites.step_level_models((("colour", "red"),))[0].lr is not None
     monkeypatch.setitem(suites.SUITES, "tiny-scale", lambda: family)
     out = tmp_path / "tiny-scale"
     records = build_suite("tiny-scale", out, BuildConfig(n_images=4, max_steps=2, image_size=32),
