@@ -48,7 +48,7 @@ LEVEL_STEP_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 # learnt within the first snapshot and the five levels read alike. At a constant 5e-5 the judge read colour's red
 # share +0.13, +0.24, +0.30, +0.38, +0.42 and blur's level +0.10, +0.15, +0.17, +0.19, +0.19 at the five snapshots,
 # but pose's upside-down share +0.01 to +0.03 at every one; at 5e-4 pose read +0.11, +0.22, +0.26, +0.31, +0.32
-# (dev probes on neutral prompts, seed 5000, not the benchmark's; README, Benchmark).
+# (dev probes on neutral prompts, seed 5000, not the benchmark's; README, Known problems).
 STEP_LEVEL_LR = {"pose": 5e-4}
 STEP_LEVEL_LR_DEFAULT = 5e-5
 STEP_LEVEL_LR_SCHEDULER = "constant"
@@ -235,8 +235,8 @@ def snapshot_steps(model: SuiteModel, cfg: BuildConfig) -> int:
 
 def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig, base: Path,
                  progress: bool = False) -> list[dict]:  # fmt: skip
-    """Train the one run behind a family of step-level models (same spec and data) and write each snapshot into its
-    model's folder (atomically, with ``truth.json``); returns their truth records."""
+    """Train the one run behind a family of step-level models (same spec, data and learning rate) and write each
+    snapshot into its model's folder (atomically, with ``truth.json``); returns their truth records."""
     from finexl.loading import LORA_WEIGHTS_NAME, fingerprint_folder, load_pipeline
     from finexl.train.trainer import CONFIG_NAME, train
 
