@@ -23,6 +23,7 @@ import numpy as np
 
 from finexl.bench.metrics import all_metrics, judge_shift
 from finexl.bench.runner import BenchConfig, load_truths, run_models
+from finexl.bench.suites import single_aspect_suites
 from finexl.utils import atomic_write_json
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument(
         "--single",
         default="single",
-        choices=["single", "steps", "scale"],
+        choices=single_aspect_suites(),
         help="the single-aspect suite: levels by data strength (single), training steps (steps) or LoRA scale (scale)",
     )
     ap.add_argument("--samples", type=int, default=128)

@@ -183,6 +183,11 @@ def suite_models(name: str) -> list[SuiteModel]:
     return SUITES[name]()
 
 
+def single_aspect_suites() -> list[str]:
+    """The suites made of single-aspect level families only (``single``, ``steps``, ``scale``)."""
+    return [name for name in SUITES if all(m.kind == "single" for m in suite_models(name))]
+
+
 def _training_data(model: SuiteModel, cfg: BuildConfig):
     from finexl.toyworld.dataset import render_set
     from finexl.toyworld.personalization import parse_spec, render_personalization
@@ -204,6 +209,14 @@ def _train_config(model: SuiteModel, cfg: BuildConfig, **settings):
     return TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed, **schedule, **settings)
 
 
+def torch_threads() -> int:
+    """The CPU threads torch trains with, recorded in ``truth.json``: a rebuild with another thread count sums in
+    another order and gives LoRA weights that differ in the last bits (the same count gives the same bits)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _run_of(model: SuiteModel) -> tuple:
     """What makes two step-level models snapshots of one training run."""
     return model.spec, model.data_seed, model.lr, model.lr_scheduler
@@ -221,7 +234,8 @@ def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, p
     train_cfg = _train_config(model, cfg, instance_prompt=instance_prompt)
     with atomic_dir(folder) as tmp:
         train(pipe, data, train_cfg, tmp, base_fingerprint=fingerprint_folder(base), progress=progress)
-        truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}
+        truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1),
+                 "torch_threads": torch_threads()}
         atomic_write_json(tmp / "truth.json", truth)
     return truth
 
@@ -260,7 +274,8 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
             with atomic_dir(folder) as tmp:
                 for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
                     shutil.copy2(snap / name, tmp / name)
-                truth = {**asdict(model), "steps": step, "build": asdict(cfg), "seconds": seconds}
+                truth = {**asdict(model), "steps": step, "build": asdict(cfg), "seconds": seconds,
+                         "torch_threads": torch_threads()}
                 atomic_write_json(tmp / "truth.json", truth)
             records.append(truth)
     finally:

@@ -7,7 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finexl.bench.suites import BuildConfig, SuiteModel, build_suite, snapshot_steps, suite_models
+from finexl.bench.suites import (
+    BuildConfig,
+    SuiteModel,
+    build_suite,
+    single_aspect_suites,
+    snapshot_steps,
+    suite_models,
+)
 
 
 def test_suites_have_the_promised_shape():
@@ -20,6 +27,8 @@ def test_suites_have_the_promised_shape():
     steps = suite_models("steps")  # the same shifts, levels by training steps of one run per shift
     assert {m.spec.split("@")[0] for m in steps} == {m.spec.split("@")[0] for m in single}
     assert {m.level for m in steps} == {1, 2, 3, 4, 5} and {m.spec.split("@")[1] for m in steps} == {"1"}
+    # the suites a single-aspect measurement accepts: no null, mixture or subject among their models
+    assert single_aspect_suites() == ["single", "steps", "scale"]
 
 
 def test_build_is_resumable(tmp_path, tiny_pipeline_dir, monkeypatch):
@@ -42,6 +51,7 @@ def test_build_is_resumable(tmp_path, tiny_pipeline_dir, monkeypatch):
     assert not list((tmp_path / "tiny" / "models").glob(".*"))
     truth = json.loads((tmp_path / "tiny" / "models" / "colour-red-L1" / "truth.json").read_text())
     assert truth["spec"] == "colour=red@1" and truth["level"] == 1
+    assert truth["torch_threads"] == torch.get_num_threads()  # what the weights' last bits depend on
     assert (tmp_path / "tiny" / "models" / "null-0" / "pytorch_lora_weights.safetensors").is_file()
     build_suite("tiny", tmp_path / "tiny", cfg, base=tiny_pipeline_dir, progress=False)
     assert calls == ["colour-red-L1", "null-0"]  # nothing retrained
@@ -68,7 +78,8 @@ def test_step_levels_are_snapshots_of_one_run(tmp_path, tiny_pipeline_dir, monke
     # the run went at the family's own slow learning rate, not the trainer's default
     trained = json.loads((out / "models" / "colour-red-S1" / "finexl_train_config.json").read_text())
     assert (trained["lr"], trained["lr_scheduler"]) == (family[0].lr, family[0].lr_scheduler) == (5e-5, "constant")
-    assert json.loads((out / "models" / "colour-red-S1" / "truth.json").read_text())["lr"] == 5e-5
+    truth = json.loads((out / "models" / "colour-red-S1" / "truth.json").read_text())
+    assert truth["lr"] == 5e-5 and truth["torch_threads"] == torch.get_num_threads()
 
     # the last level is the whole run: the same weights as a model of its own with the same spec, data, steps and
     # learning rate
