@@ -209,12 +209,13 @@ def _train_config(model: SuiteModel, cfg: BuildConfig, **settings):
     return TrainConfig(max_steps=cfg.max_steps, seed=model.data_seed, **schedule, **settings)
 
 
-def torch_threads() -> int:
-    """The CPU threads torch trains with, recorded in ``truth.json``: a rebuild with another thread count sums in
-    another order and gives LoRA weights that differ in the last bits (the same count gives the same bits)."""
+def _truth(model: SuiteModel, cfg: BuildConfig, seconds: float, **extra) -> dict:
+    """A built model's ``truth.json``: its spec and level, the build settings, the time it took, and the CPU threads
+    torch trained with (another thread count sums in another order: LoRA weights that differ in the last bits)."""
     import torch
 
-    return torch.get_num_threads()
+    threads = torch.get_num_threads()
+    return {**asdict(model), **extra, "build": asdict(cfg), "seconds": seconds, "torch_threads": threads}
 
 
 def _run_of(model: SuiteModel) -> tuple:
@@ -234,8 +235,7 @@ def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, p
     train_cfg = _train_config(model, cfg, instance_prompt=instance_prompt)
     with atomic_dir(folder) as tmp:
         train(pipe, data, train_cfg, tmp, base_fingerprint=fingerprint_folder(base), progress=progress)
-        truth = {**asdict(model), "build": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1),
-                 "torch_threads": torch_threads()}
+        truth = _truth(model, cfg, round(time.perf_counter() - t0, 1))
         atomic_write_json(tmp / "truth.json", truth)
     return truth
 
@@ -274,8 +274,7 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
             with atomic_dir(folder) as tmp:
                 for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
                     shutil.copy2(snap / name, tmp / name)
-                truth = {**asdict(model), "steps": step, "build": asdict(cfg), "seconds": seconds,
-                         "torch_threads": torch_threads()}
+                truth = _truth(model, cfg, seconds, steps=step)
                 atomic_write_json(tmp / "truth.json", truth)
             records.append(truth)
     finally:
