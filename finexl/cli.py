@@ -520,7 +520,7 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
 def cmd_bench_run(args: argparse.Namespace) -> int:
     import torch
 
-    from finexl.bench.metrics import all_metrics, markdown_table
+    from finexl.bench.metrics import all_metrics, compare_methods, comparison_table, markdown_table
     from finexl.bench.runner import BenchConfig, SuiteError, load_truths, run_models
     from finexl.utils import atomic_write_json
 
@@ -545,15 +545,56 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
         print(f"top1 made from the judge's readings (shifted aspect moved most): {metrics['_top1_of_judge']:.3f}")
     if "_paired_over_unpaired_interval_width" in metrics:
         print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
+    comparison = None
+    if "finexl" in methods and len(methods) > 1:
+        comparison = compare_methods(records, methods)
+        print(
+            f"\nfinexl against the other methods, paired bootstrap over the models ({comparison['resamples']} "
+            f"resamples; `finexl bench compare` redoes it from the JSON):\n{comparison_table(comparison)}"
+        )
     if args.json:
         config = {"methods": methods, "samples": samples, "bootstrap": resamples}
-        atomic_write_json(args.json, {"suites": names, "config": config, "metrics": metrics, "records": records})
+        atomic_write_json(args.json, {"suites": names, "config": config, "metrics": metrics,
+                                      "comparison": comparison, "records": records})  # fmt: skip
         print(f"wrote {args.json}")
     if args.labels:
         from finexl.bench.labels import labels_from_records, write_labels
 
         write_labels(args.labels, labels_from_records(records))
         print(f"wrote the suites' labels to {args.labels}")
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from finexl.bench.metrics import compare_methods, comparison_table
+    from finexl.utils import atomic_write_json
+
+    try:
+        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CLIError(f"cannot read benchmark results {args.results}: {err}") from err
+    records = results.get("records") if isinstance(results, dict) else None
+    if not records:
+        raise CLIError(f"{args.results} holds no per-model records: write it with `finexl bench run ... --json FILE`")
+    methods = results.get("config", {}).get("methods") or list(records[0]["methods"])
+    if not 0 < args.level < 1:
+        raise CLIError(f"--level must lie between 0 and 1, got {args.level}")
+    try:
+        comparison = compare_methods(records, methods, reference=args.reference, n_resamples=args.resamples,
+                                     seed=args.seed, level=args.level)  # fmt: skip
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    names = {"family": "single-aspect families", "multi": "mixtures", "null": "nulls",
+             "dreambooth": "DreamBooth subjects"}  # fmt: skip
+    units = ", ".join(f"{n} {names[kind]}" for kind, n in comparison["units"].items() if n)
+    print(f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
+          f"({args.resamples} resamples, seed {args.seed}):")  # fmt: skip
+    print(comparison_table(comparison))
+    if args.json:
+        atomic_write_json(args.json, comparison)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -779,6 +820,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_bench_run)
+
+    p = bench_sub.add_parser(
+        "compare",
+        parents=[common],
+        help="how sure the table's ordering is: finexl against every other method, paired bootstrap over models",
+        description="Read the records of a `finexl bench run --json` file and resample its units (single-aspect "
+        "families, mixtures, nulls, DreamBooth subjects) with replacement, scoring every method on the same "
+        "resamples. For each metric: the reference method's value with a percentile interval, the best other method "
+        "and the difference to it with its interval, and the methods the reference is significantly worse or better "
+        "than (the difference's interval excludes 0; per pair, not corrected for the number of pairs).",
+    )
+    p.add_argument("results", help="JSON written by `finexl bench run --json`")
+    p.add_argument("--reference", default="finexl", help="the method compared with the others (default finexl)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--json", help="write the comparison to this JSON file")
+    p.set_defaults(func=cmd_bench_compare)
 
     p = bench_sub.add_parser(
         "score",

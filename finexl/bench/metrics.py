@@ -117,81 +117,138 @@ def _families(single: list[dict]) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
-def method_metrics(records: list[dict], method: str) -> dict:
+def _counts(r: dict, method: str) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of the (aspect, direction) pairs a record's explanation
+    reports as changed, against its shifted aspects."""
+    res = r["methods"][method]["aspects"]
+    truth = {a: t for a, t, _ in r["shifts"]}
+    tp = fp = 0
+    for aspect, x in res.items():
+        if x["changed"]:
+            if aspect in truth and direction_correct(aspect, truth[aspect], x):
+                tp += 1
+            else:
+                fp += 1
+    fn = sum(1 for a, t in truth.items() if not (res[a]["changed"] and direction_correct(a, t, res[a])))
+    return tp, fp, fn
+
+
+def _sentence_counts(r: dict, method: str) -> tuple[int, int, int]:
+    """(tp, fp, fn) of the aspects that the templated bullet sentences name as changed, against the shifted ones."""
+    from finexl.narrate.templates import render
+
+    aspects = [{"aspect": a, **x} for a, x in r["methods"][method]["aspects"].items()]
+    text = render({"aspects": aspects}, "bullets")
+    named = {line[2:].split(":", 1)[0] for line in text.splitlines() if ":" in line and "unchanged" not in line}
+    truth = {a for a, _, _ in r["shifts"]}
+    return len(named & truth), len(named - truth), len(truth - named)
+
+
+def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
+    """What each resampling unit contributes to every metric of ``method``: a single-aspect family (its levels
+    together, as they are ranked together), a mixture, a null model, a DreamBooth subject. ``aggregate_units``
+    turns them into the metrics; resampling the units is the bootstrap of :func:`compare_methods`. The candidates
+    of ``retrieval`` and ``multi_selection`` are always all the models of the records: a unit's credit is computed
+    once against them."""
     single = [r for r in records if r["kind"] == "single"]
     multi = [r for r in records if r["kind"] == "multi"]
-    nulls = [r for r in records if r["kind"] == "null"]
-    out: dict = {}
-    if single:
-        res = [r["methods"][method] for r in single]
-        truth = [r["shifts"][0] for r in single]
-        out["top1"] = float(np.mean([x["ranking"][0] == t[0] for x, t in zip(res, truth, strict=True)]))
-        out["top3"] = float(np.mean([t[0] in x["ranking"][:3] for x, t in zip(res, truth, strict=True)]))
-        measured = [judge_top_aspects(r) for r in single]
-        if all(measured):
-            out["top1_judge"] = float(np.mean([x["ranking"][0] in j for x, j in zip(res, measured, strict=True)]))
-        out["direction"] = float(np.mean([direction_correct(t[0], t[1], x["aspects"][t[0]])
-                                          for x, t in zip(res, truth, strict=True)]))  # fmt: skip
-        spearman, by_judge, maes = {}, {}, []
-        for key, aspect, family in _families(single):
-            levels = np.array([r["level"] for r in family], dtype=float)
-            scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
-            spearman[key] = _spearman(levels, scores)
-            measured = [judge_shift(r) for r in family]
-            if None not in measured:
-                by_judge[key] = _spearman(np.array(measured), scores)
-            # tied scores share their average rank: a method that scores a whole family alike gets no credit
-            maes.append(float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))))
-        out["spearman"] = spearman
-        out["spearman_mean"] = float(np.mean(list(spearman.values())))
-        if len(by_judge) == len(spearman):
-            out["spearman_judge"] = by_judge
-            out["spearman_judge_mean"] = float(np.mean(list(by_judge.values())))
-        out["level_mae"] = float(np.mean(maes))
+    units: dict[str, list[dict]] = {"family": [], "multi": [], "null": [], "dreambooth": []}
+
+    credits: dict[str, float] = {}  # retrieval credit per single-aspect model, against all the others
+    if len(single) > 1:
         aspects = sorted(single[0]["methods"][method]["aspects"])
-        vectors = [_signed(x, aspects) for x in res]
-        hits = []
-        for i, v in enumerate(vectors if len(vectors) > 1 else []):
+        vectors = [_signed(r["methods"][method], aspects) for r in single]
+        truth = [r["shifts"][0] for r in single]
+        for i, v in enumerate(vectors):
             others = [j for j in range(len(vectors)) if j != i]
             same = [truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
                     for j in others]  # fmt: skip
-            hits.append(_pick_credit([_cos(v, vectors[j]) for j in others], same))
-        out["retrieval"] = float(np.mean(hits)) if hits else None
+            credits[single[i]["id"]] = _pick_credit([_cos(v, vectors[j]) for j in others], same)
+
+    for key, aspect, family in _families(single):
+        models = []
+        for r in family:
+            x, (_, target, _) = r["methods"][method], r["shifts"][0]
+            judged = judge_top_aspects(r)
+            models.append({
+                "top1": x["ranking"][0] == aspect, "top3": aspect in x["ranking"][:3],
+                "top1_judge": (x["ranking"][0] in judged) if judged else None,
+                "direction": direction_correct(aspect, target, x["aspects"][aspect]),
+                "retrieval": credits.get(r["id"]), "counts": _counts(r, method),
+                "sentences": _sentence_counts(r, method),
+            })  # fmt: skip
+        levels = np.array([r["level"] for r in family], dtype=float)
+        scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
+        measured = [judge_shift(r) for r in family]
+        units["family"].append({
+            "key": key, "models": models, "spearman": _spearman(levels, scores),
+            "spearman_judge": None if None in measured else _spearman(np.array(measured), scores),
+            # tied scores share their average rank: a method that scores a whole family alike gets no credit
+            "level_mae": float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))),
+        })  # fmt: skip
+
     if multi:
         aspects = sorted(multi[0]["methods"][method]["aspects"])
         targets = [_spec_vector(r, aspects) for r in multi]
-        out["multi_selection"] = float(np.mean([
-            _pick_credit([_cos(_signed(r["methods"][method], aspects), t) for t in targets],
-                         [other["spec"] == r["spec"] for other in multi])
-            for r in multi
-        ]))  # fmt: skip
-    tp = fp = fn = 0
-    for r in single + multi + nulls:
-        res = r["methods"][method]["aspects"]
-        truth = {a: t for a, t, _ in r["shifts"]}
-        for aspect, x in res.items():
-            if x["changed"]:
-                if aspect in truth and direction_correct(aspect, truth[aspect], x):
-                    tp += 1
-                else:
-                    fp += 1
-        fn += sum(1 for a, t in truth.items() if not (res[a]["changed"] and direction_correct(a, t, res[a])))
-    out["precision"] = tp / (tp + fp) if tp + fp else 0.0
-    out["recall"] = tp / (tp + fn) if tp + fn else 0.0
+        for r in multi:
+            credit = _pick_credit([_cos(_signed(r["methods"][method], aspects), t) for t in targets],
+                                  [other["spec"] == r["spec"] for other in multi])  # fmt: skip
+            units["multi"].append({"multi_selection": credit, "counts": _counts(r, method),
+                                   "sentences": _sentence_counts(r, method)})  # fmt: skip
+    for r in records:
+        if r["kind"] == "null":
+            flags = [x["changed"] for x in r["methods"][method]["aspects"].values()]
+            units["null"].append({"reported": sum(flags), "checks": len(flags), "counts": _counts(r, method),
+                                  "sentences": _sentence_counts(r, method)})  # fmt: skip
+        elif r["kind"] == "dreambooth":
+            res = r["methods"][method]["aspects"]
+            found = [res[a]["changed"] and direction_correct(a, t, res[a]) for a, t, _ in r["shifts"]]
+            units["dreambooth"].append({"found": sum(found), "items": len(found)})
+    return units
+
+
+def aggregate_units(units: dict[str, list[dict]], draw: dict[str, np.ndarray] | None = None) -> dict:
+    """The metrics from :func:`metric_units`; ``draw`` picks (with repeats) which units of each kind count, as a
+    bootstrap resample does. Without it every unit counts once, and the per-aspect Spearman dicts are included."""
+
+    def pick(kind):
+        return units[kind] if draw is None else [units[kind][i] for i in draw[kind]]
+
+    families, mixtures, nulls, subjects = pick("family"), pick("multi"), pick("null"), pick("dreambooth")
+    models = [m for f in families for m in f["models"]]
+    out: dict = {}
+    if models:
+        for name in ("top1", "top3", "direction"):
+            out[name] = float(np.mean([m[name] for m in models]))
+        if all(m["top1_judge"] is not None for m in models):
+            out["top1_judge"] = float(np.mean([m["top1_judge"] for m in models]))
+        if draw is None:
+            out["spearman"] = {f["key"]: f["spearman"] for f in families}
+        out["spearman_mean"] = float(np.mean([f["spearman"] for f in families]))
+        if all(f["spearman_judge"] is not None for f in families):
+            if draw is None:
+                out["spearman_judge"] = {f["key"]: f["spearman_judge"] for f in families}
+            out["spearman_judge_mean"] = float(np.mean([f["spearman_judge"] for f in families]))
+        out["level_mae"] = float(np.mean([f["level_mae"] for f in families]))
+        out["retrieval"] = None if models[0]["retrieval"] is None else float(np.mean([m["retrieval"] for m in models]))
+    if mixtures:
+        out["multi_selection"] = float(np.mean([m["multi_selection"] for m in mixtures]))
+    tp, fp, fn = np.sum([u["counts"] for u in models + mixtures + nulls] or [(0, 0, 0)], axis=0)
+    out["precision"] = float(tp / (tp + fp)) if tp + fp else 0.0
+    out["recall"] = float(tp / (tp + fn)) if tp + fn else 0.0
     p, rc = out["precision"], out["recall"]
     out["f1"] = 2 * p * rc / (p + rc) if p + rc else 0.0
     if nulls:
-        out["null_fpr"] = float(
-            np.mean([x["changed"] for r in nulls for x in r["methods"][method]["aspects"].values()])
-        )
-    subjects = [r for r in records if r["kind"] == "dreambooth"]
+        out["null_fpr"] = float(sum(u["reported"] for u in nulls) / sum(u["checks"] for u in nulls))
     if subjects:
-        found = [r["methods"][method]["aspects"][a]["changed"]
-                 and direction_correct(a, t, r["methods"][method]["aspects"][a])
-                 for r in subjects for a, t, _ in r["shifts"]]  # fmt: skip
-        out["dreambooth_recall"] = float(np.mean(found))
-    out["sentence_f1"] = sentence_f1(records, method)
+        out["dreambooth_recall"] = float(sum(u["found"] for u in subjects) / sum(u["items"] for u in subjects))
+    tp, fp, fn = np.sum([u["sentences"] for u in models + mixtures + nulls] or [(0, 0, 0)], axis=0)
+    out["sentence_f1"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0
     return out
+
+
+def method_metrics(records: list[dict], method: str) -> dict:
+    return aggregate_units(metric_units(records, method))
 
 
 def _spec_vector(r: dict, aspects: list[str]) -> np.ndarray:
@@ -223,24 +280,6 @@ def judge_multi_selection(records: list[dict]) -> float | None:
     specs = [_spec_vector(r, aspects) for r in multi]
     return float(np.mean([_pick_credit([_cos(measured(r), t) for t in specs], [o["spec"] == r["spec"] for o in multi])
                           for r in multi]))  # fmt: skip
-
-
-def sentence_f1(records: list[dict], method: str) -> float:
-    """F1 of the aspects that the templated bullet sentences name as changed, against the shifted aspects."""
-    from finexl.narrate.templates import render
-
-    tp = fp = fn = 0
-    for r in records:
-        if r["kind"] == "dreambooth":
-            continue
-        aspects = [{"aspect": a, **x} for a, x in r["methods"][method]["aspects"].items()]
-        text = render({"aspects": aspects}, "bullets")
-        named = {line[2:].split(":", 1)[0] for line in text.splitlines() if ":" in line and "unchanged" not in line}
-        truth = {a for a, _, _ in r["shifts"]}
-        tp += len(named & truth)
-        fp += len(named - truth)
-        fn += len(truth - named)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
 def all_metrics(records: list[dict], methods: list[str]) -> dict:
@@ -275,4 +314,71 @@ def markdown_table(metrics: dict, methods: list[str]) -> str:
             v = metrics[m].get(c)
             cells.append("" if v is None else f"{v:.3f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_methods(records: list[dict], methods: list[str], reference: str = "finexl", n_resamples: int = 2000,
+                    seed: int = 0, level: float = 0.95) -> dict:  # fmt: skip
+    """How sure each column's ordering is: a paired bootstrap over the benchmark's units (single-aspect families,
+    mixtures, nulls, DreamBooth subjects; see :func:`metric_units`), every method scored on the same resamples.
+
+    For every column: the reference's value and percentile interval, and for every other method its value and the
+    difference (positive where the reference is better, lower-is-better columns flipped) with its interval; the
+    verdict is "better" or "worse" where that interval excludes 0, else "tie". Intervals are per pair, not corrected
+    for the number of pairs compared.
+    """
+    if reference not in methods:
+        raise ValueError(f"reference method {reference!r} is not among the methods {methods}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+    units = {m: metric_units(records, m) for m in methods}
+    full = {m: aggregate_units(units[m]) for m in methods}
+    sizes = {kind: len(u) for kind, u in units[reference].items()}
+    rng = np.random.default_rng(seed)
+    draws = [{kind: rng.integers(0, n, n) if n else np.zeros(0, dtype=int) for kind, n in sizes.items()}
+             for _ in range(n_resamples)]  # fmt: skip
+    resampled = {m: [aggregate_units(units[m], d) for d in draws] for m in methods}
+    tail = 100 * (1 - level) / 2
+
+    def interval(values):
+        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+    columns = {}
+    for col in COLUMNS:
+        if full[reference].get(col) is None:
+            continue
+        sign = -1.0 if col in LOWER_IS_BETTER else 1.0
+        ref = np.array([r[col] for r in resampled[reference]])
+        versus = {}
+        for m in methods:
+            if m == reference or full[m].get(col) is None:
+                continue
+            diff = sign * (ref - np.array([r[col] for r in resampled[m]]))
+            lo, hi = interval(diff)
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "tie"
+            versus[m] = {"value": full[m][col], "difference": sign * (full[reference][col] - full[m][col]) + 0.0,
+                         "interval": [lo + 0.0, hi + 0.0], "verdict": verdict}  # fmt: skip
+        columns[col] = {"value": full[reference][col], "interval": interval(ref), "versus": versus}
+    return {"reference": reference, "resamples": n_resamples, "seed": seed, "level": level, "units": sizes,
+            "columns": columns}  # fmt: skip
+
+
+def comparison_table(comparison: dict) -> str:
+    """Markdown: per column, the reference with its interval, the best other method and the difference to it, and
+    the methods the reference is significantly worse or better than (see :func:`compare_methods`)."""
+    ref, pct = comparison["reference"], round(100 * comparison["level"])
+    lines = [f"| metric | {ref} [{pct}% interval] | best other | {ref} - best other [{pct}% interval] | "
+             f"{ref} significantly worse than | significantly better than |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for col, c in comparison["columns"].items():
+        versus = c["versus"]
+        if not versus:
+            continue
+        best = (min if col in LOWER_IS_BETTER else max)(versus, key=lambda m: versus[m]["value"])
+        b = versus[best]
+        worse = ", ".join(m for m, v in versus.items() if v["verdict"] == "worse") or "-"
+        better = sum(v["verdict"] == "better" for v in versus.values())
+        lines.append(f"| {col} | {c['value']:.3f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] | {best} "
+                     f"{b['value']:.3f} | {b['difference']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
+                     f"| {worse} | {better} of {len(versus)} |")  # fmt: skip
     return "\n".join(lines)

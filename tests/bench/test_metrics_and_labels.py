@@ -2,15 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from finexl.bench.labels import Label, LabelError, labels_from_records, read_labels, score_labels, write_labels
 from finexl.bench.metrics import (
+    aggregate_units,
     all_metrics,
+    compare_methods,
+    comparison_table,
     judge_multi_selection,
     judge_top_aspects,
     markdown_table,
     method_metrics,
+    metric_units,
 )
 
 ASPECTS = ("colour", "blur", "size")
@@ -229,3 +234,104 @@ def test_families_of_two_suites_are_ranked_apart():
     m = method_metrics(records, "m")
     assert m["level_mae"] == 0.0
     assert m["spearman"] == pytest.approx({"single/colour": 1.0, "steps/colour": 1.0})
+
+
+def two_methods():
+    """Records explained by ``m`` (perfect) and ``w``: right on colour, wrong about blur (size ranked first, blur
+    decreases unreported), and a null with one false report."""
+    records = perfect_records()
+    for r in records:
+        r["methods"]["w"] = json.loads(json.dumps(r["methods"]["m"]))
+        if r["kind"] == "single" and r["shifts"][0][0] == "blur":
+            r["methods"]["w"] = result({"blur": 0.05 * r["level"], "size": 0.5}, ["size"], {"blur": "decrease"})
+        if r["kind"] == "null":
+            r["methods"]["w"] = result({"size": 0.3}, ["size"])
+    return records
+
+
+def test_units_resampled_once_each_or_twice_each_give_the_metrics():
+    records = two_methods()
+    for method in ("m", "w"):
+        units = metric_units(records, method)
+        full = method_metrics(records, method)
+        assert aggregate_units(units) == full
+        once = {kind: np.arange(len(u)) for kind, u in units.items()}
+        twice = {kind: np.repeat(np.arange(len(u)), 2) for kind, u in units.items()}
+        expected = {k: v for k, v in full.items() if not isinstance(v, dict)}  # per-aspect dicts only in full
+        assert aggregate_units(units, once) == pytest.approx(expected)
+        assert aggregate_units(units, twice) == pytest.approx(expected)
+    # one family drawn twice, the other not: the metrics of that family alone
+    units = metric_units(records, "w")
+    blur_only = aggregate_units(units, {"family": np.array([0, 0]), "multi": np.array([0, 1]),
+                                        "null": np.array([0]), "dreambooth": np.zeros(0, dtype=int)})  # fmt: skip
+    assert units["family"][0]["key"] == "blur" and blur_only["top1"] == 0.0
+    assert blur_only["spearman_mean"] == pytest.approx(1.0)
+
+
+def test_comparison_finds_the_better_method_and_ties_identical_ones():
+    records = two_methods()
+    comparison = compare_methods(records, ["m", "w"], reference="m", n_resamples=300, seed=1)
+    top1 = comparison["columns"]["top1"]
+    assert top1["value"] == 1.0 and top1["versus"]["w"]["value"] == 0.5
+    # two families, one of them wrong: a quarter of the resamples hold only the colour family (difference 0), a
+    # quarter only the blur family (1): one family's difference is not significant
+    assert top1["versus"]["w"]["difference"] == 0.5 and top1["versus"]["w"]["verdict"] == "tie"
+    assert top1["versus"]["w"]["interval"] == [0.0, 1.0]
+    # lower is better for the null false-positive rate: the sign is flipped so that positive favours the reference
+    fpr = comparison["columns"]["null_fpr"]["versus"]["w"]
+    assert fpr["difference"] == pytest.approx(1 / 3) and fpr["verdict"] == "better"
+    # against itself every difference is exactly 0: a tie
+    same = compare_methods(records, ["m", "w"], reference="w", n_resamples=50)["columns"]
+    assert compare_methods(records, ["w", "m"], reference="w", n_resamples=50)["columns"] == same
+    records_twin = [{**r, "methods": {"a": r["methods"]["w"], "b": r["methods"]["w"]}} for r in records]
+    twin = compare_methods(records_twin, ["a", "b"], reference="a", n_resamples=50)["columns"]
+    assert all(c["versus"]["b"]["verdict"] == "tie" and c["versus"]["b"]["interval"] == [0.0, 0.0]
+               for c in twin.values())  # fmt: skip
+    # seeded: the same seed gives the same intervals
+    again = compare_methods(records, ["m", "w"], reference="m", n_resamples=300, seed=1)
+    assert again == comparison
+    table = comparison_table(comparison)
+    assert "| top1 | 1.000 [" in table and "| null_fpr |" in table
+    with pytest.raises(ValueError, match="reference method 'x'"):
+        compare_methods(records, ["m", "w"], reference="x")
+
+
+def test_comparison_calls_a_difference_on_many_units_significant():
+    # ten colour families: m ranks each family's colour first, w never; w is significantly worse on top1
+    records = []
+    for f in range(10):
+        for level in range(1, 6):
+            r = single("colour", "red", level, result({"colour": level / 10}, ["colour"], toward={"colour": "red"}))
+            r["methods"]["w"] = result({"colour": level / 100, "size": 0.2}, [])
+            records.append(r | {"suite": f"s{f}", "id": f"s{f}-{level}"})
+    comparison = compare_methods(records, ["m", "w"], reference="m", n_resamples=200)
+    assert comparison["units"]["family"] == 10
+    top1 = comparison["columns"]["top1"]["versus"]["w"]
+    assert top1["verdict"] == "better" and top1["interval"] == [1.0, 1.0]
+    # no mistake in ordering levels: level MAE ties
+    assert comparison["columns"]["level_mae"]["versus"]["w"]["verdict"] == "tie"
+    flipped = compare_methods(records, ["m", "w"], reference="w", n_resamples=200)
+    assert flipped["columns"]["top1"]["versus"]["m"]["verdict"] == "worse"
+    assert "| top1 | 0.000 [0.000, 0.000] | m 1.000 | -1.000 [-1.000, -1.000] | m |" in comparison_table(flipped)
+
+
+def test_cli_compare(tmp_path, capsys):
+    from finexl.cli import main
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"config": {"methods": ["m", "w"]}, "records": two_methods()}))
+    assert main(["bench", "compare", str(path), "--reference", "m", "--resamples", "100",
+                 "--json", str(tmp_path / "cmp.json")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "paired bootstrap over 2 single-aspect families, 2 mixtures, 1 nulls" in out and "| top1 |" in out
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    assert saved["reference"] == "m" and saved["resamples"] == 100 and "w" in saved["columns"]["top1"]["versus"]
+    assert main(["bench", "compare", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read benchmark results" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text(json.dumps({"metrics": {}}))
+    assert main(["bench", "compare", str(tmp_path / "empty.json")]) == 2
+    assert "holds no per-model records" in capsys.readouterr().err
+    assert main(["bench", "compare", str(path)]) == 2  # the default reference, finexl, is not in this file
+    assert "reference method 'finexl'" in capsys.readouterr().err
+    assert main(["bench", "compare", str(path), "--reference", "m", "--level", "1.5"]) == 2
+    assert "--level" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
     assert 0.0 <= result["metrics"]["_top1_of_judge"] <= 1.0
     assert result["metrics"]["finexl"]["top1_judge"] in (0.0, 1.0)
     assert "top1 made from the judge's readings" in table
+    # the paired bootstrap against the other methods, printed and saved
+    assert "finexl against the other methods, paired bootstrap" in table and "| top1 | " in table
+    assert set(result["comparison"]["columns"]["top1"]["versus"]) == {"paper", "visdiff"}
     assert result["records"][0]["shifts"] == [["colour", "red", 1.0]]
     assert (out / "labels.jsonl").read_text().count("\n") > 1
 
