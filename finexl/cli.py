@@ -786,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(9 aspects x 5 strength levels, increases and decreases), 'steps' (the same 9 shifts at full strength, "
         "5 levels as snapshots of one slow run at 0.2 ... 1.0 of its steps), 'scale' (one LoRA per shift at the "
         "usual learning rate, sampled at LoRA scales 0.2 ... 1.0), 'null' (8 LoRAs on unshifted data), 'multi' "
-        "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (3 subjects, 'a sks shape'), 'quick' "
+        "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (9 subjects, 'a sks shape'), 'quick' "
         "(a small subset for CI). Finished models are kept; rerunning finishes an interrupted build. About a "
         "minute per model on one CPU core.",
     )

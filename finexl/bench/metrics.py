@@ -233,17 +233,18 @@ def aggregate_units(units: dict[str, list[dict]], draw: dict[str, np.ndarray] | 
         out["retrieval"] = None if models[0]["retrieval"] is None else float(np.mean([m["retrieval"] for m in models]))
     if mixtures:
         out["multi_selection"] = float(np.mean([m["multi_selection"] for m in mixtures]))
-    tp, fp, fn = np.sum([u["counts"] for u in models + mixtures + nulls] or [(0, 0, 0)], axis=0)
-    out["precision"] = float(tp / (tp + fp)) if tp + fp else 0.0
-    out["recall"] = float(tp / (tp + fn)) if tp + fn else 0.0
-    p, rc = out["precision"], out["recall"]
-    out["f1"] = 2 * p * rc / (p + rc) if p + rc else 0.0
+    if models or mixtures or nulls:  # (aspect, direction) pairs; DreamBooth subjects have their own recall
+        tp, fp, fn = np.sum([u["counts"] for u in models + mixtures + nulls], axis=0)
+        out["precision"] = float(tp / (tp + fp)) if tp + fp else 0.0
+        out["recall"] = float(tp / (tp + fn)) if tp + fn else 0.0
+        p, rc = out["precision"], out["recall"]
+        out["f1"] = 2 * p * rc / (p + rc) if p + rc else 0.0
+        tp, fp, fn = np.sum([u["sentences"] for u in models + mixtures + nulls], axis=0)
+        out["sentence_f1"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0
     if nulls:
         out["null_fpr"] = float(sum(u["reported"] for u in nulls) / sum(u["checks"] for u in nulls))
     if subjects:
         out["dreambooth_recall"] = float(sum(u["found"] for u in subjects) / sum(u["items"] for u in subjects))
-    tp, fp, fn = np.sum([u["sentences"] for u in models + mixtures + nulls] or [(0, 0, 0)], axis=0)
-    out["sentence_f1"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0
     return out
 
 

@@ -134,9 +134,11 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
         for method in cfg.methods:
             res = decompose_divergence(base_emb, tuned_emb, directions, method, null_base=null_emb,
                                        n_bootstrap=cfg.n_bootstrap, n_null=cfg.n_null, seed=cfg.seed)  # fmt: skip
+            keys = ("score", "interval", "direction", "changed", "toward", "concept", "group", "threshold")
             record["methods"][method] = {
-                "aspects": {a["aspect"]: {k: a[k] for k in ("score", "interval", "direction", "changed", "toward",
-                                                            "concept", "group", "threshold")}
+                # a two-part method's joint-fit score too (finexl's: CHANGED needs that fit to pass its null test)
+                "aspects": {a["aspect"]: {k: a[k] for k in keys}
+                            | ({"joint_score": a["joint_score"]} if a.get("joint_score") is not None else {})
                             for a in res["aspects"]},
                 "ranking": [a["aspect"] for a in res["aspects"]],
                 "residual": res["residual"]["value"],

@@ -142,6 +142,13 @@ SUBJECTS: tuple[dict[str, str], ...] = (
     {"shape": "heart", "colour": "purple"},
     {"shape": "house", "colour": "yellow", "fill": "outline"},
     {"shape": "moon", "colour": "blue", "pattern": "dots"},
+    # six more, added after the first three had been measured (a held-out check of DreamBooth recall)
+    {"shape": "triangle", "colour": "green"},
+    {"shape": "arrow", "colour": "orange", "fill": "outline"},
+    {"shape": "heart", "colour": "red", "pattern": "stripes"},
+    {"shape": "house", "colour": "blue"},
+    {"shape": "moon", "colour": "yellow", "fill": "outline"},
+    {"shape": "triangle", "colour": "purple", "pattern": "checks"},
 )
 INSTANCE_PROMPT = "a sks shape"
 CLASS_PROMPT = "a shape"  # the instance prompt without its identifier: the concept directions are built from it

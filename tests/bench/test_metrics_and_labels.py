@@ -335,3 +335,12 @@ def test_cli_compare(tmp_path, capsys):
     assert "reference method 'finexl'" in capsys.readouterr().err
     assert main(["bench", "compare", str(path), "--reference", "m", "--level", "1.5"]) == 2
     assert "--level" in capsys.readouterr().err
+
+
+def test_dreambooth_records_alone_score_only_dreambooth_recall():
+    explained = result({"colour": 0.5}, ["colour"], toward={"colour": "red"})
+    subject = {"id": "db", "kind": "dreambooth", "spec": "colour=red@1", "level": 0,
+               "shifts": [["colour", "red", 1.0]], "judge": {}, "methods": {"m": explained}}  # fmt: skip
+    m = method_metrics([subject], "m")
+    assert m == {"dreambooth_recall": 1.0}  # no (aspect, direction) pairs or sentences to score: not 0 or 1
+    assert "precision" in method_metrics(perfect_records(), "m")

@@ -37,6 +37,10 @@ def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
     # the paired bootstrap against the other methods, printed and saved
     assert "finexl against the other methods, paired bootstrap" in table and "| top1 | " in table
     assert set(result["comparison"]["columns"]["top1"]["versus"]) == {"paper", "visdiff"}
+    # finexl's records keep its joint fit's score (CHANGED needs that fit too); one-part methods have none
+    first = result["records"][0]["methods"]
+    assert all(0.0 <= a["joint_score"] <= 1.0 for a in first["finexl"]["aspects"].values())
+    assert not any("joint_score" in a for a in first["paper"]["aspects"].values())
     assert result["records"][0]["shifts"] == [["colour", "red", 1.0]]
     assert (out / "labels.jsonl").read_text().count("\n") > 1
 
