@@ -25,6 +25,10 @@
 * ``dreambooth_recall``: share of a DreamBooth subject's aspects (shape, colour, ...) reported changed toward the
   subject's value, on the instance prompt;
 * ``sentence_f1``: F1 of the aspects the templated sentences name as changed, against the shifted aspects.
+
+Every metric is computed from what each unit (a single-aspect family, a mixture, a null, a DreamBooth subject)
+contributes (``metric_units``, ``aggregate_units``), so that ``compare_methods`` can resample the units: a paired
+bootstrap of the differences between one method and the others.
 """
 
 from __future__ import annotations
