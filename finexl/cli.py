@@ -568,7 +568,7 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     import json
 
-    from finexl.bench.metrics import compare_methods, comparison_table
+    from finexl.bench.metrics import UNIT_NAMES, compare_methods, comparison_table
     from finexl.utils import atomic_write_json
 
     try:
@@ -586,9 +586,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
                                      seed=args.seed, level=args.level)  # fmt: skip
     except ValueError as err:
         raise CLIError(str(err)) from err
-    names = {"family": "single-aspect families", "multi": "mixtures", "null": "nulls",
-             "dreambooth": "DreamBooth subjects"}  # fmt: skip
-    units = ", ".join(f"{n} {names[kind]}" for kind, n in comparison["units"].items() if n)
+    units = ", ".join(f"{n} {UNIT_NAMES[kind]}" for kind, n in comparison["units"].items() if n)
     print(f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
           f"({args.resamples} resamples, seed {args.seed}):")  # fmt: skip
     print(comparison_table(comparison))

@@ -148,6 +148,11 @@ def _sentence_counts(r: dict, method: str) -> tuple[int, int, int]:
     return len(named & truth), len(named - truth), len(truth - named)
 
 
+# the resampling units of the benchmark, by kind, as a report names them
+UNIT_NAMES = {"family": "single-aspect families", "multi": "mixtures", "null": "nulls",
+              "dreambooth": "DreamBooth subjects"}  # fmt: skip
+
+
 def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
     """What each resampling unit contributes to every metric of ``method``: a single-aspect family (its levels
     together, as they are ranked together), a mixture, a null model, a DreamBooth subject. ``aggregate_units``
@@ -156,7 +161,7 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
     once against them."""
     single = [r for r in records if r["kind"] == "single"]
     multi = [r for r in records if r["kind"] == "multi"]
-    units: dict[str, list[dict]] = {"family": [], "multi": [], "null": [], "dreambooth": []}
+    units: dict[str, list[dict]] = {kind: [] for kind in UNIT_NAMES}
 
     credits: dict[str, float] = {}  # retrieval credit per single-aspect model, against all the others
     if len(single) > 1:
