@@ -9,30 +9,66 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from pathlib import Path
+
+from finexl.errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
-class LoraError(ValueError):
+class LoraError(InputError):
     """A LoRA file that cannot be read or does not fit the base model."""
 
 
-def load_pipeline(path: str | Path | None = None):
-    """A diffusers text-to-image pipeline from a local folder (default: the toy pipeline in ``data/toy_sd``)."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str):
+    """The torch dtype called ``name`` (one of ``DTYPES``)."""
+    import torch
+
+    if name not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and it is present here; raises a one-line error otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"unknown device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but this torch sees no CUDA device")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} asked for, but MPS is not available")
+    return device
+
+
+def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
+    """A diffusers text-to-image pipeline from a local folder, moved to ``device`` in ``dtype``.
+
+    ``path`` defaults to the toy preset's base (:func:`finexl.presets.toy_base`).
+    """
     from diffusers import DiffusionPipeline
 
-    from finexl.utils import data_dir
+    from finexl.presets import toy_base
 
-    path = Path(path) if path is not None else data_dir() / "toy_sd"
+    path = Path(path) if path is not None else toy_base()
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"no diffusers pipeline at {path}: model_index.json is missing")
+        raise MissingInputError(f"no diffusers pipeline at {path}: model_index.json is missing")
     try:
-        pipe = DiffusionPipeline.from_pretrained(path)
+        with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype to dtype; older ones know only this
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype(dtype))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"could not load the diffusers pipeline in {path}: {err}") from err
+        raise InputError(f"could not load the diffusers pipeline in {path}: {err}") from err
+    pipe.to(check_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -46,7 +82,7 @@ def native_size(path: str | Path) -> int:
         sample = json.loads((path / "unet" / "config.json").read_text())["sample_size"]
         blocks = json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]
     except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read the UNet and VAE configs of {path}: {err}") from err
+        raise InputError(f"cannot read the UNet and VAE configs of {path}: {err}") from err
     sample = sample[0] if isinstance(sample, list) else sample
     return int(sample) * 2 ** (len(blocks) - 1)
 

@@ -8,11 +8,14 @@ pipelines sampled on the same (prompt, seed) therefore start from the same initi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from finexl.errors import ConfigError, NumericalError
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +30,16 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+            raise ConfigError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ConfigError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.height < 8 or self.width < 8:
+            raise ConfigError(f"height and width must be >= 8 pixels, got {self.height} x {self.width}")
 
 
-class BadImagesError(ValueError):
+class BadImagesError(NumericalError, ValueError):
     """A pipeline produced NaN or blank images."""
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from finexl.errors import MissingInputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def data_dir() -> Path:
         else Path(__file__).resolve().parents[1] / "data"
     )
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"finexl data folder {path} does not exist; install finexl from a source checkout (pip install -e .) "
             "or point FINEXL_DATA at a folder holding the toy-world weights"
         )
@@ -155,3 +157,21 @@ class TrainingClock:
 
     def done(self, step: int) -> bool:
         return self.progress(step + 1) >= 1.0
+
+
+def images_to_tensor(images):
+    """uint8 (n, h, w, 3) numpy -> float (n, 3, h, w) torch tensor in [-1, 1], the input convention of the VAEs."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def encode_prompts(text_encoder, tokenizer, texts: list[str]):
+    """Last hidden states of a CLIP text encoder, padded to the tokenizer's full length. Shape (n, L, d).
+
+    Gradients flow when enabled: wrap in ``torch.no_grad()`` for a frozen encoder.
+    """
+    tok = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    )
+    return text_encoder(tok.input_ids.to(text_encoder.device))[0]

@@ -17,7 +17,7 @@ import logging
 
 from finexl.bench.metrics import all_metrics, markdown_table
 from finexl.bench.runner import BenchConfig, load_truths, run_models
-from finexl.explain.decompose import ESTIMATORS, GSCLIPScorer, SignedOMP, one_sided
+from finexl.explanation.decompose import ESTIMATORS, GSCLIPScorer, SignedOMP, one_sided
 from finexl.utils import atomic_write_json
 
 

@@ -32,8 +32,8 @@ def plain_loop(pipe, images, captions, args, device) -> list[float]:
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from finexl.toyworld.clip import images_to_tensor
     from finexl.train.trainer import DEFAULT_TARGET_MODULES
+    from finexl.utils import images_to_tensor
 
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer

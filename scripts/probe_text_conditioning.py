@@ -12,7 +12,8 @@ import argparse
 
 import torch
 
-from finexl.toyworld.diffusion import encode_prompts, load_toy_pipeline
+from finexl.toyworld.diffusion import load_toy_pipeline
+from finexl.utils import encode_prompts
 
 PAIRS = (
     ("a shape on the left", "a shape on the right"),

@@ -57,7 +57,9 @@ def test_train_lora_refuses_to_clobber_and_resumes(red_data, tiny_pipeline_dir, 
     "extra, message",
     [
         (["--snapshots", "2,x"], "--snapshots expects comma-separated step counts"),
-        (["--rank", "0"], "rank must be >= 1"),
+        (["--rank", "0"], "argument --rank: expected an integer >= 1, got '0'"),
+        (["--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
+        (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
         (["--resolution", "33"], "not a multiple of the VAE factor 2"),
     ],
 )

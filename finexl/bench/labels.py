@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from finexl.errors import InputError, MissingInputError
+
 DIRECTIONS = ("increase", "decrease", "none")
 FIELDS = {"model", "aspect", "direction", "level", "text"}
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A label file with a malformed, unknown or duplicate line."""
 
 
@@ -41,7 +43,7 @@ def read_labels(path: str | Path, aspects: list[str] | None = None) -> list[Labe
     """Parse and validate a JSONL label file; every error names the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label file {path} does not exist")
+        raise MissingInputError(f"label file {path} does not exist")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -145,3 +147,26 @@ def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
         "direction_accuracy": float(np.mean(directions)) if directions else None,
         "spearman_level": float(rho),
     }
+
+
+def score_explanations(labels: str | Path, explanations: list[str | Path]) -> dict:
+    """Score explanation files (or folders holding ``explanation.json``; the model id is the folder name, or the
+    file's stem) against a JSONL label file. Two explanations with the same model id are refused."""
+    import json
+
+    loaded: dict[str, dict] = {}
+    for path in explanations:
+        p = Path(path)
+        file = p / "explanation.json" if p.is_dir() else p
+        try:
+            expl = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read explanation {file}: {err}") from err
+        if not isinstance(expl, dict) or not isinstance(expl.get("aspects"), list):
+            raise InputError(f"{file} is not an explanation (no 'aspects' list)")
+        model = file.parent.name if file.name == "explanation.json" else file.stem
+        if model in loaded:
+            raise InputError(f"two explanations are for model {model!r} ({file} and an earlier one); each model once")
+        loaded[model] = expl
+    aspects = sorted({a["aspect"] for e in loaded.values() for a in e["aspects"]})
+    return score_labels(read_labels(labels, aspects), loaded)

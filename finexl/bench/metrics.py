@@ -33,9 +33,12 @@ bootstrap of the differences between one method and the others.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
+from finexl.errors import ConfigError
 from finexl.toyworld.aspects import CATEGORICAL_BY_NAME
 
 
@@ -338,9 +341,9 @@ def compare_methods(records: list[dict], methods: list[str], reference: str = "f
     for the number of pairs compared.
     """
     if reference not in methods:
-        raise ValueError(f"reference method {reference!r} is not among the methods {methods}")
+        raise ConfigError(f"reference method {reference!r} is not among the methods {methods}")
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+        raise ConfigError(f"n_resamples must be positive, got {n_resamples}")
     units = {m: metric_units(records, m) for m in methods}
     full = {m: aggregate_units(units[m]) for m in methods}
     sizes = {kind: len(u) for kind, u in units[reference].items()}
@@ -392,3 +395,23 @@ def comparison_table(comparison: dict) -> str:
                      f"{b['value']:.3f} | {b['difference']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
                      f"| {worse} | {better} of {len(versus)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def compare_bench(results: str | Path, reference: str = "finexl", n_resamples: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> dict:  # fmt: skip
+    """:func:`compare_methods` on the records of a ``finexl bench run --json`` file."""
+    import json
+
+    from finexl.errors import InputError
+
+    try:
+        obj = json.loads(Path(results).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read benchmark results {results}: {err}") from err
+    records = obj.get("records") if isinstance(obj, dict) else None
+    if not records:
+        raise InputError(f"{results} holds no per-model records: write it with `finexl bench run ... --json FILE`")
+    if not 0 < level < 1:
+        raise ConfigError(f"--level must lie between 0 and 1, got {level}")
+    methods = obj.get("config", {}).get("methods") or list(records[0]["methods"])
+    return compare_methods(records, methods, reference=reference, n_resamples=n_resamples, seed=seed, level=level)

@@ -3,8 +3,8 @@
 For each model: sample base and personalized on the same prompts and seeds (cached; DreamBooth models on their
 instance prompt, the others on the toy world's neutral prompts), read both with the judge (what really changed),
 embed with the toy CLIP once (DreamBooth's concept directions from the class prompt, the instance prompt without its
-identifier), and score with every method through
-:func:`finexl.explain.explainer.decompose_divergence`. The records feed :mod:`finexl.bench.metrics`.
+identifier), and score with every method, all through the one explain pipeline
+(:class:`finexl.explanation.pipeline.ExplainPipeline`). The records feed :mod:`finexl.bench.metrics`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from finexl.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,20 @@ class BenchConfig:
     seed: int = 0
     unpaired: int = 0  # models on which to also measure intervals with unpaired noise
     cache_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from finexl.explanation.decompose import ESTIMATORS
+
+        self.methods = tuple(self.methods)
+        unknown = [m for m in self.methods if m not in ESTIMATORS]
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+        if self.samples < 2 or self.n_bootstrap < 10 or self.n_null < 10 or self.unpaired < 0:
+            raise ConfigError("samples must be >= 2, bootstrap and null resamples >= 10, unpaired >= 0")
 
 
-class SuiteError(ValueError):
+class SuiteError(InputError):
     """A suite folder that is missing models or files."""
 
 
@@ -63,67 +76,50 @@ def spec_shifts(spec: str | None) -> list[tuple[str, str, float]]:
 
 
 def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> list[dict]:
+    """Explain every suite model with every method through the explain pipeline, and read it with the judge."""
     from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT
-    from finexl.explain.concepts import load_concept_bank, text_directions
-    from finexl.explain.embed import load_embedder
-    from finexl.explain.explainer import NULL_SEED_OFFSET, decompose_divergence, default_prompts, requests
-    from finexl.explain.paired import ImageCache, cached_samples, default_cache_dir, lora_fingerprint
-    from finexl.loading import fingerprint_folder, load_lora, load_pipeline, recorded_base, resolve_lora_file
-    from finexl.sampling import SamplerConfig
+    from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, OtherBaseError, Personalization
     from finexl.toyworld.judge import load_judge
     from finexl.toyworld.measure import compare_readings
-    from finexl.utils import data_dir
 
-    base_dir = data_dir() / "toy_sd"
-    base_fp = fingerprint_folder(base_dir)
-    sampler = SamplerConfig()
-    cache = ImageCache(cfg.cache_dir or default_cache_dir())
-    embedder, judge, bank = load_embedder(), load_judge(), load_concept_bank("toy")
-    pipes: dict[str, object] = {}
+    judge = load_judge()
+    settings = dict(preset="toy", samples=cfg.samples, n_bootstrap=cfg.n_bootstrap, n_null=cfg.n_null,
+                    seed=cfg.seed, cache_dir=cfg.cache_dir, device=cfg.device)  # fmt: skip
+    pipelines: dict[str, ExplainPipeline] = {}
 
-    def base_pipe():
-        if "base" not in pipes:
-            pipes["base"] = load_pipeline(base_dir)
-        return pipes["base"]
-
-    worlds = {}  # prompt set -> (prompts, seeds, base embeddings, null embeddings, directions, base images)
-
-    def world(kind: str):
+    def pipeline(kind: str) -> ExplainPipeline:
+        """The toy world's neutral prompts; DreamBooth models on their instance prompt, their concept directions
+        from the class prompt (as ``finexl explain --direction-prompts``)."""
         key = "instance" if kind == "dreambooth" else "neutral"
-        if key not in worlds:
-            prompts = [INSTANCE_PROMPT] if key == "instance" else default_prompts()
-            ps, seeds = requests(prompts, cfg.samples, cfg.seed)
-            base_images = cached_samples(base_pipe, base_fp, ps, seeds, sampler, cache, "base")
-            null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
-            null_images = cached_samples(base_pipe, base_fp, ps, null_seeds, sampler, cache, "base (null)")
-            direction_prompts = [CLASS_PROMPT] if key == "instance" else ps  # as `finexl explain --direction-prompts`
-            worlds[key] = (ps, seeds, embedder.embed_images(base_images), embedder.embed_images(null_images),
-                           text_directions(embedder, bank, direction_prompts, cache.root), base_images)  # fmt: skip
-        return worlds[key]
+        if key not in pipelines:
+            prompts = dict(prompts=[INSTANCE_PROMPT], direction_prompts=[CLASS_PROMPT]) if key == "instance" else {}
+            pipelines[key] = ExplainPipeline(ExplainConfig(**settings, **prompts))
+        return pipelines[key]
+
+    def target(truth: dict) -> Personalization:  # scale levels: one LoRA sampled at several scales
+        return Personalization(lora=truth["path"], scale=float(truth.get("lora_scale", 1.0)))
+
+    checked = {}  # every model is checked against the base before any image is made
+    for truth in truths:
+        pipe = pipeline(truth["kind"])
+        try:
+            checked[truth["id"]] = pipe.check_personalization(target(truth))
+        except OtherBaseError as err:
+            raise SuiteError(
+                f"suite model {truth['id']} ({truth['path']}) was trained on base {err.trained_on}, but the base "
+                f"here ({pipe.base_dir}) is {pipe.base_fingerprint}: rebuild the suite with 'finexl bench build' on "
+                "this base"
+            ) from err
 
     records = []
     every = max(1, len(truths) // cfg.unpaired) if cfg.unpaired else 0
     for i, truth in enumerate(tqdm(truths, desc="bench", disable=not progress)):
         t0 = time.perf_counter()
-        ps, seeds, base_emb, null_emb, directions, base_images = world(truth["kind"])
-        lora = resolve_lora_file(truth["path"])
-        trained_on = recorded_base(lora)
-        if trained_on is not None and trained_on != base_fp:
-            raise ValueError(
-                f"suite model {truth['id']} ({truth['path']}) was trained on base {trained_on}, but the base here "
-                f"({base_dir}) is {base_fp}: rebuild the suite with 'finexl bench build' on this base"
-            )
-        scale = float(truth.get("lora_scale", 1.0))  # scale levels: one LoRA sampled at several scales
-        fp = lora_fingerprint(base_fp, fingerprint_folder(lora), scale)
-
-        def tuned_pipe(lora=lora, scale=scale):
-            pipe = load_pipeline(base_dir)
-            load_lora(pipe, lora, scale=scale)
-            return pipe
-
-        tuned_images = cached_samples(tuned_pipe, fp, ps, seeds, sampler, cache, truth["id"])
-        tuned_emb = embedder.embed_images(tuned_images)
-        reading = compare_readings(judge, base_images, tuned_images)
+        pipe, model = pipeline(truth["kind"]), target(truth)
+        images = pipe.sample(model, checked[truth["id"]])
+        embeddings = pipe.embed(images)
+        directions = pipe.directions(images.prompts)
+        reading = compare_readings(judge, images.base, images.tuned)
         record = {
             "id": truth["id"], "suite": truth["suite"], "kind": truth["kind"], "spec": truth["spec"],
             "level": truth["level"], "shifts": spec_shifts(truth["spec"]),
@@ -132,8 +128,7 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
             "methods": {},
         }  # fmt: skip
         for method in cfg.methods:
-            res = decompose_divergence(base_emb, tuned_emb, directions, method, null_base=null_emb,
-                                       n_bootstrap=cfg.n_bootstrap, n_null=cfg.n_null, seed=cfg.seed)  # fmt: skip
+            res = pipe.decompose(embeddings, directions, method)
             keys = ("score", "interval", "direction", "changed", "toward", "concept", "group", "threshold")
             record["methods"][method] = {
                 # a two-part method's joint-fit score too (finexl's: CHANGED needs that fit to pass its null test)
@@ -144,13 +139,12 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
                 "residual": res["residual"]["value"],
             }  # fmt: skip
         if every and truth["kind"] == "single" and i % every == 0:
-            other = [s + UNPAIRED_SEED_OFFSET for s in seeds]
-            unpaired = embedder.embed_images(cached_samples(tuned_pipe, fp, ps, other, sampler, cache))
+            other = [s + UNPAIRED_SEED_OFFSET for s in images.seeds]
+            unpaired = pipe.sample(model, checked[truth["id"]], seeds=other, null=False)
             aspect = record["shifts"][0][0]
             width = {}
-            for name, emb in (("paired", tuned_emb), ("unpaired", unpaired)):
-                res = decompose_divergence(base_emb, emb, directions, "finexl", n_bootstrap=cfg.n_bootstrap,
-                                           seed=cfg.seed)  # fmt: skip
+            for name, tuned in (("paired", embeddings.tuned), ("unpaired", pipe.embed(unpaired).tuned)):
+                res = pipe.decompose(replace(embeddings, tuned=tuned, null=None), directions, "finexl")
                 a = next(a for a in res["aspects"] if a["aspect"] == aspect)
                 width[name] = a["interval"][1] - a["interval"][0]
             record["interval_width"] = width
@@ -159,3 +153,21 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
         logger.info("%s: %s first (%.0f s)", truth["id"], record["methods"][cfg.methods[0]]["ranking"][0],
                     record["seconds"])  # fmt: skip
     return records
+
+
+def run_bench(suites_dir: str | Path, names: list[str], cfg: BenchConfig | None = None, progress: bool = False
+              ) -> dict:  # fmt: skip
+    """Score every method on the built suites ``names`` in ``suites_dir``.
+
+    Returns ``{"suites", "config", "metrics", "comparison", "records"}``: the metrics of every method
+    (:func:`finexl.bench.metrics.all_metrics`), finexl against the others by a paired bootstrap over models (when
+    finexl is among several methods), and the per-model records they were computed from.
+    """
+    from finexl.bench.metrics import all_metrics, compare_methods
+
+    cfg = cfg or BenchConfig()
+    records = run_models(load_truths(suites_dir, names), cfg, progress=progress)
+    methods = list(cfg.methods)
+    comparison = compare_methods(records, methods) if "finexl" in methods and len(methods) > 1 else None
+    return {"suites": names, "config": {"methods": methods, "samples": cfg.samples, "bootstrap": cfg.n_bootstrap},
+            "metrics": all_metrics(records, methods), "comparison": comparison, "records": records}  # fmt: skip

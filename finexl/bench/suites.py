@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from finexl.errors import ConfigError
 from finexl.utils import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -75,12 +76,15 @@ class SuiteModel:
 
 @dataclass
 class BuildConfig:
-    # 800, not 200: on the stage-5 base, null LoRAs trained on 200 images moved single aspects by up to 0.19 (judge
-    # readings); 800 images at the same steps shrank the largest move on each of three nulls probed (README, Known
-    # problems). Training time is about the same (steps, not images, dominate).
+    """How every model of a suite is trained (800 images: why, in docs/notes/2026-12-02-module-comments.md)."""
+
     n_images: int = field(default=800, metadata={"help": "training images per model"})
     max_steps: int = field(default=400, metadata={"help": "LoRA training steps per model"})
     image_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n_images < 1 or self.max_steps < 1:
+            raise ConfigError(f"n_images and max_steps must be >= 1, got {self.n_images} and {self.max_steps}")
 
 
 def _seed_of(model_id: str) -> int:
@@ -186,7 +190,7 @@ SUITES = {
 
 def suite_models(name: str) -> list[SuiteModel]:
     if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; known suites are {sorted(SUITES)}")
+        raise ConfigError(f"unknown suite {name!r}; known suites are {sorted(SUITES)}")
     return SUITES[name]()
 
 
@@ -250,7 +254,7 @@ def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, p
 def snapshot_steps(model: SuiteModel, cfg: BuildConfig) -> int:
     """The training step at which a step-level model is its run's snapshot."""
     if not 0 < model.snapshot <= 1:
-        raise ValueError(f"{model.id}: a snapshot lies in (0, 1] of the run, got {model.snapshot}")
+        raise ConfigError(f"{model.id}: a snapshot lies in (0, 1] of the run, got {model.snapshot}")
     return max(1, round(model.snapshot * cfg.max_steps))
 
 
@@ -263,7 +267,7 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
 
     first = models[0]
     if any(m.snapshot is None or _run_of(m) != _run_of(first) for m in models):
-        raise ValueError("a family is step-level models of one run: one spec, data seed and learning rate")
+        raise ConfigError("a family is step-level models of one run: one spec, data seed and learning rate")
     t0 = time.perf_counter()
     data = _training_data(first, cfg)
     steps = [snapshot_steps(m, cfg) for m in models]
@@ -294,10 +298,10 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
     """Build (or finish building) suite ``name`` in ``out``; returns the truth record of every model."""
     from tqdm.auto import tqdm
 
-    from finexl.utils import data_dir
+    from finexl.presets import toy_base
 
     cfg = cfg or BuildConfig()
-    base = Path(base) if base else data_dir() / "toy_sd"
+    base = Path(base) if base else toy_base()
     out = Path(out)
     models = suite_models(name)
     runs: dict[tuple, list[tuple[int, float]]] = {}
@@ -306,7 +310,7 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
             runs.setdefault(_run_of(m), []).append((snapshot_steps(m, cfg), m.lora_scale))
     if any(len(set(levels)) < len(levels) for levels in runs.values()):
         steps = sorted(s for s, _ in next(iter(runs.values())))
-        raise ValueError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
+        raise ConfigError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
                          f"the same snapshot (levels at {steps} steps)")  # fmt: skip
     (out / "models").mkdir(parents=True, exist_ok=True)
     for stale in (out / "models").glob(".*.tmp"):

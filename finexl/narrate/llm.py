@@ -23,13 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from finexl.errors import BackendError, ConfigError
+
 logger = logging.getLogger(__name__)
 
 REFUSAL_MARKERS = ("i can't help", "i cannot help", "i can't assist", "i cannot assist", "i'm sorry, but i can",
                    "i am unable to", "i won't be able")  # fmt: skip
 
 
-class LLMError(RuntimeError):
+class LLMError(BackendError):
     """A chat model that could not answer usefully."""
 
 
@@ -91,7 +93,7 @@ class EndpointChat(ChatBackend):
     def __init__(self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, **kw):
         super().__init__(**kw)
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint URL must start with http:// or https://, got {url!r}")
+            raise ConfigError(f"endpoint URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
@@ -128,11 +130,11 @@ class EndpointChat(ChatBackend):
 
 class _LocalModel(ChatBackend):
     """A transformers model from a local folder: the folder is checked, ``_load`` reads it, the model is moved to
-    ``device`` (default CUDA when available), and the identity (for the cache) includes the weights' fingerprint."""
+    ``device`` (CPU unless asked), and the identity (for the cache) includes the weights' fingerprint."""
 
     kind = "local"
 
-    def __init__(self, path: str | Path, device: str | None = None, **kw):
+    def __init__(self, path: str | Path, device: str = "cpu", **kw):
         super().__init__(**kw)
         import torch
 
@@ -142,7 +144,7 @@ class _LocalModel(ChatBackend):
         if not (path / "config.json").is_file():
             raise LLMError(f"no transformers model at {path}: config.json is missing")
         self._load(path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device)
         self.model.to(self.device)
         self.identity = f"{self.kind}:{path.name}:{fingerprint_folder(path)}"
 
@@ -222,3 +224,24 @@ class LocalVisionChat(_LocalModel):
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def make_chat(
+    local: str | None = None,
+    endpoint: str | None = None,
+    model: str | None = None,
+    cache_dir: str | Path | None = None,
+    vision: bool = False,
+    timeout: float = 60.0,
+    device: str = "cpu",
+) -> ChatBackend | None:
+    """The chat backend a run names: a local transformers folder, an OpenAI-compatible endpoint, or ``None``."""
+    if local and endpoint:
+        raise ConfigError("give either a local model folder or an endpoint, not both")
+    if endpoint:
+        if not model:
+            raise ConfigError("an endpoint needs a model name (--llm-model / --vlm-model)")
+        return EndpointChat(endpoint, model, timeout=timeout, cache_dir=cache_dir)
+    if local:
+        return (LocalVisionChat if vision else LocalChat)(local, device=device, cache_dir=cache_dir)
+    return None

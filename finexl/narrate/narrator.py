@@ -93,3 +93,31 @@ def narrate(expl: dict, backend=None, form: str = "bullets", asked: list[str] | 
             "templated sentences used")  # fmt: skip
     logger.warning(note)
     return Narration(template, "template", form, retries + 1, note, problems)
+
+
+def narrate_explanation(
+    expl,
+    form: str = "bullets",
+    asked: list[str] | None = None,
+    llm: str | None = None,
+    llm_endpoint: str | None = None,
+    llm_model: str | None = None,
+    timeout: float = 60.0,
+    retries: int = 2,
+    cache_dir: str | None = None,
+    device: str = "cpu",
+) -> Narration:
+    """Sentences for an explanation (an :class:`~finexl.explanation.result.Explanation` or its dict): templated,
+    or by the chat model named (a local folder ``llm`` or an endpoint), falling back to the template with a note
+    when that model cannot be used."""
+    from finexl.explanation.paired import default_cache_dir
+    from finexl.narrate.llm import make_chat
+
+    expl = expl if isinstance(expl, dict) else expl.to_dict()
+    try:
+        backend = make_chat(llm, llm_endpoint, llm_model, cache_dir or default_cache_dir(), timeout=timeout,
+                            device=device)  # fmt: skip
+    except LLMError as err:
+        return Narration(render(expl, form, asked), "template", form, 0,
+                         f"LLM unavailable ({err}); templated sentences used")  # fmt: skip
+    return narrate(expl, backend, form, asked, retries=retries)

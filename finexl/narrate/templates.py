@@ -1,11 +1,13 @@
 """Templated sentences from aspect scores: deterministic, and never saying more than the scores support.
 
 Level bands of a changed aspect's score (its share of the images' own spread along the concept, see
-:mod:`finexl.explain.scoring`): ``slight`` below 0.2, ``moderate`` from 0.2 to 0.45, ``strong`` from 0.45. An
+:mod:`finexl.explanation.scoring`): ``slight`` below 0.2, ``moderate`` from 0.2 to 0.45, ``strong`` from 0.45. An
 aspect whose interval does not clear the null threshold is ``unchanged`` and is only named when asked about.
 """
 
 from __future__ import annotations
+
+from finexl.errors import ConfigError
 
 BANDS: tuple[tuple[str, float], ...] = (("slight", 0.0), ("moderate", 0.2), ("strong", 0.45))
 ADVERBS = {"slight": "slightly", "moderate": "moderately", "strong": "strongly"}
@@ -50,11 +52,16 @@ def aspect_sentence(a: dict) -> str:
     return f"{a['aspect']}: {change_phrase(a)} ({band(a['score'])}, {_numbers(a)})"
 
 
+def check_aspects(known: list[str], asked: list[str] | None) -> None:
+    """Raise a one-line error naming any asked-for aspect that is not among ``known``."""
+    unknown = [name for name in asked or [] if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown aspect(s) {unknown}; this explanation has {sorted(known)}")
+
+
 def _selected(expl: dict, asked: list[str] | None) -> tuple[list[dict], list[dict]]:
     aspects = {a["aspect"]: a for a in expl["aspects"]}
-    unknown = [name for name in asked or [] if name not in aspects]
-    if unknown:
-        raise ValueError(f"unknown aspect(s) {unknown}; this explanation has {sorted(aspects)}")
+    check_aspects(list(aspects), asked)
     changed = [a for a in expl["aspects"] if a["changed"]]
     unchanged = [aspects[name] for name in asked or [] if not aspects[name]["changed"]]
     return changed, unchanged
@@ -63,7 +70,7 @@ def _selected(expl: dict, asked: list[str] | None) -> tuple[list[dict], list[dic
 def render(expl: dict, form: str = "bullets", asked: list[str] | None = None) -> str:
     """Sentences for an explanation in one of ``FORMATS``; ``asked`` names aspects to report even when unchanged."""
     if form not in FORMATS:
-        raise ValueError(f"unknown format {form!r}; choose one of {FORMATS}")
+        raise ConfigError(f"unknown format {form!r}; choose one of {FORMATS}")
     changed, unchanged = _selected(expl, asked)
     if form == "summary":
         if not changed:

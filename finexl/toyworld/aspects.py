@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from finexl.errors import ConfigError
+
 LOW_MAX = 0.35
 HIGH_MIN = 0.65
 
@@ -135,7 +137,7 @@ GRADED_BY_NAME = {a.name: a for a in GRADED}
 ASPECT_NAMES: tuple[str, ...] = tuple(CATEGORICAL_BY_NAME) + tuple(GRADED_BY_NAME)
 
 
-class AspectError(ValueError):
+class AspectError(ConfigError):
     """An unknown aspect name or value, or a level outside ``[0, 1]``."""
 
 

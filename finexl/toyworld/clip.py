@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from finexl.errors import InputError, MissingInputError
 from finexl.toyworld.aspects import CATEGORICAL
 from finexl.toyworld.captions import caption, is_true_of, prompt_for
 from finexl.toyworld.dataset import render_set
@@ -22,6 +23,7 @@ from finexl.utils import (
     atomic_dir,
     atomic_write_json,
     data_dir,
+    images_to_tensor,
     read_train_record,
     seed_everything,
     train_record,
@@ -205,11 +207,6 @@ def multi_positive_loss(logits_per_text: torch.Tensor, compatible: torch.Tensor)
     return (t2i + i2t) / 2
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1], the input convention of every toy model."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: str | Path, progress: bool = True):
     """Train the toy CLIP from scratch and save it (model, tokenizer, training config) to ``out_dir``."""
     from transformers import CLIPTokenizer
@@ -291,11 +288,11 @@ def load_toy_clip(path: str | Path | None = None):
 
     path = Path(path) if path is not None else data_dir() / "toy_clip"
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no toy CLIP at {path}: expected config.json and model.safetensors")
+        raise MissingInputError(f"no toy CLIP at {path}: expected config.json and model.safetensors")
     try:
         model = CLIPModel.from_pretrained(path)
     except Exception as err:  # safetensors and transformers raise several types for a damaged file
-        raise ValueError(f"could not load the toy CLIP weights in {path}: {err}") from err
+        raise InputError(f"could not load the toy CLIP weights in {path}: {err}") from err
     return model.eval(), CLIPTokenizer.from_pretrained(path)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from finexl.errors import ConfigError
 from finexl.toyworld.aspects import CATEGORICAL, GRADED, Aspects, sample_aspects
 from finexl.toyworld.captions import caption
 from finexl.toyworld.render import render
@@ -40,7 +41,7 @@ def item_seed(seed: int, index: int) -> int:
 def render_set(n: int, seed: int, size: int = 32, fixed: dict | None = None, progress: bool = False) -> RenderedSet:
     """Draw ``n`` random aspect combinations (some aspects optionally ``fixed``), render and caption them."""
     if n < 1:
-        raise ValueError(f"number of images must be >= 1, got {n}")
+        raise ConfigError(f"number of images must be >= 1, got {n}")
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     aspects, captions = [], []
     for i in tqdm(range(n), desc="render", disable=not progress):

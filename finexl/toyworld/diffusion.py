@@ -23,9 +23,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finexl.toyworld.captions import caption
-from finexl.toyworld.clip import images_to_tensor
 from finexl.toyworld.dataset import render_set
-from finexl.utils import TrainingClock, atomic_dir, atomic_write_json, read_train_record, seed_everything, train_record
+from finexl.utils import (
+    TrainingClock,
+    atomic_dir,
+    atomic_write_json,
+    encode_prompts,
+    images_to_tensor,
+    read_train_record,
+    seed_everything,
+    train_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -216,17 +224,6 @@ def make_pipeline(vae, text_encoder, tokenizer, unet):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def encode_prompts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
-    """Last hidden states of the text encoder, padded to the tokenizer's full length. Shape (n, L, d).
-
-    Gradients flow when enabled: wrap in ``torch.no_grad()`` for a frozen encoder.
-    """
-    tok = tokenizer(
-        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    )
-    return text_encoder(tok.input_ids)[0]
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -64,6 +64,26 @@ def normalized_entropy(labels: list[str], n_values: int) -> float:
     return float(-(p * np.log(p)).sum() / np.log(n_values))
 
 
+def evaluate(
+    cfg: EvalConfig | None = None,
+    pipeline: str | Path | None = None,
+    clip: str | Path | None = None,
+    judge: str | Path | None = None,
+    grid_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Load the toy world's models (the shipped ones unless paths are given) and measure them; ``pipeline=None``
+    skips the measurements that generate images (``"toy"``: the shipped pipeline)."""
+    from finexl.loading import load_pipeline
+    from finexl.toyworld.clip import load_toy_clip
+    from finexl.toyworld.judge import load_judge
+
+    reader = load_judge(judge)
+    clip_model, tokenizer = load_toy_clip(clip)
+    pipe = None if pipeline is None else load_pipeline(None if pipeline == "toy" else pipeline)
+    return evaluate_models(pipe, clip_model, tokenizer, reader, cfg or EvalConfig(), grid_dir, progress)
+
+
 def evaluate_models(
     pipe, clip_model, tokenizer, judge, cfg: EvalConfig, grid_dir: str | Path | None = None, progress: bool = False
 ) -> dict:

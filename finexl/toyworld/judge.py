@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from finexl.errors import InputError, MissingInputError
 from finexl.toyworld.aspects import CATEGORICAL, GRADED
-from finexl.toyworld.clip import images_to_tensor
 from finexl.toyworld.dataset import render_set
 from finexl.utils import (
     TrainingClock,
     atomic_dir,
     atomic_write_json,
     data_dir,
+    images_to_tensor,
     read_train_record,
     seed_everything,
     train_record,
@@ -173,20 +174,20 @@ def load_judge(path: str | Path | None = None) -> Judge:
     config_file, weights_file = path / "config.json", path / "model.safetensors"
     for f in (config_file, weights_file):
         if not f.is_file():
-            raise FileNotFoundError(f"judge file {f} is missing")
+            raise MissingInputError(f"judge file {f} is missing")
     try:
         config = JudgeConfig(**json.loads(config_file.read_text()))
     except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"judge config {config_file} is not a valid JudgeConfig: {err}") from err
+        raise InputError(f"judge config {config_file} is not a valid JudgeConfig: {err}") from err
     model = Judge(config)
     try:
         state = load_file(weights_file)
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"judge weights {weights_file} are corrupt or unreadable: {err}") from err
+        raise InputError(f"judge weights {weights_file} are corrupt or unreadable: {err}") from err
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"judge weights {weights_file} do not match its config: {err}") from err
+        raise InputError(f"judge weights {weights_file} do not match its config: {err}") from err
     return model.eval()
 
 

@@ -8,28 +8,45 @@ level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from finexl.sampling import SamplerConfig
 from finexl.toyworld.aspects import CATEGORICAL, GRADED
-from finexl.toyworld.evaluate import NEUTRAL_PROMPTS
 
 
-@dataclass
-class MeasureConfig:
-    n: int = field(default=256, metadata={"help": "images per model"})
-    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+def measure(
+    lora: str | None = None,
+    model: str | None = None,
+    *,
+    scale: float = 1.0,
+    base: str | None = None,
+    judge: str | None = None,
+    n: int = 256,
+    seed: int = 0,
+    sampler: SamplerConfig | None = None,
+    cache_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """What the judge reads on a personalized model's outputs against its base's (``finexl toyworld measure``).
 
+    Both are sampled through the explain pipeline (toy preset: its neutral prompts cycled, seeds ``seed ..
+    seed + n - 1``, the image cache), so the images are the very ones an explanation with the same settings uses.
+    """
+    from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization
+    from finexl.presets import get_preset
+    from finexl.toyworld.judge import load_judge
 
-def neutral_requests(n: int, seed: int) -> tuple[list[str], list[int]]:
-    """``n`` neutral prompts (cycling through the toy world's aspect-free prompts) and their seeds."""
-    if n < 1:
-        raise ValueError(f"need at least one image to measure, got n={n}")
-    prompts = [NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)] for i in range(n)]
-    return prompts, [seed + i for i in range(n)]
+    cfg = ExplainConfig(preset="toy", base=base, samples=n, seed=seed, null=False,
+                        sampler=sampler or SamplerConfig(), cache_dir=cache_dir, device=device)  # fmt: skip
+    pipeline = ExplainPipeline(cfg, progress=progress)
+    reader = load_judge(judge or get_preset("toy").judge)
+    images = pipeline.sample(Personalization(lora=lora, model=model, scale=scale))
+    result = compare_readings(reader, images.base, images.tuned)
+    result["settings"] = {"lora": lora, "model": model, "base": str(pipeline.base_dir), "scale": scale, "n": n,
+                          "seed": seed, "steps": cfg.sampler.num_inference_steps,
+                          "guidance_scale": cfg.sampler.guidance_scale}  # fmt: skip
+    return result
 
 
 def compare_readings(judge, base_images: np.ndarray, tuned_images: np.ndarray) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from finexl.errors import ConfigError
 from finexl.toyworld.aspects import CATEGORICAL_BY_NAME, GRADED_BY_NAME, AspectError, sample_aspects
 from finexl.toyworld.captions import caption
 from finexl.toyworld.dataset import RenderedSet, item_seed
@@ -111,7 +112,7 @@ def apply_shifts(aspects, shifts: list[Shift], rng: np.random.Generator):
 def render_personalization(shifts: list[Shift], n: int, seed: int, size: int = 32) -> RenderedSet:
     """Render ``n`` instance images under ``shifts``, captioned without naming any shifted aspect."""
     if n < 1:
-        raise ValueError(f"number of images must be >= 1, got {n}")
+        raise ConfigError(f"number of images must be >= 1, got {n}")
     hidden = tuple(s.aspect for s in shifts)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     aspects, captions = [], []

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from finexl.errors import ConfigError
 from finexl.toyworld.aspects import Aspects
 
 SUPERSAMPLE = 4
@@ -165,7 +166,7 @@ def render(aspects: Aspects, seed: int = 0, size: int = 32) -> np.ndarray:
         ``uint8`` array of shape ``(size, size, 3)``.
     """
     if not isinstance(size, int) or not (MIN_SIZE <= size <= MAX_SIZE):
-        raise ValueError(f"image size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
+        raise ConfigError(f"image size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
     rng = np.random.default_rng(seed)
     hi = size * SUPERSAMPLE
     # 1. background colour and pattern

@@ -9,6 +9,7 @@ Three layouts are read, the ones personalization tools write:
 
 With none of them, images are read without captions (enough for DreamBooth, whose prompt is the instance prompt).
 Every image must decode, and all must share one size and mode; a problem is reported with the file that has it.
+:func:`write_image_folder` writes finexl's layout.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from finexl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A training data folder that cannot be used as it is."""
 
 
@@ -175,3 +178,32 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, require
         )
     logger.info("read %d images from %s", len(images), folder)
     return ImageSet(images=np.stack(images), captions=captions, files=files)
+
+
+def write_image_folder(
+    out: str | Path, images: np.ndarray, captions: list[str], extra_records: list[dict] | None = None,
+    extra_json: dict[str, object] | None = None,
+) -> Path:  # fmt: skip
+    """Write ``out/images/NNNNN.png`` and ``out/metadata.json`` (finexl's layout, read by
+    :func:`load_image_folder`), plus ``extra_json`` files; all or nothing: an interruption leaves no folder.
+
+    ``extra_records``: more fields for each image's metadata record (e.g. its exact aspect values).
+    """
+    from PIL import Image
+
+    from finexl.utils import atomic_dir, atomic_write_json
+
+    if len(images) != len(captions) or (extra_records is not None and len(extra_records) != len(images)):
+        raise ValueError(f"got {len(images)} images, {len(captions)} captions and "
+                         f"{len(extra_records or [])} records; need one of each per image")  # fmt: skip
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        records = []
+        for i, image in enumerate(images):
+            name = f"images/{i:05d}.png"
+            Image.fromarray(image).save(tmp / name)
+            records.append({"file": name, "caption": captions[i], **(extra_records[i] if extra_records else {})})
+        atomic_write_json(tmp / "metadata.json", records)
+        for filename, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / filename, obj)
+    return Path(out)

@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from finexl.errors import ConfigError
 from finexl.sampling import SamplerConfig, sample_images
 from finexl.train.data import IMAGE_SUFFIXES, ImageSet, load_image_folder
 
@@ -31,9 +32,9 @@ def ensure_class_images(
     from PIL import Image
 
     if not class_prompt or not class_prompt.strip():
-        raise ValueError("prior preservation needs a non-empty class prompt")
+        raise ConfigError("prior preservation needs a non-empty class prompt")
     if num_class_images < 1:
-        raise ValueError(f"num_class_images must be >= 1, got {num_class_images}")
+        raise ConfigError(f"num_class_images must be >= 1, got {num_class_images}")
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
     have = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -33,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from finexl.errors import ConfigError, InputError, NumericalError
 from finexl.loading import LORA_WEIGHTS_NAME
 from finexl.train.checkpoint import (
+    CheckpointError,
     check_same_run,
     find_resume_checkpoint,
     load_checkpoint,
@@ -42,7 +45,7 @@ from finexl.train.checkpoint import (
     save_checkpoint,
 )
 from finexl.train.data import DataError, ImageSet
-from finexl.utils import atomic_dir, atomic_write_json, seed_everything
+from finexl.utils import atomic_dir, atomic_write_json, encode_prompts, images_to_tensor, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class TrainConfig:
 
     method: str = field(default="lora", metadata={"help": "'lora' (peft adapters) or 'full' (the whole UNet)"})
     rank: int = field(default=4, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank); update x alpha / r"})
     # Attention, the transformer blocks' projections and feed-forward, and the ResNet convolutions (kohya's
     # "LoCon" set): on the toy model, attention alone moved a colour too little (see README).
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
@@ -104,31 +107,35 @@ class TrainConfig:
         self.validation_prompts = tuple(self.validation_prompts)
         self.snapshot_steps = tuple(sorted(set(int(s) for s in self.snapshot_steps)))
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha is None:
+            self.alpha = float(self.rank)
         if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if min(self.max_steps, self.batch_size, self.gradient_accumulation_steps) < 1:
-            raise ValueError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
+            raise ConfigError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
         if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not all(math.isfinite(x) for x in (self.lr, self.alpha, self.prior_loss_weight, self.caption_dropout)):
+            raise ConfigError("lr, alpha, prior_loss_weight and caption_dropout must be finite numbers")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+            raise ConfigError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.method == "full" and self.train_text_encoder:
-            raise ValueError("train_text_encoder is for LoRA; a full fine-tune trains the UNet only")
+            raise ConfigError("train_text_encoder is for LoRA; a full fine-tune trains the UNet only")
         if any(s < 1 or s > self.max_steps for s in self.snapshot_steps):
-            raise ValueError(f"snapshot steps must lie in [1, max_steps={self.max_steps}], got {self.snapshot_steps}")
+            raise ConfigError(f"snapshot steps must lie in [1, max_steps={self.max_steps}], got {self.snapshot_steps}")
         if self.snapshot_steps and self.method != "lora":
-            raise ValueError("snapshots are LoRA snapshots; a full fine-tune keeps checkpoints instead")
+            raise ConfigError("snapshots are LoRA snapshots; a full fine-tune keeps checkpoints instead")
         if self.validation_steps and not self.validation_prompts:
-            raise ValueError("validation_steps needs at least one validation prompt")
+            raise ConfigError("validation_steps needs at least one validation prompt")
         if self.validation_prompts and any(not p.strip() for p in self.validation_prompts):
-            raise ValueError("validation prompts must not be empty")
+            raise ConfigError("validation prompts must not be empty")
 
     def trajectory(self) -> dict:
         """The settings that decide the trained weights (what must match to resume)."""
@@ -154,7 +161,7 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: to
         return noise
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
-    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+    raise InputError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
 
 
 def native_resolution(pipe) -> int:
@@ -166,8 +173,6 @@ def encode_conditioning(pipe, prompts: list[str], resolution: int) -> tuple[torc
 
     Gradients flow when enabled (a text encoder with a LoRA); wrap in ``torch.no_grad()`` otherwise.
     """
-    from finexl.toyworld.diffusion import encode_prompts
-
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: two text encoders, pooled text, size ids
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
@@ -200,7 +205,7 @@ class _Run:
         self.weight_dtype = PRECISIONS[cfg.mixed_precision]
         self.resolution = cfg.resolution or native_resolution(pipe)
         if self.resolution % int(pipe.vae_scale_factor) != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"resolution {self.resolution} is not a multiple of the VAE factor {pipe.vae_scale_factor}"
             )
         self.captions = self._captions(data, cfg.instance_prompt, "instance")
@@ -232,7 +237,7 @@ class _Run:
             unet.requires_grad_(True)  # master weights float32; mixed precision by autocast
         if cfg.train_text_encoder:
             if len(text_encoders) != 1:
-                raise ValueError("train_text_encoder supports pipelines with one text encoder (SD 1.x/2.x)")
+                raise ConfigError("train_text_encoder supports pipelines with one text encoder (SD 1.x/2.x)")
             self.te_lora_config = LoraConfig(
                 r=cfg.rank,
                 lora_alpha=cfg.alpha,
@@ -290,8 +295,6 @@ class _Run:
 
     @torch.no_grad()
     def _encode_images(self, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        from finexl.toyworld.clip import images_to_tensor
-
         vae, out = self.pipe.vae, []
         for i in range(0, len(images), batch_size):
             pixels = images_to_tensor(images[i : i + batch_size]).to(self.device, vae.dtype)
@@ -352,7 +355,7 @@ class _Run:
             self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
             total += loss.item() / cfg.gradient_accumulation_steps
         if not np.isfinite(total):
-            raise FloatingPointError("the training loss became NaN or infinite; lower the learning rate")
+            raise NumericalError("the training loss became NaN or infinite; lower the learning rate")
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
@@ -374,7 +377,7 @@ class _Run:
     def load_state(self, weights: dict[str, torch.Tensor], state: dict) -> None:
         missing = set(self.params) ^ set(weights)
         if missing:
-            raise ValueError(f"checkpoint weights do not match this model (e.g. {sorted(missing)[0]})")
+            raise CheckpointError(f"checkpoint weights do not match this model (e.g. {sorted(missing)[0]})")
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(weights[name])
@@ -483,7 +486,7 @@ def train(
     class_data: ImageSet | None = None,
     resume: bool | str = False,
     base_fingerprint: str | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> TrainResult:
     """Fine-tune ``pipe`` on ``data`` (and ``class_data`` for prior preservation) and save the result.
@@ -497,18 +500,16 @@ def train(
         class_data: class images for DreamBooth's prior preservation (captioned by ``cfg.class_prompt``).
         resume: ``True``/``"latest"`` or a checkpoint folder to continue from.
         base_fingerprint: identifies the base model; a resume from a checkpoint of another base is refused.
-        device: default CUDA when available, else CPU.
+        device: where the modules are trained (moved there); CPU by default.
     """
     out_dir = Path(out_dir)
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = torch.device(device)
     if len(data) == 0:
         raise DataError("no training images")
     if data.captions is not None and len(data.captions) != len(data):
         raise DataError(f"got {len(data)} images but {len(data.captions)} captions; need one caption per image")
     if class_data is not None and cfg.class_prompt is None:
-        raise ValueError("class images need a class prompt")
+        raise ConfigError("class images need a class prompt")
     seed_everything(cfg.seed)
     run = _Run(pipe, data, cfg, class_data, device)
     identity = {  # JSON-normalised, as it is read back from a checkpoint

@@ -112,7 +112,7 @@ def test_folders_that_are_not_chat_models_are_named(tiny_chat_dir, tmp_path):
 
 
 def test_vlm_proposals_are_pooled_and_deduplicated(chat_server, tmp_path):
-    from finexl.narrate.vlm import parse_proposals, propose_concepts
+    from finexl.explanation.proposals import parse_proposals, propose_concepts
 
     assert parse_proposals("1. Red tint\n- striped background\n* More saturated colours.\nnone\n") == [
         "red tint", "striped background", "more saturated colours",

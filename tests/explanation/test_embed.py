@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from finexl.explain.embed import TransformersCLIP, load_embedder
+from finexl.explanation.embed import TransformersCLIP, load_embedder
 from finexl.toyworld.dataset import render_set
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from finexl.explain.concepts import (
+from finexl.explanation.concepts import (
     ConceptBankError,
     ConceptDirections,
     compose,
@@ -20,7 +20,7 @@ def bank(aspects):
 
 
 def test_shipped_banks_load_and_real_bank_is_large_and_broad():
-    toy = load_concept_bank()
+    toy = load_concept_bank("toy")
     assert {"colour", "pattern", "blur", "brightness", "pose", "position"} <= set(toy.aspects)
     real = load_concept_bank("real")
     assert len(real.phrases()) >= 300
@@ -73,7 +73,7 @@ def test_designs_follow_antonyms_and_centre_plain_values():
 
 
 def test_text_directions_are_mean_prompt_differences_and_cached(tiny_clip_dir, tmp_path):
-    from finexl.explain.embed import TransformersCLIP
+    from finexl.explanation.embed import TransformersCLIP
 
     emb = TransformersCLIP(tiny_clip_dir)
     b = bank({"colour": {"concepts": ["red", "blue"]}})

@@ -9,8 +9,8 @@ state ends in ``_``:
 ``F`` is (k, d), one text direction per row; ``D`` is (n, d) per-pair embedding differences (V_div is their mean)
 or V_div itself; methods that compare the two image sets themselves also take ``reference``, the (n, d) base
 embeddings (the personalized ones are ``reference + D``). Each class names the
-:meth:`~finexl.explain.concepts.ConceptDirections.design` it works on (``design = "raw"``, ``"axes"`` or
-``"anchors"``) and turns its weights into signed scores with ``row_scores`` (see :mod:`finexl.explain.scoring`).
+:meth:`~finexl.explanation.concepts.ConceptDirections.design` it works on (``design = "raw"``, ``"axes"`` or
+``"anchors"``) and turns its weights into signed scores with ``row_scores`` (see :mod:`finexl.explanation.scoring`).
 
 Methods (the first five decompose V_div; the last three are the benchmark's rival scorers):
 
@@ -76,7 +76,7 @@ class _Decomposition(BaseEstimator):
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """Signed score per row: the weight times the row's length, over the images' spread along it."""
-        from finexl.explain.scoring import row_scores
+        from finexl.explanation.scoring import row_scores
 
         return row_scores(self.coef_, rows, spread)
 
@@ -258,13 +258,13 @@ class FinexlDecomposition(SignedOMP):
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """The reported score: the projection's (how much)."""
-        from finexl.explain.scoring import row_scores
+        from finexl.explanation.scoring import row_scores
 
         return row_scores(self.projection_, rows, spread)
 
     def joint_row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """The joint fit's scores (whether, toward what)."""
-        from finexl.explain.scoring import row_scores
+        from finexl.explanation.scoring import row_scores
 
         return row_scores(self.coef_, rows, spread)
 
@@ -391,5 +391,7 @@ DEFAULT_METHOD = "finexl"
 
 def make_estimator(name: str, **params):
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown decomposition method {name!r}; choose one of {sorted(ESTIMATORS)}")
+        from finexl.errors import ConfigError
+
+        raise ConfigError(f"unknown decomposition method {name!r}; choose one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[name](**params)

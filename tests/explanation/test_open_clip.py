@@ -33,7 +33,7 @@ def tiny_open_clip(tmp_path_factory):
 
 
 def test_open_clip_backend_embeds_from_a_local_checkpoint(tiny_open_clip):
-    from finexl.explain.embed import load_embedder
+    from finexl.explanation.embed import load_embedder
     from finexl.toyworld.dataset import render_set
 
     spec = f"open_clip:{tiny_open_clip / 'finexl-tiny-test.json'}:{tiny_open_clip / 'tiny.pt'}"
@@ -48,7 +48,7 @@ def test_open_clip_backend_embeds_from_a_local_checkpoint(tiny_open_clip):
 
 
 def test_missing_open_clip_checkpoint_is_named(tiny_open_clip):
-    from finexl.explain.embed import load_embedder
+    from finexl.explanation.embed import load_embedder
 
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_embedder(f"open_clip:{tiny_open_clip / 'finexl-tiny-test.json'}:{tiny_open_clip / 'nope.pt'}")

@@ -58,7 +58,7 @@ def tiny_vlm_dir(tmp_path_factory):
 
 
 def test_local_vlm_reads_image_pairs_and_proposals_pool(tiny_vlm_dir, tmp_path):
-    from finexl.narrate.vlm import propose_concepts
+    from finexl.explanation.proposals import propose_concepts
 
     backend = LocalVisionChat(tiny_vlm_dir, max_new_tokens=6, cache_dir=tmp_path)
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)

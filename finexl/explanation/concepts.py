@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finexl.errors import InputError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "finexl-concepts/1"
@@ -37,7 +39,7 @@ SHIPPED_BANKS = ("toy", "real")
 MAX_DIRECTION_PROMPTS = 64
 
 
-class ConceptBankError(ValueError):
+class ConceptBankError(InputError):
     """A concept bank file that cannot be used."""
 
 
@@ -121,16 +123,16 @@ def parse_concept_bank(obj, source: str = "<bank>") -> ConceptBank:
     return ConceptBank(str(obj.get("name", Path(source).stem)), concepts)
 
 
-def load_concept_bank(spec: str | Path | None = None) -> ConceptBank:
-    """A bank from a JSON file, or a shipped one by name (``toy``, the default, or ``real``)."""
+def load_concept_bank(spec: str | Path) -> ConceptBank:
+    """A bank from a JSON file, or a shipped one by name (``toy`` or ``real``)."""
     from finexl.utils import data_dir
 
-    if spec is None or str(spec) in SHIPPED_BANKS:
-        path = data_dir() / "concepts" / f"{spec or 'toy'}.json"
+    if str(spec) in SHIPPED_BANKS:
+        path = data_dir() / "concepts" / f"{spec}.json"
     else:
         path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"concept bank {path} does not exist")
+        raise MissingInputError(f"concept bank {path} does not exist")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:

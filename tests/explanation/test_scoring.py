@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from finexl.explain.concepts import ConceptDirections, parse_concept_bank
-from finexl.explain.explainer import decompose_divergence, format_explanation
-from finexl.explain.scoring import aggregate, row_scores, spreads
+from finexl.explanation.concepts import ConceptDirections, parse_concept_bank
+from finexl.explanation.result import format_explanation
+from finexl.explanation.scoring import aggregate, decompose_divergence, row_scores, spreads
 
 
 def test_score_is_the_shift_over_the_image_spread():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from finexl.explain.paired import ImageCache, cached_samples
+from finexl.explanation.paired import ImageCache, cached_samples
 from finexl.loading import load_pipeline
 from finexl.sampling import SamplerConfig
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from finexl.explain.decompose import ESTIMATORS, make_estimator
+from finexl.explanation.decompose import ESTIMATORS, make_estimator
 
 
 def directions(k=12, d=32, seed=0):

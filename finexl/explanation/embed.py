@@ -2,7 +2,7 @@
 
 Two backends behind one interface, :class:`Embedder`: a transformers ``CLIPModel`` folder (the toy CLIP by default;
 any ``openai/clip-vit-*`` folder saved with ``save_pretrained``) and open_clip models by name or config file with a
-local checkpoint (the optional extra, in :mod:`finexl.explain.open_clip_backend`, imported only when asked for).
+local checkpoint (the optional extra, in :mod:`finexl.explanation.open_clip_backend`, imported only when asked for).
 Embeddings are computed in batches without gradients and L2-normalized; they are returned as float64 numpy arrays.
 
 A CLIP spec names the model: ``toy`` (the shipped toy CLIP), a transformers folder path, or
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from finexl.errors import ConfigError, InputError, MissingInputError, NumericalError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Embedder:
 def _normalized(features: torch.Tensor) -> np.ndarray:
     features = features.float()
     if not torch.isfinite(features).all():
-        raise FloatingPointError("the CLIP model produced NaN or infinite embeddings")
+        raise NumericalError("the CLIP model produced NaN or infinite embeddings")
     return F.normalize(features, dim=-1).double().numpy()
 
 
@@ -80,23 +82,23 @@ def _image_processor(path: Path):
 class TransformersCLIP(Embedder):
     """A transformers ``CLIPModel`` with its tokenizer and image processor, from a local folder."""
 
-    def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 256):
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 256):
         from transformers import CLIPModel, CLIPTokenizer
 
         from finexl.loading import fingerprint_folder
 
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no CLIP model at {path}: expected a transformers folder with config.json")
+            raise MissingInputError(f"no CLIP model at {path}: expected a transformers folder with config.json")
         try:
             self.model = CLIPModel.from_pretrained(path).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(path)
         except OSError as err:
-            raise FileNotFoundError(f"could not load the CLIP model in {path}: {err}") from err
+            raise MissingInputError(f"could not load the CLIP model in {path}: {err}") from err
         except Exception as err:  # damaged weights raise several types
-            raise ValueError(f"could not load the CLIP model in {path}: {err}") from err
+            raise InputError(f"could not load the CLIP model in {path}: {err}") from err
         self.processor = _image_processor(path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device)
         self.model.to(self.device)
         self.batch_size = batch_size
         self.name = f"transformers:{path.name}"
@@ -114,17 +116,33 @@ class TransformersCLIP(Embedder):
         return _features(out).cpu()
 
 
-def load_embedder(spec: str | None = None, device: str | None = None) -> Embedder:
-    """The embedder a CLIP spec names (see the module docstring); ``None`` or ``"toy"``: the toy CLIP."""
+def parse_clip_spec(spec: str) -> tuple[str, ...]:
+    """``("transformers", folder)`` or ``("open_clip", model, checkpoint)``, with the paths checked (no model is
+    loaded), so a wrong spec stops a run before any image is made."""
     from finexl.utils import data_dir
 
-    if spec is None or spec == "toy":
-        return TransformersCLIP(data_dir() / "toy_clip", device=device)
+    if spec == "toy":
+        return ("transformers", str(data_dir() / "toy_clip"))
     if spec.startswith(OPEN_CLIP_PREFIX):
         parts = spec[len(OPEN_CLIP_PREFIX) :].split(":", 1)
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"open_clip spec {spec!r} must be open_clip:MODEL:CHECKPOINT")
-        from finexl.explain.open_clip_backend import OpenCLIP
+            raise ConfigError(f"open_clip spec {spec!r} must be open_clip:MODEL:CHECKPOINT")
+        if not Path(parts[1]).is_file():
+            raise MissingInputError(f"open_clip checkpoint {parts[1]} does not exist")
+        return ("open_clip", parts[0], parts[1])
+    if not (Path(spec) / "config.json").is_file():
+        raise MissingInputError(
+            f"no CLIP model at {spec}: expected a transformers folder with config.json, 'toy', or "
+            "open_clip:MODEL:CHECKPOINT"
+        )
+    return ("transformers", spec)
 
-        return OpenCLIP(parts[0], parts[1], device=device)
-    return TransformersCLIP(spec, device=device)
+
+def load_embedder(spec: str, device: str = "cpu") -> Embedder:
+    """The embedder a CLIP spec names (see the module docstring), on ``device``."""
+    parsed = parse_clip_spec(spec)
+    if parsed[0] == "open_clip":
+        from finexl.explanation.open_clip_backend import OpenCLIP
+
+        return OpenCLIP(parsed[1], parsed[2], device=device)
+    return TransformersCLIP(parsed[1], device=device)

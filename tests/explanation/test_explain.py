@@ -6,17 +6,26 @@ import numpy as np
 import pytest
 
 from finexl.cli import main
-from finexl.explain.explainer import SCHEMA, ExplainConfig, PromptsError, explain, read_prompts
+from finexl.errors import ConfigError, InputError
+from finexl.explanation.pipeline import ExplainConfig, PromptsError, read_prompts
+from finexl.explanation.pipeline import explain as explain_
+from finexl.explanation.result import SCHEMA
 from finexl.loading import LoraError
 from finexl.sampling import BadImagesError, SamplerConfig
 
 
-def config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, **kw):
+def config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=None, model=None, lora_scale=1.0, **kw):
+    """The tiny base and CLIP; the toy preset's concept bank and prompts."""
     base = dict(
-        base=str(tiny_pipeline_dir), clip=str(tiny_clip_dir), samples=6, n_bootstrap=20, n_null=20,
+        preset="toy", base=str(tiny_pipeline_dir), clip=str(tiny_clip_dir), samples=6, n_bootstrap=20, n_null=20,
         sampler=SamplerConfig(num_inference_steps=2), cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
-    return ExplainConfig(**{**base, **kw})
+    return (lora, model, lora_scale), ExplainConfig(**{**base, **kw})
+
+
+def explain(run):
+    (lora, model, scale), cfg = run
+    return explain_(lora=lora, model=model, scale=scale, config=cfg).to_dict()
 
 
 def test_explanation_schema_cache_and_determinism(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
@@ -45,7 +54,8 @@ def test_a_lora_at_scale_zero_changes_nothing(tmp_path, tiny_pipeline_dir, tiny_
     assert all(a["score"] < 1e-6 for a in res["aspects"])
 
 
-def test_a_lora_trained_on_another_base_is_flagged(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir, caplog):
+def test_a_lora_trained_on_another_base_is_refused_unless_allowed(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                                   tiny_lora_dir, caplog):  # fmt: skip
     import shutil
 
     lora = tmp_path / "lora"
@@ -57,9 +67,16 @@ def test_a_lora_trained_on_another_base_is_flagged(tmp_path, tiny_pipeline_dir, 
     record = json.loads((lora / "finexl_train_config.json").read_text())
     record["identity"]["base"] = "0123456789abcdef"
     (lora / "finexl_train_config.json").write_text(json.dumps(record))
-    with caplog.at_level("WARNING", logger="finexl"):
+    n_images = len(list((tmp_path / "cache").rglob("*.png")))
+    with pytest.raises(InputError, match=r"another base \(fingerprint 0123456789abcdef\).*--allow-other-base"):
         explain(cfg)
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == n_images  # refused before any image
+    allowed = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(lora), lora_scale=0.0,
+                     allow_other_base=True)  # fmt: skip
+    with caplog.at_level("WARNING", logger="finexl"):
+        expl = explain(allowed)
     assert "trained by finexl on another base (fingerprint 0123456789abcdef)" in caplog.text
+    assert expl["models"]["personalized"]["trained_on"] == "0123456789abcdef"
 
 
 def test_lora_for_another_base_is_refused_before_sampling(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
@@ -141,7 +158,7 @@ def test_blank_images_are_named_and_nothing_is_written(tmp_path, tiny_pipeline_d
     cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, model=str(tmp_path / "grey"))
     with pytest.raises(BadImagesError, match="blank"):
         explain(cfg)
-    argv = ["explain", "--model", str(tmp_path / "grey"), "--base", str(tiny_pipeline_dir),
+    argv = ["explain", "--model", str(tmp_path / "grey"), "--base", str(tiny_pipeline_dir), "--preset", "toy",
             "--clip", str(tiny_clip_dir), "--samples", "4", "--steps", "2", "--bootstrap", "20",
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
     assert main(argv) == 2
@@ -153,8 +170,8 @@ def test_cli_explain_writes_json_and_keeps_existing_results(tmp_path, tiny_pipel
                                                             tiny_lora_dir, capsys):  # fmt: skip
     (tmp_path / "prompts.txt").write_text("a shape\na picture of a thing\n")
     argv = ["explain", "--lora", str(tiny_lora_dir), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
-            "--prompts", str(tmp_path / "prompts.txt"), "--samples", "4", "--steps", "2", "--bootstrap", "20",
-            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+            "--concepts", "toy", "--prompts", str(tmp_path / "prompts.txt"), "--samples", "4", "--steps", "2",
+            "--bootstrap", "20", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "aspect" in printed and "unexplained part" in printed
@@ -171,8 +188,14 @@ def test_cli_explain_writes_json_and_keeps_existing_results(tmp_path, tiny_pipel
 
 
 def test_config_rejects_nonsense():
-    with pytest.raises(ValueError, match="exactly one"):
-        ExplainConfig()
-    with pytest.raises(ValueError, match="samples"):
-        ExplainConfig(lora="x", samples=1)
-    assert np.isfinite(ExplainConfig(lora="x").confidence)
+    from finexl.explanation.pipeline import Personalization
+
+    with pytest.raises(ConfigError, match="exactly one"):
+        Personalization()
+    with pytest.raises(ConfigError, match="samples"):
+        ExplainConfig(samples=1)
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        ExplainConfig(method="nope")
+    with pytest.raises(ConfigError, match="empty"):
+        ExplainConfig(prompts=["a cat", "  "])
+    assert np.isfinite(ExplainConfig().confidence)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import clone
 
-from finexl.explain.concepts import ConceptBank, Design
+from finexl.explanation.concepts import ConceptBank, ConceptDirections, Design
+from finexl.explanation.decompose import DEFAULT_METHOD, make_estimator
 
 
 def spreads(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def aggregate(row: np.ndarray, design: Design, bank: ConceptBank) -> Aggregated:
 def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, reference: np.ndarray | None = None
                    ) -> tuple[np.ndarray, float, np.ndarray | None]:  # fmt: skip
     """One fit: the row scores, the residual, and the joint fit's row scores of a two-part estimator (finexl's
-    default, see :class:`~finexl.explain.decompose.FinexlDecomposition`; None for the others)."""
+    default, see :class:`~finexl.explanation.decompose.FinexlDecomposition`; None for the others)."""
     sides = {"two_sided": design.two_sided} if estimator.design == "axes" else {}
     est = clone(estimator).fit(design.rows, D, reference=reference, **sides)
     joint = est.joint_row_scores(design.rows, spread) if hasattr(est, "joint_row_scores") else None
@@ -131,3 +132,99 @@ def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.n
         scores[m], _, joint = fit_row_scores(estimator, design, second - first, spread, first)
         joints.append(joint)
     return scores, (np.stack(joints) if joints[0] is not None else None)
+
+
+def _interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    tail = (1 - confidence) / 2
+    return np.quantile(samples, tail, axis=0), np.quantile(samples, 1 - tail, axis=0)
+
+
+def _finite(x) -> float | None:
+    """JSON has no NaN: methods without a residual (per-image scorers) report None."""
+    return float(x) if np.isfinite(x) else None
+
+
+def decompose_divergence(
+    base: np.ndarray,
+    tuned: np.ndarray,
+    directions: ConceptDirections,
+    method: str = DEFAULT_METHOD,
+    null_base: np.ndarray | None = None,
+    n_bootstrap: int = 200,
+    n_null: int = 200,
+    confidence: float = 0.9,
+    null_quantile: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Scores, intervals and null thresholds from paired embeddings (rows of ``base`` and ``tuned`` are pairs).
+
+    ``null_base``: embeddings of the base on the same prompts with other seeds; without it no aspect is tested.
+    Returns the ``aspects`` (those reported as changed first, then the rest, each by score), ``concepts``,
+    ``residual`` and ``divergence`` parts of an explanation.
+    """
+    if base.shape != tuned.shape:
+        raise ValueError(f"base and personalized embeddings differ in shape: {base.shape} vs {tuned.shape}")
+    bank: ConceptBank = directions.bank
+    estimator = make_estimator(method)
+    design = directions.design(estimator.design)
+    D = tuned - base
+    spread = spreads(np.concatenate([base, tuned]), design.rows)
+    boot, boot_residual, boot_joint = bootstrap_row_scores(estimator, design, D, spread, n_bootstrap, seed, base)
+    point, residual, joint = fit_row_scores(estimator, design, D, spread, base)
+    if boot_joint is not None:  # two-part (finexl): the joint fit reports the median over refits (bagging)
+        joint, residual = np.median(boot_joint, axis=0), float(np.median(boot_residual))
+    agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
+    a_low, a_high = _interval(agg_boot.aspect, confidence)
+    c_low, c_high = _interval(agg_boot.concept, confidence)
+    r_low, r_high = _interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
+    n_aspects = len(bank.aspects)
+    threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
+    if null_base is not None:
+        null, null_joint = null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1)
+        threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
+        changed = a_low > threshold
+        if joint is not None:  # the joint fit must see the change too
+            j_low, _ = _interval(aggregate(boot_joint, design, bank).aspect, confidence)
+            changed &= j_low > np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
+    # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
+    agg_joint = aggregate(joint, design, bank) if joint is not None else None
+    aspects = []
+    for a, name in enumerate(bank.aspects):
+        source = agg_joint if agg_joint is not None and agg_joint.aspect[0, a] > 0 else agg
+        concept = bank.concepts[source.aspect_concept[0, a]]
+        sign = source.aspect_sign[0, a]
+        aspects.append({
+            "aspect": name,
+            "group": bank.group_of(name),
+            "score": float(agg.aspect[0, a]),
+            "interval": [float(a_low[a]), float(a_high[a])],
+            "direction": "increase" if sign > 0 else ("decrease" if sign < 0 else "none"),
+            "concept": concept.phrase,
+            "toward": concept.phrase if sign >= 0 else (concept.antonym or f"less {concept.phrase}"),
+            "threshold": None if np.isnan(threshold[a]) else float(threshold[a]),
+            "changed": bool(changed[a]),
+            "joint_score": None if agg_joint is None else float(agg_joint.aspect[0, a]),
+        })  # fmt: skip
+    # the aspects reported as changed first, then the rest, each by score: a concept that only correlates with the
+    # change (the joint fit gives it no weight) can outscore it when the images spread less along it
+    aspects.sort(key=lambda r: (not r["changed"], -r["score"]))
+    concepts = [
+        {"phrase": c.phrase, "antonym": c.antonym, "aspect": c.aspect, "score": float(agg.concept[0, i]),
+         "interval": [float(c_low[i]), float(c_high[i])]}
+        for i, c in enumerate(bank.concepts)
+    ]  # fmt: skip
+    v = D.mean(axis=0)
+    rng = np.random.default_rng(seed + 2)
+    boot_norms = [np.linalg.norm(D[rng.integers(0, len(D), len(D))].mean(axis=0)) for _ in range(n_bootstrap)]
+    n_low, n_high = _interval(np.asarray(boot_norms), confidence)
+    return {
+        "aspects": aspects,
+        "concepts": concepts,
+        "residual": {"value": _finite(residual), "interval": [_finite(r_low), _finite(r_high)]},
+        "divergence": {
+            "n_pairs": int(len(D)),
+            "norm": float(np.linalg.norm(v)),
+            "norm_interval": [float(n_low), float(n_high)],
+            "mean_pair_distance": float(np.linalg.norm(D, axis=1).mean()),
+        },  # fmt: skip
+    }

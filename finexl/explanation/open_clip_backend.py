@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finexl.explain.embed import Embedder
+from finexl.errors import BackendError, ConfigError, InputError, MissingInputError
+from finexl.explanation.embed import Embedder
 
 
 def _import_open_clip():
@@ -21,7 +22,7 @@ def _import_open_clip():
         import_torchvision()
         import open_clip
     except ImportError as err:
-        raise ImportError(
+        raise BackendError(
             "open_clip is not installed; it is an optional extra: pip install -e '.[open-clip]' "
             '(see README, section "open_clip and torchvision")'
         ) from err
@@ -32,29 +33,29 @@ class OpenCLIP(Embedder):
     """An open_clip model: ``model`` is a model name (``ViT-B-32``) or a model config JSON file; ``checkpoint``
     a local weights file (``.bin``, ``.pt`` or ``.safetensors``), never a download."""
 
-    def __init__(self, model: str, checkpoint: str | Path, device: str | None = None, batch_size: int = 256):
+    def __init__(self, model: str, checkpoint: str | Path, device: str = "cpu", batch_size: int = 256):
         from finexl.loading import fingerprint_folder
 
         open_clip = _import_open_clip()
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"open_clip checkpoint {checkpoint} does not exist")
+            raise MissingInputError(f"open_clip checkpoint {checkpoint} does not exist")
         name = model
         if model.endswith(".json"):
             config = Path(model)
             if not config.is_file():
-                raise FileNotFoundError(f"open_clip model config {config} does not exist")
+                raise MissingInputError(f"open_clip model config {config} does not exist")
             open_clip.add_model_config(config)
             name = config.stem
         elif model not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {model!r}; give a known name or a model config JSON file")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            raise ConfigError(f"unknown open_clip model {model!r}; give a known name or a model config JSON file")
+        self.device = torch.device(device)
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=str(checkpoint), device=self.device
             )
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"could not load open_clip {name} from {checkpoint}: {err}") from err
+            raise InputError(f"could not load open_clip {name} from {checkpoint}: {err}") from err
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.batch_size = batch_size

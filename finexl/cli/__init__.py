@@ -1,0 +1,51 @@
+"""The ``finexl`` command: wiring only. Each command group is a module that adds its parsers and turns arguments
+into one call of the public API (:mod:`finexl`); output is printed here, never in the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from finexl.cli import bench, env, explain, toyworld, train
+from finexl.cli.common import common_parser
+from finexl.errors import FinexlError
+
+GROUPS = (env, explain, train, bench, toyworld)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finexl",
+        description="Explain how a personalized text-to-image model differs from its base, aspect by aspect. "
+        "Without --base, every command uses the embedded toy world (the 'toy' preset); with a base of your own, "
+        "name its CLIP, concept bank and prompts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_parser()
+    for group in GROUPS:
+        group.add_parsers(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv``; returns the exit status (2 for a user's error, with one line on stderr)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a malformed command line (2, argparse printed why)
+        return done.code if isinstance(done.code, int) else 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except FinexlError as err:  # a user's error: one line; anything else is a bug and keeps its traceback
+        if args.verbose:
+            logging.getLogger("finexl").exception("the error's traceback:")
+        print(f"finexl: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``finexl bench build | run | compare | score``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from finexl.cli.common import add_compute_arguments, nonnegative_int, parse_list, positive_int, set_threads
+
+
+def cmd_bench_build(args: argparse.Namespace) -> int:
+    from finexl.bench.suites import BuildConfig, build_suite
+
+    set_threads(args)
+    settings = {k: v for k, v in (("n_images", args.n_images), ("max_steps", args.max_steps)) if v is not None}
+    records = build_suite(args.suite, Path(args.out) / args.suite, BuildConfig(**settings), base=args.base,
+                          progress=not args.quiet)  # fmt: skip
+    print(f"suite {args.suite}: {len(records)} models in {Path(args.out) / args.suite / 'models'}")
+    return 0
+
+
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    from finexl.bench.metrics import comparison_table, markdown_table
+    from finexl.bench.runner import BenchConfig, run_bench
+    from finexl.utils import atomic_write_json
+
+    set_threads(args)
+    names = parse_list(args.suite, "SUITE")
+    methods = parse_list(args.methods, "--methods") or list(BenchConfig.methods)
+    samples, resamples = (32, 50) if args.quick else (args.samples, args.bootstrap)
+    cfg = BenchConfig(methods=tuple(methods), samples=samples, n_bootstrap=resamples, n_null=resamples,
+                      unpaired=args.unpaired, cache_dir=args.cache, device=args.device)  # fmt: skip
+    result = run_bench(args.suites, names, cfg, progress=not args.quiet)
+    metrics, comparison = result["metrics"], result["comparison"]
+    print(markdown_table(metrics, methods))
+    if "_multi_selection_by_judge" in metrics:
+        by_judge = metrics["_multi_selection_by_judge"]
+        print(f"\nmulti_selection made from the judge's readings of what changed: {by_judge:.3f}")
+    if "_top1_of_judge" in metrics:
+        print(f"top1 made from the judge's readings (shifted aspect moved most): {metrics['_top1_of_judge']:.3f}")
+    if "_paired_over_unpaired_interval_width" in metrics:
+        print(f"\npaired / unpaired interval width: {metrics['_paired_over_unpaired_interval_width']:.3f}")
+    if comparison is not None:
+        print(
+            f"\nfinexl against the other methods, paired bootstrap over the models ({comparison['resamples']} "
+            f"resamples; `finexl bench compare` redoes it from the JSON):\n{comparison_table(comparison)}"
+        )
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.labels:
+        from finexl.bench.labels import labels_from_records, write_labels
+
+        write_labels(args.labels, labels_from_records(result["records"]))
+        print(f"wrote the suites' labels to {args.labels}")
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from finexl.bench.metrics import UNIT_NAMES, compare_bench, comparison_table
+    from finexl.utils import atomic_write_json
+
+    comparison = compare_bench(args.results, reference=args.reference, n_resamples=args.resamples, seed=args.seed,
+                               level=args.level)  # fmt: skip
+    units = ", ".join(f"{n} {UNIT_NAMES[kind]}" for kind, n in comparison["units"].items() if n)
+    print(f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
+          f"({args.resamples} resamples, seed {args.seed}):")  # fmt: skip
+    print(comparison_table(comparison))
+    if args.json:
+        atomic_write_json(args.json, comparison)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_score(args: argparse.Namespace) -> int:
+    from finexl.bench.labels import score_explanations
+
+    result = score_explanations(args.labels, args.explanations)
+    for key, value in result.items():
+        print(f"{key:<20} {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
+    return 0
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    from finexl.bench.suites import SUITES
+
+    bench = sub.add_parser("bench", help="benchmark suites of toy personalizations with known ground truth")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    p = bench_sub.add_parser(
+        "build",
+        parents=[common],
+        help="train the LoRAs of a suite (resumable)",
+        description="Train every LoRA of a suite with finexl's trainer on toy data shifted by its spec: 'single' "
+        "(9 aspects x 5 strength levels, increases and decreases), 'steps' (the same 9 shifts at full strength, "
+        "5 levels as snapshots of one slow run at 0.2 ... 1.0 of its steps), 'scale' (one LoRA per shift at the "
+        "usual learning rate, sampled at LoRA scales 0.2 ... 1.0), 'null' (8 LoRAs on unshifted data), 'multi' "
+        "(mixtures of 2 and 3 aspects at 3 proportions), 'dreambooth' (9 subjects, 'a sks shape'), 'quick' "
+        "(a small subset for CI). Finished models are kept; rerunning finishes an interrupted build. About a "
+        "minute per model on one CPU core.",
+    )
+    p.add_argument("suite", choices=list(SUITES), help="which suite")
+    p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
+    p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
+    p.add_argument("--n-images", type=positive_int, help="training images per model (default 800)")
+    p.add_argument("--max-steps", type=positive_int, help="training steps per model (default 400)")
+    add_compute_arguments(p, device=False)
+    p.set_defaults(func=cmd_bench_build)
+
+    p = bench_sub.add_parser(
+        "run",
+        parents=[common],
+        help="score every method on built suites; prints a Markdown table (method x metric)",
+        description="For every model of the suites: sample base and personalized on the same prompts and seeds "
+        "(cached), read both with the judge, embed once with the toy CLIP, and explain with every method; then "
+        "compute the metrics (see finexl/bench/metrics.py). SUITE may list several, e.g. single,null,multi.",
+    )
+    p.add_argument("suite", help=f"suite name(s), comma-separated: {', '.join(SUITES)}")
+    p.add_argument("--suites", default="suites", help="folder holding the built suites (default suites)")
+    p.add_argument("--methods", help="comma-separated methods (default: all)")
+    p.add_argument("--samples", type=positive_int, default=128, help="image pairs per model (default 128)")
+    p.add_argument("--bootstrap", type=positive_int, default=200, help="bootstrap and null resamples (default 200)")
+    p.add_argument("--unpaired", type=nonnegative_int, default=0, help="also compare paired/unpaired intervals")
+    p.add_argument(
+        "--quick", action="store_true", help="32 pairs and 50 resamples per model (for CI, with suite quick)"
+    )
+    p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
+    p.add_argument("--json", help="write metrics and per-model records to this JSON file")
+    p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")
+    add_compute_arguments(p)
+    p.set_defaults(func=cmd_bench_run)
+
+    p = bench_sub.add_parser(
+        "compare",
+        parents=[common],
+        help="how sure the table's ordering is: finexl against every other method, paired bootstrap over models",
+        description="Read the records of a `finexl bench run --json` file and resample its units (single-aspect "
+        "families, mixtures, nulls, DreamBooth subjects) with replacement, scoring every method on the same "
+        "resamples. For each metric: the reference method's value with a percentile interval, the best other method "
+        "and the difference to it with its interval, and the methods the reference is significantly worse or better "
+        "than (the difference's interval excludes 0; per pair, not corrected for the number of pairs).",
+    )
+    p.add_argument("results", help="JSON written by `finexl bench run --json`")
+    p.add_argument("--reference", default="finexl", help="the method compared with the others (default finexl)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--json", help="write the comparison to this JSON file")
+    p.set_defaults(func=cmd_bench_compare)
+
+    p = bench_sub.add_parser(
+        "score",
+        parents=[common],
+        help="score explanations against a JSONL label file (human labels)",
+        description="Each line of LABELS: {model, aspect, direction (increase|decrease|none), level 0-3, text}. "
+        "EXPLANATIONS are explanation.json files or folders holding one; the model id is the folder name.",
+    )
+    p.add_argument("labels", help="JSONL label file")
+    p.add_argument("explanations", nargs="+", help="explanation.json files or their folders")
+    p.set_defaults(func=cmd_bench_score)

@@ -1,0 +1,170 @@
+"""``finexl explain`` and ``finexl narrate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from finexl.cli.common import (
+    add_compute_arguments,
+    add_sampler_arguments,
+    nonnegative_int,
+    parse_list,
+    positive_float,
+    positive_int,
+    set_threads,
+)
+from finexl.errors import InputError
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
+    from finexl.narrate.templates import check_aspects
+    from finexl.sampling import SamplerConfig
+
+    set_threads(args)
+    asked = parse_list(args.aspects, "--aspects")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.is_file():
+            raise InputError(f"--out {out} is a file; give a folder")
+        if (out / "explanation.json").exists() and not args.overwrite:
+            raise InputError(f"{out / 'explanation.json'} exists; pass --overwrite to replace it")
+    cfg = ExplainConfig(
+        preset=args.preset, base=args.base, prompts=args.prompts, direction_prompts=args.direction_prompts,
+        samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
+        n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
+        cache_dir=args.cache, vlm=args.vlm, vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model,
+        vlm_pairs=args.vlm_pairs, sampler=SamplerConfig(num_inference_steps=args.steps,
+                                                        guidance_scale=args.guidance_scale),
+        height=args.height, width=args.width, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    pipeline = ExplainPipeline(cfg, progress=not args.quiet)  # checks every setting and file up front
+    check_aspects(pipeline.bank.aspects + (["proposed"] if args.vlm or args.vlm_endpoint else []), asked)
+    explanation = pipeline(lora=args.lora, model=args.model, scale=args.scale)
+    print(explanation.table(top=args.top))
+    if out is not None:  # saved before the optional sentences, which may fail or wait on a network
+        explanation.to_json(out / "explanation.json")
+    _narrate(explanation, args, asked)
+    if out is not None:
+        explanation.to_json(out / "explanation.json")
+        print(f"wrote {out / 'explanation.json'}")
+    return 0
+
+
+def _narrate(explanation, args: argparse.Namespace, asked: list[str] | None):
+    from finexl.narrate.narrator import narrate_explanation
+
+    narration = narrate_explanation(
+        explanation, args.format, asked, llm=args.llm, llm_endpoint=args.llm_endpoint, llm_model=args.llm_model,
+        timeout=args.llm_timeout, retries=args.llm_retries, cache_dir=args.cache, device=args.device,
+    )  # fmt: skip
+    if not isinstance(explanation, dict):
+        explanation.sentences = narration.to_json()
+    print()
+    print(narration.text)
+    if narration.note:
+        print(f"note: {narration.note}")
+    return narration
+
+
+def cmd_narrate(args: argparse.Namespace) -> int:
+    from finexl.explanation.result import Explanation
+    from finexl.narrate.templates import check_aspects
+
+    path = Path(args.explanation)
+    explanation = Explanation.from_json(path)
+    asked = parse_list(args.aspects, "--aspects")
+    check_aspects([a.aspect for a in explanation.aspects], asked)
+    _narrate(explanation, args, asked)
+    if args.write:
+        explanation.to_json(path)
+    return 0
+
+
+def add_narration_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sentences")
+    g.add_argument(
+        "--format",
+        default="bullets",
+        choices=["summary", "bullets", "paragraph"],
+        help="one-line summary, a bullet per aspect (default), or a paragraph grouped by aspect family",
+    )
+    g.add_argument("--aspects", help="comma-separated aspects to report even when unchanged, e.g. pose,blur")
+    g.add_argument("--llm", help="local transformers chat model folder to write the sentences")
+    g.add_argument("--llm-endpoint", help="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 (Ollama)")
+    g.add_argument("--llm-model", help="model name at --llm-endpoint")
+    g.add_argument("--llm-timeout", type=positive_float, default=60.0, help="seconds to wait for the endpoint")
+    g.add_argument("--llm-retries", type=nonnegative_int, default=2, help="retries after an unfaithful answer")
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    from finexl.explanation.decompose import ESTIMATORS
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="explain how a personalized model differs from its base, aspect by aspect",
+        description="Sample the base and the personalized model on the same prompts and seeds (cached by model "
+        "fingerprint, prompt, seed and sampler settings), embed the images with CLIP, decompose the mean paired "
+        "difference onto the text directions of a concept bank, and score every aspect in [0, 1] with a bootstrap "
+        "interval; an aspect is CHANGED when its interval lies above what the base reaches against itself with "
+        "other seeds. Without --base it uses the toy world (preset 'toy'); a base of your own needs --clip, "
+        "--concepts and --prompts. Prints a table; with --out writes OUT/explanation.json.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--lora", help="LoRA file (.safetensors) or a folder holding pytorch_lora_weights.safetensors")
+    what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
+    p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
+    p.add_argument("--preset", choices=["toy"], help="take unset parts from a preset (default: toy without --base)")
+    p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument("--prompts", help="UTF-8 file, one prompt per line (the toy preset: its neutral prompts)")
+    p.add_argument("--samples", type=positive_int, default=128, help="image pairs (default 128); prompts are cycled")
+    p.add_argument(
+        "--direction-prompts",
+        help="UTF-8 file of prompts to build the concept directions from (default: --prompts). For a DreamBooth "
+        "model sampled on its instance prompt ('a sks dog'), give the class prompt ('a dog'): the text encoder has "
+        "no meaning for the identifier",
+    )
+    p.add_argument("--clip", help="CLIP: a transformers CLIP folder, open_clip:MODEL:CHECKPOINT, or 'toy'")
+    p.add_argument("--concepts", help="concept bank JSON file, or 'toy' / 'real' for the shipped banks")
+    p.add_argument("--method", default="finexl", choices=list(ESTIMATORS),
+                   help="decomposition (default finexl; see finexl/explanation/decompose.py)")  # fmt: skip
+    p.add_argument("--allow-other-base", action="store_true",
+                   help="explain a LoRA that finexl recorded as trained on another base")  # fmt: skip
+    p.add_argument("--out", help="write OUT/explanation.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first pair; pair i uses seed + i (default 0)")
+    p.add_argument("--bootstrap", type=positive_int, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--no-null", action="store_true", help="skip the null calibration (no CHANGED verdicts)")
+    p.add_argument("--cache", help="image and direction cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
+    add_sampler_arguments(p)
+    p.add_argument("--height", type=positive_int, help="image height (default: the base's native size)")
+    p.add_argument("--width", type=positive_int, help="image width (default: the base's native size)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the diffusion pipelines (default float32; float16/bfloat16 on a GPU)")  # fmt: skip
+    p.add_argument("--top", type=positive_int, default=None, help="print only the top N aspects")
+    add_compute_arguments(p)
+    g = p.add_argument_group("concept proposals by a vision-language model (optional)")
+    g.add_argument("--vlm", help="local transformers vision-language model folder")
+    g.add_argument(
+        "--vlm-endpoint", help="OpenAI-compatible API base URL with image input, e.g. http://localhost:8000/v1"
+    )
+    g.add_argument("--vlm-model", help="model name at --vlm-endpoint")
+    g.add_argument("--vlm-pairs", type=positive_int, default=8, help="image pairs shown to the VLM (default 8)")
+    add_narration_arguments(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "narrate",
+        parents=[common],
+        help="say an explanation.json in words again (another format, other aspects, or an LLM)",
+        description="Render the sentences of an existing explanation.json: templated (default) or by an LLM whose "
+        "answer is checked against the scores (falls back to the template when it fails).",
+    )
+    p.add_argument("explanation", help="an explanation.json written by finexl explain --out")
+    p.add_argument("--write", action="store_true", help="store the sentences in the explanation file")
+    p.add_argument("--cache", help="cache folder for LLM answers (default $FINEXL_CACHE or ~/.cache/finexl)")
+    p.add_argument("--device", default="cpu", help="torch device of a local --llm (default cpu)")
+    add_narration_arguments(p)
+    p.set_defaults(func=cmd_narrate)

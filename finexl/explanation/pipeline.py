@@ -1,0 +1,442 @@
+"""The explain pipeline: one base, one CLIP, one concept bank; any number of personalizations explained against them.
+
+:class:`ExplainPipeline` runs the stages of ``DESIGN.md`` in order (its ``__call__`` numbers them). Every check
+that can be made before an image is generated is made when the pipeline is built or at stage 1, with one policy
+for ``finexl explain``, the benchmark and ``finexl toyworld measure``, which all go through it. Base images, null
+images, their embeddings and the text directions are made once per pipeline and reused for every model it explains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from finexl.errors import ConfigError, InputError, MissingInputError
+from finexl.explanation.decompose import DEFAULT_METHOD, ESTIMATORS
+from finexl.explanation.result import Explanation
+from finexl.loading import DTYPES
+from finexl.sampling import SamplerConfig
+
+logger = logging.getLogger(__name__)
+
+NULL_SEED_OFFSET = 1_000_000
+
+
+class PromptsError(ConfigError):
+    """A prompts file or list that cannot be used."""
+
+
+class OtherBaseError(InputError):
+    """A LoRA that finexl recorded as trained on another base than the one it is explained on."""
+
+    def __init__(self, message: str, trained_on: str):
+        super().__init__(message)
+        self.trained_on = trained_on
+
+
+@dataclass
+class ExplainConfig:
+    """Settings of an explain pipeline (saved in every ``explanation.json`` it writes).
+
+    Parts left ``None`` come from the preset: ``toy`` when no base is given. A base of your own has no preset
+    unless one is asked for, so ``clip``, ``concepts`` and ``prompts`` must then be given.
+    """
+
+    preset: str | None = field(default=None, metadata={"help": "'toy', or None: toy when no base is given"})
+    base: str | None = field(default=None, metadata={"help": "base diffusers pipeline folder"})
+    clip: str | None = field(default=None, metadata={"help": "CLIP spec (see finexl.explanation.embed)"})
+    concepts: str | None = field(default=None, metadata={"help": "concept bank file, or 'toy' / 'real'"})
+    prompts: str | list[str] | None = field(default=None, metadata={"help": "prompts file or list"})
+    # the prompts the concept directions f(C) are built from; default the sampling prompts. For a DreamBooth model
+    # sampled on its instance prompt ("a sks dog"), the class prompt ("a dog"): the text encoder has no meaning for
+    # the identifier
+    direction_prompts: str | list[str] | None = field(default=None, metadata={"help": "file or list"})
+    samples: int = field(default=128, metadata={"help": "image pairs; prompts are cycled, pair i has seed + i"})
+    method: str = DEFAULT_METHOD
+    seed: int = 0
+    n_bootstrap: int = 200
+    n_null: int = 200
+    confidence: float = 0.9
+    null_quantile: float = 0.95
+    null: bool = field(default=True, metadata={"help": "calibrate against the base with other seeds"})
+    allow_other_base: bool = field(
+        default=False, metadata={"help": "explain a LoRA that finexl recorded as trained on another base"}
+    )
+    vlm: str | None = field(default=None, metadata={"help": "local vision-language model folder for proposals"})
+    vlm_endpoint: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint for proposals"})
+    vlm_model: str | None = None
+    vlm_pairs: int = 8
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    height: int | None = field(default=None, metadata={"help": "image size; default the base's native size"})
+    width: int | None = None
+    cache_dir: str | None = None
+    device: str = field(default="cpu", metadata={"help": "torch device of every model"})
+    dtype: str = field(default="float32", metadata={"help": "dtype of the diffusion pipelines"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sampler, dict):
+            self.sampler = SamplerConfig(**self.sampler)
+        if self.method not in ESTIMATORS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.samples < 2:
+            raise ConfigError(f"samples must be >= 2 (pairs to bootstrap over), got {self.samples}")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if not 0.5 <= self.null_quantile < 1:
+            raise ConfigError(f"null_quantile must be in [0.5, 1), got {self.null_quantile}")
+        if self.n_bootstrap < 10 or self.n_null < 10:
+            raise ConfigError(f"n_bootstrap and n_null must be >= 10, got {self.n_bootstrap} and {self.n_null}")
+        if self.vlm and self.vlm_endpoint:
+            raise ConfigError("give either a local VLM folder or a VLM endpoint, not both")
+        if self.vlm_endpoint and not self.vlm_model:
+            raise ConfigError("a VLM endpoint needs a model name (vlm_model / --vlm-model)")
+        if self.vlm_pairs < 1:
+            raise ConfigError(f"vlm_pairs must be >= 1, got {self.vlm_pairs}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise ConfigError(f"{name} must be >= 8 pixels, got {value}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if isinstance(self.prompts, (list, tuple)):
+            self.prompts = check_prompts(self.prompts, "prompts")
+        if isinstance(self.direction_prompts, (list, tuple)):
+            self.direction_prompts = check_prompts(self.direction_prompts, "direction prompts")
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """What is explained: a LoRA on the base at ``scale``, or a fine-tuned pipeline folder (``model``)."""
+
+    lora: str | None = None
+    model: str | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if bool(self.lora) == bool(self.model):
+            raise ConfigError("give exactly one of a LoRA (lora) and a fine-tuned pipeline (model)")
+        if not math.isfinite(self.scale):
+            raise ConfigError(f"LoRA scale must be a finite number, got {self.scale}")
+
+
+@dataclass
+class PairedImages:
+    """Images of both models on the same prompts and seeds; ``null``: the base again with other seeds."""
+
+    prompts: list[str]
+    seeds: list[int]
+    base: np.ndarray  # (n, h, w, 3) uint8
+    tuned: np.ndarray  # (n, h, w, 3) uint8
+    null: np.ndarray | None = None  # (n, h, w, 3) uint8
+
+
+@dataclass
+class PairedEmbeddings:
+    base: np.ndarray  # (n, d)
+    tuned: np.ndarray  # (n, d)
+    null: np.ndarray | None = None  # (n, d)
+
+
+def check_prompts(prompts, what: str = "prompts") -> list[str]:
+    """Non-empty strings, stripped."""
+    out = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+    if len(out) != len(prompts):
+        raise PromptsError(f"{what} must be non-empty strings; got {len(prompts) - len(out)} empty or not text")
+    if not out:
+        raise PromptsError(f"no {what} given")
+    return out
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"prompts file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptsError(f"prompts file {path} is not UTF-8 text: {err}") from err
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise PromptsError(f"prompts file {path} has no prompts (one per line expected)")
+    return prompts
+
+
+def requests(prompts: list[str], n: int, seed: int) -> tuple[list[str], list[int]]:
+    """``n`` (prompt, seed) requests: the prompts cycled, seeds ``seed .. seed + n - 1``."""
+    return [prompts[i % len(prompts)] for i in range(n)], [seed + i for i in range(n)]
+
+
+def _prompt_list(value: str | list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return list(value) if isinstance(value, list) else read_prompts(value)
+
+
+class ExplainPipeline:
+    """Explain personalizations of one base: ``ExplainPipeline(config)(lora=...)`` returns an :class:`Explanation`.
+
+    Building the pipeline resolves the preset and checks every setting and file that can be checked without a
+    model (prompts, concept bank, base folder, CLIP spec); models load on first use, on ``config.device``.
+    """
+
+    def __init__(self, config: ExplainConfig | None = None, progress: bool = False):
+        from finexl.explanation.concepts import load_concept_bank
+        from finexl.explanation.embed import parse_clip_spec
+        from finexl.explanation.paired import ImageCache, default_cache_dir
+        from finexl.loading import check_device, fingerprint_folder, native_size
+        from finexl.presets import get_preset, resolve_preset
+
+        self.config = cfg = config or ExplainConfig()
+        self.progress = progress
+        # 0. defaults: the preset fills what is unset; a base of one's own must name its parts
+        self.preset = resolve_preset(cfg.preset, cfg.base)
+        if self.preset is None:
+            missing = [flag for flag, value in (("--clip", cfg.clip), ("--concepts", cfg.concepts),
+                                                ("--prompts", cfg.prompts)) if value is None]  # fmt: skip
+            if missing:
+                raise ConfigError(
+                    f"a base of your own ({cfg.base}) needs {', '.join(missing)}: pass a CLIP folder or "
+                    "open_clip:MODEL:CHECKPOINT (--clip), --concepts real or a bank file, and a prompts file "
+                    "(--prompts); --preset toy takes the toy world's parts instead"
+                )
+        preset = get_preset(self.preset) if self.preset else None
+        self.base_dir = Path(cfg.base) if cfg.base else preset.base
+        self.clip_spec = cfg.clip or preset.clip
+        parse_clip_spec(self.clip_spec)
+        self.prompts = _prompt_list(cfg.prompts) or list(preset.prompts)
+        self.direction_prompts = _prompt_list(cfg.direction_prompts)
+        self.bank = load_concept_bank(cfg.concepts or preset.concepts)
+        if not (self.base_dir / "model_index.json").is_file():
+            raise MissingInputError(f"no diffusers pipeline at {self.base_dir}: model_index.json is missing")
+        check_device(cfg.device)
+        self.base_fingerprint = fingerprint_folder(self.base_dir)
+        size = native_size(self.base_dir)
+        self.sampler = replace(cfg.sampler, height=cfg.height or size, width=cfg.width or size)
+        self.cache = ImageCache(cfg.cache_dir or default_cache_dir())
+        self._embedder = None
+        self._base_pipe = None
+        self._lora_on_base = False
+        self._base_embeddings: dict[tuple, np.ndarray] = {}
+        self._directions: dict[tuple, object] = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the stages, each usable on its own (the benchmark scores several methods on one set of embeddings)
+
+    def check_personalization(self, target: Personalization) -> dict:
+        """Stage 1: the personalization's files, its fingerprint, and the base it was trained on (one policy:
+        a LoRA that finexl recorded as trained on another base is refused unless ``allow_other_base``)."""
+        from finexl.explanation.paired import lora_fingerprint
+        from finexl.loading import fingerprint_folder, recorded_base, resolve_lora_file
+
+        if target.model:
+            if not (Path(target.model) / "model_index.json").is_file():
+                raise MissingInputError(f"no diffusers pipeline at {target.model}: model_index.json is missing")
+            return {"lora_file": None, "fingerprint": fingerprint_folder(target.model), "trained_on": None}
+        lora_file = resolve_lora_file(target.lora)
+        trained_on = recorded_base(lora_file)
+        if trained_on is not None and trained_on != self.base_fingerprint:
+            message = (f"the LoRA {lora_file} was trained by finexl on another base (fingerprint {trained_on}) than "
+                       f"{self.base_dir} ({self.base_fingerprint})")  # fmt: skip
+            if not self.config.allow_other_base:
+                raise OtherBaseError(f"{message}; pass --allow-other-base to explain what it does to this base",
+                                     trained_on)  # fmt: skip
+            logger.warning("%s: explaining what it does to this base", message)
+        fingerprint = lora_fingerprint(self.base_fingerprint, fingerprint_folder(lora_file), target.scale)
+        return {"lora_file": str(lora_file), "fingerprint": fingerprint, "trained_on": trained_on}
+
+    def sample(self, target: Personalization, checked: dict | None = None, seeds: list[int] | None = None,
+               null: bool | None = None) -> PairedImages:  # fmt: skip
+        """Stage 2: personalized, base and (with the null test) base-with-other-seeds images, from the cache where
+        present. ``seeds`` replaces the config's (the benchmark's unpaired check)."""
+        from finexl.explanation.paired import cached_samples
+
+        cfg = self.config
+        checked = checked or self.check_personalization(target)
+        prompts, default_seeds = requests(self.prompts, cfg.samples, cfg.seed)
+        seeds = seeds or default_seeds
+        tuned = cached_samples(lambda: self._tuned_pipe(target, checked), checked["fingerprint"], prompts, seeds,
+                               self.sampler, self.cache, "personalized", self.progress)  # fmt: skip
+        base = cached_samples(self._base, self.base_fingerprint, prompts, seeds, self.sampler, self.cache, "base",
+                              self.progress)  # fmt: skip
+        null_images = None
+        if cfg.null if null is None else null:
+            null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
+            null_images = cached_samples(self._base, self.base_fingerprint, prompts, null_seeds, self.sampler,
+                                         self.cache, "base (null)", self.progress)  # fmt: skip
+        return PairedImages(prompts, seeds, base, tuned, null_images)
+
+    def embed(self, images: PairedImages) -> PairedEmbeddings:
+        """Stage 4: CLIP image embeddings; the base's are computed once per prompt and seed set."""
+        key = (tuple(images.prompts), tuple(images.seeds))
+        if ("base",) + key not in self._base_embeddings:
+            self._base_embeddings[("base",) + key] = self.embedder.embed_images(images.base)
+        if images.null is not None and ("null",) + key not in self._base_embeddings:
+            self._base_embeddings[("null",) + key] = self.embedder.embed_images(images.null)
+        null = self._base_embeddings[("null",) + key] if images.null is not None else None
+        return PairedEmbeddings(self._base_embeddings[("base",) + key], self.embedder.embed_images(images.tuned), null)
+
+    def directions(self, prompts: list[str], bank=None):
+        """Stage 5: the text directions f(C) of the bank over ``prompts`` (the direction prompts if set)."""
+        from finexl.explanation.concepts import text_directions
+
+        bank = bank or self.bank
+        used = self.direction_prompts or prompts
+        key = (tuple(used), bank.digest())
+        if key not in self._directions:
+            self._directions[key] = text_directions(self.embedder, bank, used, self.cache.root)
+        return self._directions[key]
+
+    def decompose(self, embeddings: PairedEmbeddings, directions, method: str | None = None) -> dict:
+        """Stage 6: scores, intervals and null thresholds (see ``scoring.decompose_divergence``)."""
+        from finexl.explanation.scoring import decompose_divergence
+
+        cfg = self.config
+        method = method or cfg.method
+        if method not in ESTIMATORS:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(ESTIMATORS)}")
+        return decompose_divergence(
+            embeddings.base, embeddings.tuned, directions, method, embeddings.null, cfg.n_bootstrap, cfg.n_null,
+            cfg.confidence, cfg.null_quantile, cfg.seed,
+        )  # fmt: skip
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from finexl.explanation.embed import load_embedder
+
+            self._embedder = load_embedder(self.clip_spec, device=self.config.device)
+        return self._embedder
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def __call__(self, lora: str | None = None, model: str | None = None, scale: float = 1.0) -> Explanation:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        target = Personalization(lora=lora, model=model, scale=scale)
+
+        # 1. check the personalization against the base before any image is made
+        checked = self.check_personalization(target)
+        timings["check"] = time.perf_counter() - t0
+
+        # 2. paired sampling: same prompts and seeds (hence noise) for both models, cached by content
+        t = time.perf_counter()
+        images = self.sample(target, checked)
+        timings["sample"] = time.perf_counter() - t
+
+        # 3. optional concept proposals by a vision-language model shown the pairs
+        bank, proposals, proposal_note = self.bank, [], None
+        if self.config.vlm or self.config.vlm_endpoint:
+            t = time.perf_counter()
+            bank, proposals, proposal_note = self._propose(images)
+            timings["propose"] = time.perf_counter() - t
+
+        # 4. embed the images with CLIP; 5. text directions of the bank over the same prompts
+        t = time.perf_counter()
+        embeddings = self.embed(images)
+        directions = self.directions(images.prompts, bank)
+        timings["embed"] = time.perf_counter() - t
+
+        # 6. decompose V_div onto the directions: scores, bootstrap intervals, null thresholds
+        t = time.perf_counter()
+        result = self.decompose(embeddings, directions)
+        timings["decompose"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+
+        # 7. the explanation, with everything needed to trace it back
+        return Explanation.from_dict({
+            "method": self.config.method,
+            **result,
+            "concept_bank": {
+                "name": bank.name, "digest": bank.digest(), "n_concepts": len(bank.concepts), "aspects": bank.aspects,
+                "proposed": [{"phrase": p, "pairs": c} for p, c in proposals], "proposal_note": proposal_note,
+            },
+            "models": {
+                "base": {"path": str(self.base_dir), "fingerprint": self.base_fingerprint},
+                "personalized": {"lora": lora, "model": model, "scale": scale, "fingerprint": checked["fingerprint"],
+                                 "trained_on": checked["trained_on"]},
+                "clip": {"name": self.embedder.name, "fingerprint": self.embedder.fingerprint},
+            },
+            "settings": {**asdict(self.config), "preset": self.preset, "lora": lora, "model": model,
+                         "lora_scale": scale, "sampler": asdict(self.sampler)},
+            "seconds": {k: round(v, 2) for k, v in timings.items()},
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _base(self):
+        """The base pipeline, with any LoRA of an earlier stage taken off again."""
+        from finexl.loading import load_pipeline
+
+        if self._base_pipe is None:
+            self._base_pipe = load_pipeline(self.base_dir, device=self.config.device, dtype=self.config.dtype)
+        if self._lora_on_base:
+            self._base_pipe.unload_lora_weights()
+            self._lora_on_base = False
+        return self._base_pipe
+
+    def _tuned_pipe(self, target: Personalization, checked: dict):
+        from finexl.loading import load_lora, load_pipeline
+
+        if target.model:
+            return load_pipeline(target.model, device=self.config.device, dtype=self.config.dtype)
+        pipe = self._base()
+        load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base first
+        self._lora_on_base = True
+        return pipe
+
+    def _propose(self, images: PairedImages):
+        from finexl.explanation.proposals import propose_concepts
+        from finexl.narrate.llm import LLMError, make_chat
+
+        cfg = self.config
+        try:
+            backend = make_chat(cfg.vlm, cfg.vlm_endpoint, cfg.vlm_model, self.cache.root, vision=True,
+                                device=cfg.device)  # fmt: skip
+            proposals = propose_concepts(backend, images.base, images.tuned, images.prompts, cfg.vlm_pairs)
+        except LLMError as err:  # the explanation goes on with the bank as it is
+            note = f"VLM proposals failed ({err}); the concept bank was used as it is"
+            logger.warning(note)
+            return self.bank, [], note
+        bank = self.bank.extended("proposed", [p for p, _ in proposals]) if proposals else self.bank
+        return bank, proposals, None
+
+
+def explain(
+    lora: str | None = None,
+    model: str | None = None,
+    *,
+    scale: float = 1.0,
+    config: ExplainConfig | None = None,
+    progress: bool = False,
+    **settings,
+) -> Explanation:
+    """Explain how a personalized model differs from its base.
+
+    Args:
+        lora: a LoRA ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``.
+        model: a fine-tuned diffusers pipeline folder (instead of ``lora``).
+        scale: LoRA strength.
+        config: all settings at once; or give them as keywords (``base=``, ``prompts=[...]`` or a file, ``clip=``,
+            ``concepts=``, ``samples=``, ``device=``, ... see :class:`ExplainConfig`).
+        progress: show progress bars.
+
+    Example::
+
+        import finexl
+        e = finexl.explain(lora="data/toy_loras/red")
+        print(e.table())
+    """
+    if config is not None and settings:
+        raise ConfigError("give either config= or settings as keywords, not both")
+    if config is None:
+        unknown = sorted(set(settings) - set(ExplainConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; see finexl.ExplainConfig")
+        config = ExplainConfig(**settings)
+    return ExplainPipeline(config, progress=progress)(lora=lora, model=model, scale=scale)
