@@ -17,19 +17,18 @@ logger = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
-    """The folder that holds the shipped toy-world weights.
+    """The folder that holds the toy world's weights and the concept banks.
 
-    ``$FINEXL_DATA`` when set (read at call time), else ``data/`` at the root of the source tree.
+    ``$FINEXL_DATA`` when set (read at call time), else ``finexl/data`` inside the installed package (package data:
+    a wheel carries it; ``data/`` at the top of a checkout is a link to it).
     """
     path = (
-        Path(os.environ["FINEXL_DATA"])
-        if os.environ.get("FINEXL_DATA")
-        else Path(__file__).resolve().parents[1] / "data"
+        Path(os.environ["FINEXL_DATA"]) if os.environ.get("FINEXL_DATA") else Path(__file__).resolve().parent / "data"
     )
     if not path.is_dir():
         raise MissingInputError(
-            f"finexl data folder {path} does not exist; install finexl from a source checkout (pip install -e .) "
-            "or point FINEXL_DATA at a folder holding the toy-world weights"
+            f"finexl data folder {path} does not exist; reinstall finexl (its wheel carries the folder) or point "
+            "FINEXL_DATA at a folder holding the toy-world weights"
         )
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from finexl.cli import bench, env, explain, toyworld, train
 from finexl.cli.common import common_parser
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FinexlError as err:  # a user's error: one line; anything else is a bug and keeps its traceback
         if args.verbose:
-            logging.getLogger("finexl").exception("the error's traceback:")
+            traceback.print_exc(file=sys.stderr)
         print(f"finexl: error: {err}", file=sys.stderr)
         return 2
 

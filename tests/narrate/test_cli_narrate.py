@@ -9,8 +9,9 @@ def test_explain_with_vlm_proposals_and_llm_sentences(tmp_path, tiny_pipeline_di
                                                       chat_server, capsys):  # fmt: skip
     argv = ["explain", "--lora", str(tiny_lora_dir), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
             "--preset", "toy", "--samples", "4", "--steps", "2", "--bootstrap", "20",
-            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q", "--vlm-endpoint", chat_server.url, "--vlm-model", "vlm",
-            "--vlm-pairs", "2", "--llm-endpoint", chat_server.url, "--llm-model", "error"]  # fmt: skip
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q",
+            "--vlm-endpoint", chat_server.url, "--vlm-model", "vlm", "--vlm-pairs", "2",
+            "--llm-endpoint", chat_server.url, "--llm-model", "error"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     expl = json.loads((tmp_path / "out" / "explanation.json").read_text())
