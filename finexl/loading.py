@@ -63,7 +63,7 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
     if not (path / "model_index.json").is_file():
         raise MissingInputError(f"no diffusers pipeline at {path}: model_index.json is missing")
     try:
-        with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype to dtype; older ones know only this
+        with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; older know only this
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype(dtype))
     except (OSError, ValueError, RuntimeError, KeyError) as err:

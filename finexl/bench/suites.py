@@ -45,11 +45,8 @@ SINGLE_ASPECT_SHIFTS: tuple[tuple[str, str], ...] = (
 LEVEL_STRENGTHS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 # Step levels: snapshots of one run at these fractions of ``BuildConfig.max_steps`` (evenly spaced, as the strengths)
 LEVEL_STEP_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
-# The step-level runs' learning rate, constant, per aspect. At the trainer's 5e-3 (cosine) a full-strength shift is
-# learnt within the first snapshot and the five levels read alike. At a constant 5e-5 the judge read colour's red
-# share +0.13, +0.24, +0.30, +0.38, +0.42 and blur's level +0.10, +0.15, +0.17, +0.19, +0.19 at the five snapshots,
-# but pose's upside-down share +0.01 to +0.03 at every one; at 5e-4 pose read +0.11, +0.22, +0.26, +0.31, +0.32
-# (dev probes on neutral prompts, seed 5000, not the benchmark's; README, Known problems).
+# The step-level runs' learning rate, constant, per aspect: slow enough that the five snapshots are distinct levels
+# (why these values: docs/notes/2026-12-02-module-comments.md).
 STEP_LEVEL_LR = {"pose": 5e-4}
 STEP_LEVEL_LR_DEFAULT = 5e-5
 STEP_LEVEL_LR_SCHEDULER = "constant"

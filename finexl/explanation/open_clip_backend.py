@@ -24,7 +24,7 @@ def _import_open_clip():
     except ImportError as err:
         raise BackendError(
             "open_clip is not installed; it is an optional extra: pip install -e '.[open-clip]' "
-            '(see README, section "open_clip and torchvision")'
+            "(see finexl/compat.py)"
         ) from err
     return open_clip
 

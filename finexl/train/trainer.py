@@ -71,7 +71,7 @@ class TrainConfig:
     rank: int = field(default=4, metadata={"help": "LoRA rank r"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank); update x alpha / r"})
     # Attention, the transformer blocks' projections and feed-forward, and the ResNet convolutions (kohya's
-    # "LoCon" set): on the toy model, attention alone moved a colour too little (see README).
+    # "LoCon" set); why not attention alone: docs/notes/2026-12-02-module-comments.md.
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     train_text_encoder: bool = False
     text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
