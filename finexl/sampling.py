@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from finexl.errors import ConfigError, NumericalError
@@ -43,7 +42,6 @@ class BadImagesError(NumericalError, ValueError):
     """A pipeline produced NaN or blank images."""
 
 
-@torch.no_grad()
 def sample_images(
     pipe, prompts: list[str], seeds: list[int], config: SamplerConfig | None = None, progress: bool = False
 ) -> np.ndarray:
@@ -59,6 +57,8 @@ def sample_images(
     Returns:
         ``uint8`` array of shape ``(n, height, width, 3)``.
     """
+    import torch
+
     config = config or SamplerConfig()
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; need one seed per prompt")
@@ -69,15 +69,16 @@ def sample_images(
     for start in tqdm(starts, desc="sample", disable=not progress):
         batch_prompts = prompts[start : start + config.batch_size]
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + config.batch_size]]
-        images = pipe(
-            batch_prompts,
-            height=config.height,
-            width=config.width,
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            generator=generators,
-            output_type="np",
-        ).images  # (b, h, w, 3) float in [0, 1]
+        with torch.no_grad():
+            images = pipe(
+                batch_prompts,
+                height=config.height,
+                width=config.width,
+                num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale,
+                generator=generators,
+                output_type="np",
+            ).images  # (b, h, w, 3) float in [0, 1]
         if not np.isfinite(images).all():
             raise BadImagesError(f"the pipeline produced NaN or infinite pixels for prompts {batch_prompts[:3]}...")
         out[start : start + len(batch_prompts)] = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -7,7 +7,7 @@
 Builds nothing: run `finexl bench build single|null|multi|dreambooth` first. Runs on the same cached images and
 embeddings as `finexl bench run` and prints the benchmark's Markdown table for the three.
 
-    python scripts/ablate_finexl.py --suites runs/suites --cache runs/cache --json docs/ablation.json
+    python scripts/ablate_finexl.py --suites runs/suites --cache runs/cache --json docs/results/ablation.json
 """
 
 from __future__ import annotations

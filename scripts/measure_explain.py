@@ -8,9 +8,11 @@ LoRAs whose shifted aspect is ranked first (overall, per level, per aspect), Spe
 direction accuracy, the share of null-LoRA aspect checks reported as changed, and the ratio of interval widths with
 paired versus unpaired noise at the same number of samples.
 
-    python scripts/measure_explain.py --suites runs/suites --json docs/explain_measure.json
-    python scripts/measure_explain.py --suites runs/suites --single steps --json docs/explain_measure_steps.json
-    python scripts/measure_explain.py --suites runs/suites --single scale --json docs/explain_measure_scale.json
+    python scripts/measure_explain.py --suites runs/suites --json docs/results/explain_measure.json
+    python scripts/measure_explain.py --suites runs/suites --single steps \
+        --json docs/results/explain_measure_steps.json
+    python scripts/measure_explain.py --suites runs/suites --single scale \
+        --json docs/results/explain_measure_scale.json
 """
 
 from __future__ import annotations

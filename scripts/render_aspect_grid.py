@@ -1,6 +1,6 @@
-"""Render the reference grid of the toy world's aspects shown in the README (docs/toyworld_aspects.png).
+"""Render the reference grid of the toy world's aspects shown in the README (docs/results/toyworld_aspects.png).
 
-    python scripts/render_aspect_grid.py --out docs/toyworld_aspects.png
+    python scripts/render_aspect_grid.py --out docs/results/toyworld_aspects.png
 
 One row per aspect: each categorical value, or six levels from 0 to 1 of a graded aspect, on a fixed base image.
 """
@@ -16,7 +16,7 @@ from finexl.toyworld.render import render
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="docs/toyworld_aspects.png")
+    parser.add_argument("--out", default="docs/results/toyworld_aspects.png")
     parser.add_argument("--scale", type=int, default=3)
     args = parser.parse_args()
     base = Aspects(shape="heart", colour="blue", size=0.6, saturation=0.8, background="beige")

@@ -2,7 +2,7 @@
 
 Each run is a fresh `finexl explain` process (imports and model loading included), as a user would start it:
 
-    python scripts/time_explain.py --lora A --lora2 B [--json docs/explain_timing.json]
+    python scripts/time_explain.py --lora A --lora2 B [--json docs/results/explain_timing.json]
 
 1. cold: A with an empty cache (base, null and personalized images, text directions all computed);
 2. cached base: B (another LoRA on the same base) with that cache, so only B's images are sampled;

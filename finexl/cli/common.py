@@ -56,10 +56,12 @@ def add_compute_arguments(p: argparse.ArgumentParser, device: bool = True) -> No
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=positive_int, default=25, help="sampler steps (default 25)")
-    p.add_argument(
-        "--guidance-scale", type=nonnegative_float, default=4.0, help="classifier-free guidance (default 4.0)"
-    )
+    from finexl.sampling import SamplerConfig as Defaults  # the one place of the sampler's defaults
+
+    p.add_argument("--steps", type=positive_int, default=Defaults.num_inference_steps,
+                   help="sampler steps (default %(default)s)")  # fmt: skip
+    p.add_argument("--guidance-scale", type=nonnegative_float, default=Defaults.guidance_scale,
+                   help="classifier-free guidance (default %(default)s)")  # fmt: skip
 
 
 def set_threads(args: argparse.Namespace) -> None:

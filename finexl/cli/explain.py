@@ -8,6 +8,7 @@ from pathlib import Path
 from finexl.cli.common import (
     add_compute_arguments,
     add_sampler_arguments,
+    finite_float,
     nonnegative_int,
     parse_list,
     positive_float,
@@ -100,6 +101,7 @@ def add_narration_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     from finexl.explanation.decompose import ESTIMATORS
+    from finexl.explanation.pipeline import ExplainConfig as Defaults  # the one place of every default
 
     p = sub.add_parser(
         "explain",
@@ -117,9 +119,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
     p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
     p.add_argument("--preset", choices=["toy"], help="take unset parts from a preset (default: toy without --base)")
-    p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--prompts", help="UTF-8 file, one prompt per line (the toy preset: its neutral prompts)")
-    p.add_argument("--samples", type=positive_int, default=128, help="image pairs (default 128); prompts are cycled")
+    p.add_argument("--samples", type=positive_int, default=Defaults.samples,
+                   help="image pairs (default %(default)s); prompts are cycled")  # fmt: skip
     p.add_argument(
         "--direction-prompts",
         help="UTF-8 file of prompts to build the concept directions from (default: --prompts). For a DreamBooth "
@@ -128,20 +131,22 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--clip", help="CLIP: a transformers CLIP folder, open_clip:MODEL:CHECKPOINT, or 'toy'")
     p.add_argument("--concepts", help="concept bank JSON file, or 'toy' / 'real' for the shipped banks")
-    p.add_argument("--method", default="finexl", choices=list(ESTIMATORS),
-                   help="decomposition (default finexl; see finexl/explanation/decompose.py)")  # fmt: skip
+    p.add_argument("--method", default=Defaults.method, choices=list(ESTIMATORS),
+                   help="decomposition (default %(default)s; see finexl/explanation/decompose.py)")  # fmt: skip
     p.add_argument("--allow-other-base", action="store_true",
                    help="explain a LoRA that finexl recorded as trained on another base")  # fmt: skip
     p.add_argument("--out", help="write OUT/explanation.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first pair; pair i uses seed + i (default 0)")
-    p.add_argument("--bootstrap", type=positive_int, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=int, default=Defaults.seed,
+                   help="seed of the first pair; pair i uses seed + i (default %(default)s)")  # fmt: skip
+    p.add_argument("--bootstrap", type=positive_int, default=Defaults.n_bootstrap,
+                   help="bootstrap resamples (default %(default)s)")  # fmt: skip
     p.add_argument("--no-null", action="store_true", help="skip the null calibration (no CHANGED verdicts)")
     p.add_argument("--cache", help="image and direction cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
     add_sampler_arguments(p)
     p.add_argument("--height", type=positive_int, help="image height (default: the base's native size)")
     p.add_argument("--width", type=positive_int, help="image width (default: the base's native size)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default=Defaults.dtype, choices=["float32", "float16", "bfloat16"],
                    help="dtype of the diffusion pipelines (default float32; float16/bfloat16 on a GPU)")  # fmt: skip
     p.add_argument("--top", type=positive_int, default=None, help="print only the top N aspects")
     add_compute_arguments(p)
@@ -151,7 +156,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "--vlm-endpoint", help="OpenAI-compatible API base URL with image input, e.g. http://localhost:8000/v1"
     )
     g.add_argument("--vlm-model", help="model name at --vlm-endpoint")
-    g.add_argument("--vlm-pairs", type=positive_int, default=8, help="image pairs shown to the VLM (default 8)")
+    g.add_argument("--vlm-pairs", type=positive_int, default=Defaults.vlm_pairs,
+                   help="image pairs shown to the VLM (default %(default)s)")  # fmt: skip
     add_narration_arguments(p)
     p.set_defaults(func=cmd_explain)
 

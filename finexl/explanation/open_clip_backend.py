@@ -23,8 +23,7 @@ def _import_open_clip():
         import open_clip
     except ImportError as err:
         raise BackendError(
-            "open_clip is not installed; it is an optional extra: pip install -e '.[open-clip]' "
-            "(see finexl/compat.py)"
+            "open_clip is not installed; it is an optional extra: pip install -e '.[open-clip]' (see finexl/compat.py)"
         ) from err
     return open_clip
 
