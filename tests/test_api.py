@@ -90,3 +90,15 @@ def test_only_user_errors_become_one_line(monkeypatch, capsys):
     monkeypatch.setattr(env, "cmd_env", user_error)
     assert main(["env"]) == 2 and capsys.readouterr().err.strip() == "finexl: error: bad value"
     assert main(["env", "-v"]) == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_one_default_for_alpha_and_configs_check_their_fields():
+    assert finexl.TrainConfig(rank=8).alpha == 8.0 and finexl.TrainConfig(rank=8, alpha=2).alpha == 2.0
+    with pytest.raises(ConfigError, match="finite"):
+        finexl.TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        finexl.SamplerConfig(guidance_scale=float("nan"))
+    with pytest.raises(ConfigError, match="n_images and max_steps"):
+        finexl.BuildConfig(max_steps=0)
+    with pytest.raises(ConfigError, match="unknown method"):
+        finexl.BenchConfig(methods=("finexl", "magic"))
