@@ -145,6 +145,7 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
 
     ``state_dict`` is in diffusers' converted naming (``pipe.lora_state_dict``). Returns the number of modules.
     """
+    import torch
     import torch.nn as nn
 
     components = {"unet": getattr(pipe, "unet", None), "text_encoder": getattr(pipe, "text_encoder", None)}
@@ -156,6 +157,10 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
         found = _module_and_role(key)
         if found is None:
             raise LoraError(f"unrecognised LoRA key {key!r}")
+        if not torch.is_floating_point(tensor):
+            raise LoraError(f"LoRA tensor {key} has dtype {tensor.dtype}; LoRA weights are floating point")
+        if not torch.isfinite(tensor).all():
+            raise LoraError(f"LoRA tensor {key} holds NaN or infinite values")
         module, role = found
         pairs.setdefault(module, {})[role] = tuple(tensor.shape)
     if not pairs:
@@ -174,17 +179,27 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
                 f"LoRA module {module} does not exist in the base model's {component} (a LoRA for another base?)"
             ) from None
         base = getattr(target, "base_layer", target)  # an adapter already loaded wraps the layer
+        down, up = shapes["down"], shapes["up"]
         if isinstance(base, nn.Linear):
-            want_in, want_out = base.in_features, base.out_features
+            want_in, want_out, want_ndim = base.in_features, base.out_features, 2
         elif isinstance(base, nn.Conv2d):
-            want_in, want_out = base.in_channels, base.out_channels
+            want_in, want_out, want_ndim = base.in_channels, base.out_channels, 4
         else:
             raise LoraError(f"LoRA module {module} targets a {type(base).__name__}, not a linear or conv layer")
-        down, up = shapes["down"], shapes["up"]
-        if down[1] != want_in or up[0] != want_out or up[1] != down[0]:
+        if len(down) != want_ndim or len(up) != want_ndim:
+            raise LoraError(
+                f"LoRA module {module} has {len(down)}-D and {len(up)}-D matrices (shapes {down} and {up}); its base "
+                f"layer, a {type(base).__name__}, needs {want_ndim}-D ones"
+            )
+        if down[1] != want_in or up[0] != want_out or up[1] != down[0] or down[0] < 1:
             raise LoraError(
                 f"LoRA module {module} does not fit the base model: LoRA maps {down[1]} -> {up[0]} features "
                 f"(rank {down[0]}), the base layer maps {want_in} -> {want_out} (a LoRA for another base?)"
+            )
+        if want_ndim == 4 and (tuple(down[2:]) != tuple(base.kernel_size) or tuple(up[2:]) != (1, 1)):
+            raise LoraError(
+                f"LoRA module {module} has kernels {tuple(down[2:])} and {tuple(up[2:])}; its convolution needs "
+                f"{tuple(base.kernel_size)} and (1, 1)"
             )
     return len(pairs)
 
@@ -225,6 +240,11 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         if set(keys) != {"down", "up"}:
             raise LoraError(f"LoRA module {module} in {file} has a {next(iter(keys))} matrix but no partner")
         down, up = state_dict[keys["down"]], state_dict[keys["up"]]
+        if down.ndim not in (2, 4) or up.ndim not in (2, 4):
+            raise LoraError(
+                f"LoRA module {module} in {file} has {down.ndim}-D and {up.ndim}-D matrices (shapes "
+                f"{tuple(down.shape)} and {tuple(up.shape)}); LoRA matrices are 2-D (linear) or 4-D (convolution)"
+            )
         alpha = alphas.get(keys["down"] + ".alpha", _alpha_for(module, metadata))
         for name in ("text_encoder", "text_encoder_2"):  # transformers 5 encoders have no text_model level
             encoder = getattr(pipe, name, None)

@@ -1,5 +1,7 @@
 """LoRA files in the kohya/A1111 format load onto a base with the right scale; a LoRA for another base is named."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -89,3 +91,31 @@ def test_fingerprint_follows_the_weights(tiny_pipeline_dir, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert fingerprint_folder(copy) != fingerprint_folder(tiny_pipeline_dir)
+
+
+CONV = "down_blocks.0.resnets.0.conv1"
+
+
+@pytest.mark.parametrize(
+    "module, down, up, message",
+    [
+        (MODULE, torch.zeros(4), torch.zeros(32, 4), "1-D"),  # a vector for a matrix
+        (MODULE, torch.zeros(4, 32, dtype=torch.int32), torch.zeros(32, 4, dtype=torch.int32), "floating point"),
+        (MODULE, torch.full((4, 32), float("nan")), torch.zeros(32, 4), "NaN or infinite"),
+        (MODULE, torch.zeros(4, 32, 1, 1), torch.zeros(32, 4, 1, 1), "needs 2-D"),  # a conv LoRA on a linear layer
+        (CONV, torch.zeros(4, 16, 5, 5), torch.zeros(16, 4, 1, 1), "kernels (5, 5)"),  # the conv is 3x3
+    ],
+)
+def test_lora_tensors_are_checked_before_they_touch_the_model(tiny_pipeline_dir, tmp_path, module, down, up, message):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    layer = pipe.unet.get_submodule(module)
+    if module == MODULE:
+        assert (layer.in_features, layer.out_features) == (32, 32)
+    else:
+        assert (layer.in_channels, layer.out_channels, layer.kernel_size) == (16, 16, (3, 3))
+    name = kohya_name("lora_unet", module)
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(LoraError, match=re.escape(message)) as info:
+        load_lora(pipe, tmp_path / "x.safetensors")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
