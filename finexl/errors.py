@@ -24,6 +24,10 @@ class MissingInputError(FinexlError, FileNotFoundError):
     """A path the user named does not exist or lacks a file it must hold."""
 
 
+class OutputError(FinexlError, OSError):
+    """A result could not be written (disk full, file too large, no permission, a file where a folder should be)."""
+
+
 class NumericalError(FinexlError, FloatingPointError):
     """A model produced NaN or infinite values (bad weights, or a learning rate too high)."""
 

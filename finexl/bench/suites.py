@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from finexl.errors import ConfigError
-from finexl.utils import atomic_dir, atomic_write_json
+from finexl.utils import atomic_dir, atomic_write_json, give_default_mode
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
     # so a snapshot is the same whether its family is built at once or finished after an interruption
     train_cfg = _train_config(first, cfg, snapshot_steps=tuple(steps))
     run_dir = Path(tempfile.mkdtemp(dir=folders[0].parent, prefix=".run-", suffix=".tmp"))
+    give_default_mode(run_dir, folder=True)
     records = []
     try:
         train(load_pipeline(base), data, train_cfg, run_dir, base_fingerprint=fingerprint_folder(base),

@@ -191,12 +191,12 @@ def write_image_folder(
     """
     from PIL import Image
 
-    from finexl.utils import atomic_dir, atomic_write_json
+    from finexl.utils import atomic_dir, atomic_write_json, writing
 
     if len(images) != len(captions) or (extra_records is not None and len(extra_records) != len(images)):
         raise ValueError(f"got {len(images)} images, {len(captions)} captions and "
                          f"{len(extra_records or [])} records; need one of each per image")  # fmt: skip
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, writing(out):
         (tmp / "images").mkdir()
         records = []
         for i, image in enumerate(images):

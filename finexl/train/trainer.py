@@ -45,7 +45,15 @@ from finexl.train.checkpoint import (
     save_checkpoint,
 )
 from finexl.train.data import DataError, ImageSet
-from finexl.utils import atomic_dir, atomic_write_json, encode_prompts, images_to_tensor, seed_everything
+from finexl.utils import (
+    atomic_dir,
+    atomic_write_json,
+    encode_prompts,
+    give_default_mode,
+    images_to_tensor,
+    seed_everything,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +455,13 @@ def _publish(tmp: Path, out_dir: Path, names: list[str]) -> None:
 
 
 def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
+    with writing(out_dir):
+        _write_result(run, out_dir, record)
+
+
+def _write_result(run: _Run, out_dir: Path, record: dict) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".result.", suffix=".tmp"))
+    give_default_mode(tmp, folder=True)
     try:
         if run.cfg.method == "lora":
             _write_lora(run, tmp)
@@ -546,9 +560,13 @@ def train(
         done = step + 1
         if done in cfg.snapshot_steps:
             save_lora(run, out_dir / "snapshots" / f"step-{done:06d}", {**record, "steps_done": done})
-        if cfg.checkpointing_steps and done % cfg.checkpointing_steps == 0 and done < cfg.max_steps:
+        # with checkpointing, the last step is checkpointed too: if the final save fails (a full disk), --resume
+        # retries it from there instead of losing the run
+        if cfg.checkpointing_steps and (done % cfg.checkpointing_steps == 0 or done == cfg.max_steps):
             weights = {k: p for k, p in run.params.items()}
-            save_checkpoint(out_dir, done, weights, run.state(), {"identity": identity}, cfg.checkpoints_total_limit)
+            with writing(out_dir):
+                save_checkpoint(out_dir, done, weights, run.state(), {"identity": identity},
+                                cfg.checkpoints_total_limit)  # fmt: skip
         if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_steps):
             _validate(run, out_dir, done)
     pipe.unet.eval()

@@ -1,0 +1,67 @@
+"""Faults a user or a machine causes: a full disk, the modes of what finexl writes, a failed final save."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finexl.errors import OutputError
+from finexl.utils import atomic_dir, atomic_write_json, atomic_write_text
+
+
+def test_outputs_get_the_mode_the_umask_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "folder") as tmp:
+            atomic_write_text(tmp / "b.txt", "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "folder" / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_write_that_fails_is_one_line_naming_the_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot write .*file/out.json"):
+        atomic_write_json(tmp_path / "file" / "out.json", {})  # a file where a folder should be
+
+
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # every file past 1500 bytes fails, as on a full disk
+from finexl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_stops_in_one_line_and_leaves_nothing_half_written(tmp_path):
+    out = tmp_path / "rendered"
+    done = subprocess.run([sys.executable, "-c", LIMITED, "toyworld", "render", "--n", "40", "--out", str(out), "-q"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("finexl: error: cannot write") and "File too large" in err[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_final_save_is_retried_on_resume(tiny_pipeline_dir, tmp_path):
+    from finexl.loading import load_pipeline
+    from finexl.toyworld.dataset import render_set
+    from finexl.train.checkpoint import list_checkpoints
+    from finexl.train.data import ImageSet
+    from finexl.train.trainer import TrainConfig, train
+
+    data = render_set(8, seed=3)
+    data = ImageSet(data.images, list(data.captions), [str(i) for i in range(8)])
+    cfg = TrainConfig(max_steps=4, batch_size=4, lr=5e-2, lr_warmup_steps=1, checkpointing_steps=3)
+    train(load_pipeline(tiny_pipeline_dir), data, cfg, tmp_path, progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]  # the last step is checkpointed too
+    weights = tmp_path / "pytorch_lora_weights.safetensors"
+    first = weights.read_bytes()
+    weights.unlink()  # as if the final save had failed
+    result = train(load_pipeline(tiny_pipeline_dir), data, cfg, tmp_path, resume=True, progress=False)
+    assert result.resumed_from == 4 and weights.read_bytes() == first
