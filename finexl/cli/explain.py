@@ -36,8 +36,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
         n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
         cache_dir=args.cache, vlm=args.vlm, vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model,
-        vlm_pairs=args.vlm_pairs, sampler=SamplerConfig(num_inference_steps=args.steps,
-                                                        guidance_scale=args.guidance_scale),
+        vlm_pairs=args.vlm_pairs, api_key_env=args.llm_api_key_env,
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
         height=args.height, width=args.width, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     pipeline = ExplainPipeline(cfg, progress=not args.quiet)  # checks every setting and file up front
@@ -59,6 +59,7 @@ def _narrate(explanation, args: argparse.Namespace, asked: list[str] | None):
     narration = narrate_explanation(
         explanation, args.format, asked, llm=args.llm, llm_endpoint=args.llm_endpoint, llm_model=args.llm_model,
         timeout=args.llm_timeout, retries=args.llm_retries, cache_dir=args.cache, device=args.device,
+        api_key_env=args.llm_api_key_env,
     )  # fmt: skip
     if not isinstance(explanation, dict):
         explanation.sentences = narration.to_json()
@@ -95,7 +96,11 @@ def add_narration_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--llm", help="local transformers chat model folder to write the sentences")
     g.add_argument("--llm-endpoint", help="OpenAI-compatible API base URL, e.g. http://localhost:11434/v1 (Ollama)")
     g.add_argument("--llm-model", help="model name at --llm-endpoint")
-    g.add_argument("--llm-timeout", type=positive_float, default=60.0, help="seconds to wait for the endpoint")
+    g.add_argument("--llm-timeout", type=positive_float, default=60.0,
+                   help="deadline in seconds for each answer, retries included (default 60)")  # fmt: skip
+    g.add_argument("--llm-api-key-env", metavar="NAME",
+                   help="environment variable holding the API key of --llm-endpoint / --vlm-endpoint (sent as a "
+                   "bearer token, never printed or saved)")  # fmt: skip
     g.add_argument("--llm-retries", type=nonnegative_int, default=2, help="retries after an unfaithful answer")
 
 

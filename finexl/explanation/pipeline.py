@@ -71,6 +71,9 @@ class ExplainConfig:
     vlm_endpoint: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint for proposals"})
     vlm_model: str | None = None
     vlm_pairs: int = 8
+    api_key_env: str | None = field(
+        default=None, metadata={"help": "environment variable holding the endpoints' API key (never stored)"}
+    )
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     height: int | None = field(default=None, metadata={"help": "image size; default the base's native size"})
     width: int | None = None
@@ -316,6 +319,8 @@ class ExplainPipeline:
     # ------------------------------------------------------------------------------------------------------------
 
     def __call__(self, lora: str | None = None, model: str | None = None, scale: float = 1.0) -> Explanation:
+        from finexl.narrate.llm import redact_url
+
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         target = Personalization(lora=lora, model=model, scale=scale)
@@ -363,7 +368,8 @@ class ExplainPipeline:
                 "clip": {"name": self.embedder.name, "fingerprint": self.embedder.fingerprint},
             },
             "settings": {**asdict(self.config), "preset": self.preset, "lora": lora, "model": model,
-                         "lora_scale": scale, "sampler": asdict(self.sampler)},
+                         "lora_scale": scale, "sampler": asdict(self.sampler),
+                         "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
         })  # fmt: skip
 
@@ -397,7 +403,7 @@ class ExplainPipeline:
         cfg = self.config
         try:
             backend = make_chat(cfg.vlm, cfg.vlm_endpoint, cfg.vlm_model, self.cache.root, vision=True,
-                                device=cfg.device)  # fmt: skip
+                                device=cfg.device, api_key_env=cfg.api_key_env)  # fmt: skip
             proposals = propose_concepts(backend, images.base, images.tuned, images.prompts, cfg.vlm_pairs)
         except LLMError as err:  # the explanation goes on with the bank as it is
             note = f"VLM proposals failed ({err}); the concept bank was used as it is"

@@ -16,9 +16,7 @@ import hashlib
 import io
 import json
 import logging
-import socket
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,39 +84,74 @@ class ChatBackend:
         raise NotImplementedError
 
 
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+class _Transient(Exception):
+    """A failure worth another attempt (the connection dropped, the reply broke off, HTTP 5xx or 429)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***``, for messages and saved settings."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+
+
 class EndpointChat(ChatBackend):
     """An OpenAI-compatible ``/chat/completions`` endpoint (a local vLLM or Ollama server). ``url`` is the API base,
-    e.g. ``http://localhost:8000/v1``."""
+    e.g. ``http://localhost:8000/v1``.
 
-    def __init__(self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, **kw):
+    ``timeout`` is a deadline for the whole answer, retries included: a server that trickles bytes or keeps failing
+    is given up on in time. Transient failures (connection refused or dropped, a reply cut short, HTTP 408, 429 and
+    5xx) are retried ``retries`` times with exponential backoff. ``api_key`` is sent as a bearer token; credentials
+    written into the URL (``http://user:pw@host/v1``) are sent as basic authentication. Neither is ever shown in a
+    message or kept in the backend's identity.
+    """
+
+    def __init__(self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, retries: int = 2,
+                 **kw):  # fmt: skip
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
         super().__init__(**kw)
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint URL must start with http:// or https://, got {url!r}")
-        self.url = url.rstrip("/") + "/chat/completions"
+            raise ConfigError(f"endpoint URL must start with http:// or https://, got {redact_url(url)!r}")
+        if not (timeout > 0) or retries < 0:
+            raise ConfigError(f"the endpoint's timeout must be > 0 and retries >= 0, got {timeout} and {retries}")
+        parts = urlsplit(url)
+        self._auth = (unquote(parts.username or ""), unquote(parts.password or "")) if parts.username else None
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        self.url = urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/chat/completions"  # no credentials
         self.model = model
         self.timeout = timeout
-        self.api_key = api_key
+        self.retries = retries
+        self._api_key = api_key
         self.identity = f"endpoint:{self.url}:{model}"
 
     def _generate(self, messages: list[dict]) -> str:
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
                 "temperature": self.temperature}  # fmt: skip
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:200].decode("utf-8", "replace")
-            raise LLMError(f"{self.url} answered HTTP {err.code}: {detail}") from err
-        except TimeoutError as err:
-            raise LLMError(f"{self.url} timed out after {self.timeout:g} s") from err
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise LLMError(f"{self.url} timed out after {self.timeout:g} s") from err
-            raise LLMError(f"{self.url} is unreachable: {err.reason}") from err
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        deadline = time.monotonic() + self.timeout
+        failures = []
+        for attempt in range(self.retries + 1):
+            try:
+                raw = self._post(body, headers, deadline)
+                break
+            except _Transient as err:
+                failures.append(str(err))
+                pause = 0.25 * 2**attempt
+                if attempt == self.retries or time.monotonic() + pause >= deadline:
+                    tried = f" ({len(failures)} attempts)" if len(failures) > 1 else ""
+                    raise LLMError(f"{self.url} {failures[-1]}{tried}") from None
+                logger.info("%s %s; trying again in %.2f s", self.url, err, pause)
+                time.sleep(pause)
         try:
             reply = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -126,6 +159,50 @@ class EndpointChat(ChatBackend):
         if not isinstance(reply, str):
             raise LLMError(f"{self.url} sent a reply without text content: {raw[:120]!r}")
         return reply
+
+    def _post(self, body: dict, headers: dict, deadline: float) -> bytes:
+        import requests
+        import urllib3
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Transient(f"timed out after {self.timeout:g} s")
+        try:
+            response = requests.post(self.url, json=body, headers=headers, auth=self._auth, stream=True,
+                                     timeout=(min(remaining, 10.0), remaining))  # fmt: skip
+        except requests.Timeout:
+            raise _Transient(f"timed out after {self.timeout:g} s") from None
+        except requests.ConnectionError as err:
+            raise _Transient(f"is unreachable: {_reason(err)}") from None
+        with response:
+            if response.status_code >= 400:
+                detail = response.raw.read(200, decode_content=True).decode("utf-8", "replace")
+                message = f"answered HTTP {response.status_code}: {detail}"
+                if response.status_code in TRANSIENT_STATUS:
+                    raise _Transient(message)
+                raise LLMError(f"{self.url} {message}")
+            chunks = []
+            try:
+                # whatever has arrived, as it arrives: a server that trickles bytes is cut off at the deadline
+                raw = response.raw
+                read = getattr(raw, "read1", None)
+                while chunk := (read(4096, decode_content=True) if read else raw.read(1, decode_content=True)):
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise _Transient(f"timed out after {self.timeout:g} s (the reply was still arriving)")
+            except (requests.Timeout, urllib3.exceptions.TimeoutError):
+                raise _Transient(f"timed out after {self.timeout:g} s") from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+                raise _Transient(f"broke off its reply: {_reason(err)}") from None
+        return b"".join(chunks)
+
+
+def _reason(err: Exception) -> str:
+    """The innermost cause of a requests error, in one short line."""
+    while err.__context__ is not None and not str(err):
+        err = err.__context__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
 
 
 class _LocalModel(ChatBackend):
@@ -234,14 +311,25 @@ def make_chat(
     vision: bool = False,
     timeout: float = 60.0,
     device: str = "cpu",
+    api_key_env: str | None = None,
 ) -> ChatBackend | None:
-    """The chat backend a run names: a local transformers folder, an OpenAI-compatible endpoint, or ``None``."""
+    """The chat backend a run names: a local transformers folder, an OpenAI-compatible endpoint, or ``None``.
+
+    ``api_key_env``: the name of an environment variable holding the endpoint's API key (read here, never stored).
+    """
+    import os
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise ConfigError(f"environment variable {api_key_env} (named by --llm-api-key-env) is not set or empty")
     if local and endpoint:
         raise ConfigError("give either a local model folder or an endpoint, not both")
     if endpoint:
         if not model:
             raise ConfigError("an endpoint needs a model name (--llm-model / --vlm-model)")
-        return EndpointChat(endpoint, model, timeout=timeout, cache_dir=cache_dir)
+        return EndpointChat(endpoint, model, timeout=timeout, api_key=api_key, cache_dir=cache_dir)
     if local:
         return (LocalVisionChat if vision else LocalChat)(local, device=device, cache_dir=cache_dir)
     return None

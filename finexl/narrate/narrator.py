@@ -106,6 +106,7 @@ def narrate_explanation(
     retries: int = 2,
     cache_dir: str | None = None,
     device: str = "cpu",
+    api_key_env: str | None = None,
 ) -> Narration:
     """Sentences for an explanation (an :class:`~finexl.explanation.result.Explanation` or its dict): templated,
     or by the chat model named (a local folder ``llm`` or an endpoint), falling back to the template with a note
@@ -116,7 +117,7 @@ def narrate_explanation(
     expl = expl if isinstance(expl, dict) else expl.to_dict()
     try:
         backend = make_chat(llm, llm_endpoint, llm_model, cache_dir or default_cache_dir(), timeout=timeout,
-                            device=device)  # fmt: skip
+                            device=device, api_key_env=api_key_env)  # fmt: skip
     except LLMError as err:
         return Narration(render(expl, form, asked), "template", form, 0,
                          f"LLM unavailable ({err}); templated sentences used")  # fmt: skip

@@ -38,6 +38,8 @@ class ChatServer:
 
     def __init__(self):
         self.requests = []
+        self.headers = []
+        self.calls: dict[str, int] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +49,33 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
+                server.headers.append(dict(self.headers))
                 model = body["model"]
+                server.calls[model] = server.calls.get(model, 0) + 1
+                if model == "flaky" and server.calls[model] == 1:  # fails once, then answers
+                    return self._send(503, b'{"error": "overloaded"}')
+                if model == "drop":  # closes the connection without a word
+                    self.close_connection = True
+                    return
+                if model in ("truncate", "trickle"):
+                    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": FAITHFUL}}]})
+                    data = payload.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if model == "truncate":  # half the body, then the connection closes
+                        self.wfile.write(data[: len(data) // 2])
+                        self.close_connection = True
+                        return
+                    for i in range(len(data)):  # one byte every 50 ms: about 8 s for the whole reply
+                        try:
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.05)
+                    return
                 n_user = sum(m["role"] == "user" for m in body["messages"])
                 if model == "error":
                     return self._send(500, b'{"error": "internal"}')
@@ -57,6 +85,7 @@ class ChatServer:
                     return self._send(200, b"<html>not json</html>")
                 reply = {
                     "good": FAITHFUL,
+                    "flaky": FAITHFUL,
                     "slow": FAITHFUL,
                     "wrong": "colour: strongly less scarlet.\nblur: moderately less blurry.",
                     "fix-on-retry": FAITHFUL

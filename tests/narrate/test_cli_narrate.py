@@ -36,3 +36,21 @@ def test_explain_with_vlm_proposals_and_llm_sentences(tmp_path, tiny_pipeline_di
     (tmp_path / "bad.json").write_text("{}")
     assert main(["narrate", str(tmp_path / "bad.json")]) == 2
     assert "not an explanation" in capsys.readouterr().err
+
+
+def test_a_dropping_chat_server_loses_nothing_and_no_secret_is_saved(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                                     tiny_lora_dir, chat_server, capsys):  # fmt: skip
+    host = chat_server.url.replace("http://", "")
+    argv = ["explain", "--lora", str(tiny_lora_dir), "--base", str(tiny_pipeline_dir), "--clip", str(tiny_clip_dir),
+            "--preset", "toy", "--samples", "4", "--steps", "2", "--bootstrap", "20",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q",
+            "--vlm-endpoint", f"http://bob:hunter2@{host}", "--vlm-model", "drop", "--vlm-pairs", "2",
+            "--llm-endpoint", f"http://bob:hunter2@{host}", "--llm-model", "drop", "--llm-timeout", "5"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    saved = (tmp_path / "out" / "explanation.json").read_text()
+    expl = json.loads(saved)
+    assert expl["sentences"]["source"] == "template" and "LLM failed" in expl["sentences"]["note"]
+    assert "VLM proposals failed" in expl["concept_bank"]["proposal_note"]
+    assert "hunter2" not in saved and "hunter2" not in printed.out + printed.err
+    assert expl["settings"]["vlm_endpoint"] == f"http://***@{host}"

@@ -126,3 +126,42 @@ def test_vlm_proposals_are_pooled_and_deduplicated(chat_server, tmp_path):
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
     with pytest.raises(LLMError, match="none of 3 pairs"):
         propose_concepts(EndpointChat(chat_server.url, "error"), images, images, ["a"] * 6, n_pairs=3)
+
+
+def test_transient_failures_are_retried_and_a_deadline_bounds_every_answer(chat_server, expl):
+    import time
+
+    messages = narration_messages(expl)
+    assert EndpointChat(chat_server.url, "flaky", timeout=10).chat(messages).startswith("colour:")
+    assert chat_server.calls["flaky"] == 2  # HTTP 503 once, then the answer
+    with pytest.raises(LLMError, match=r"broke off|unreachable"):
+        EndpointChat(chat_server.url, "drop", timeout=10, retries=1).chat(messages)
+    assert chat_server.calls["drop"] == 2
+    with pytest.raises(LLMError, match=r"broke off|unreachable"):
+        EndpointChat(chat_server.url, "truncate", timeout=10, retries=0).chat(messages)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="timed out after 1 s"):
+        EndpointChat(chat_server.url, "trickle", timeout=1.0).chat(messages)  # each byte within the read timeout
+    assert time.monotonic() - start < 3.0  # the deadline is for the whole answer, not per read
+    result = narrate(expl, EndpointChat(chat_server.url, "drop", timeout=5, retries=0))
+    assert result.source == "template" and "LLM failed" in result.note
+
+
+def test_secrets_are_sent_but_never_shown_or_kept(chat_server, expl, monkeypatch):
+    from finexl.errors import ConfigError
+    from finexl.narrate.llm import make_chat, redact_url
+
+    host = chat_server.url.replace("http://", "")
+    with_credentials = EndpointChat(f"http://alice:s3cret@{host}", "good")
+    with_credentials.chat(narration_messages(expl))
+    assert chat_server.headers[-1]["Authorization"].startswith("Basic ")
+    assert "s3cret" not in with_credentials.identity and "alice" not in with_credentials.url
+    assert redact_url(f"http://alice:s3cret@{host}") == f"http://***@{host}"
+    monkeypatch.setenv("FINEXL_TEST_KEY", "sk-xyz")
+    backend = make_chat(endpoint=chat_server.url, model="error", api_key_env="FINEXL_TEST_KEY")
+    with pytest.raises(LLMError) as info:
+        backend.chat(narration_messages(expl))
+    assert chat_server.headers[-1]["Authorization"] == "Bearer sk-xyz"
+    assert "sk-xyz" not in str(info.value) and "sk-xyz" not in backend.identity
+    with pytest.raises(ConfigError, match="FINEXL_NO_SUCH_KEY"):
+        make_chat(endpoint=chat_server.url, model="good", api_key_env="FINEXL_NO_SUCH_KEY")
