@@ -102,6 +102,7 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
     checked = {}  # every model is checked against the base before any image is made
     for truth in truths:
         pipe = pipeline(truth["kind"])
+        pipe.check_prompts_fit()
         try:
             checked[truth["id"]] = pipe.check_personalization(target(truth))
         except OtherBaseError as err:

@@ -31,6 +31,11 @@ class Embedder:
     name: str = ""
     fingerprint: str = ""  # identifies the weights, for caches
     batch_size: int = 256
+    text_window: int | None = None  # tokens the text encoder reads; longer texts are cut
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` as the text encoder sees them (with its start and end tokens); None if unknown."""
+        return None
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """``images``: uint8 (n, h, w, 3)."""
@@ -103,6 +108,10 @@ class TransformersCLIP(Embedder):
         self.batch_size = batch_size
         self.name = f"transformers:{path.name}"
         self.fingerprint = fingerprint_folder(path)
+        self.text_window = int(self.tokenizer.model_max_length)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
 
     @torch.no_grad()
     def _images(self, images: np.ndarray) -> torch.Tensor:

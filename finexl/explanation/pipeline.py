@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -145,13 +146,19 @@ class PairedEmbeddings:
     null: np.ndarray | None = None  # (n, d)
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def check_prompts(prompts, what: str = "prompts") -> list[str]:
-    """Non-empty strings, stripped."""
+    """Non-empty strings without control characters (a NUL byte, say), stripped."""
     out = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
     if len(out) != len(prompts):
         raise PromptsError(f"{what} must be non-empty strings; got {len(prompts) - len(out)} empty or not text")
     if not out:
         raise PromptsError(f"no {what} given")
+    for i, p in enumerate(out):
+        if CONTROL_CHARACTERS.search(p):
+            raise PromptsError(f"{what}: prompt {i + 1} holds a control character (a NUL byte?): {p[:40]!r}")
     return out
 
 
@@ -167,7 +174,7 @@ def read_prompts(path: str | Path) -> list[str]:
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise PromptsError(f"prompts file {path} has no prompts (one per line expected)")
-    return prompts
+    return check_prompts(prompts, f"prompts file {path}")
 
 
 def requests(prompts: list[str], n: int, seed: int) -> tuple[list[str], list[int]]:
@@ -308,6 +315,24 @@ class ExplainPipeline:
             cfg.confidence, cfg.null_quantile, cfg.seed,
         )  # fmt: skip
 
+    def check_prompts_fit(self) -> None:
+        """The prompts the directions are built from must leave room in the CLIP text window for every concept
+        phrase: a prompt cut at the window would give "prompt, phrase" and "prompt" the same embedding, so a
+        direction of zero and a wrong "no change". Refused in one line before any image is made."""
+        from finexl.explanation.concepts import compose
+
+        window, count = self.embedder.text_window, self.embedder.count_tokens
+        if window is None or count("a") is None:
+            return
+        longest = max(self.bank.phrases(), key=lambda phrase: count(compose("", phrase)))
+        for i, prompt in enumerate(dict.fromkeys(self.direction_prompts or self.prompts)):
+            n = count(compose(prompt, longest))
+            if n > window:
+                raise PromptsError(
+                    f"prompt {i + 1} ({prompt[:40]!r}...) is {count(prompt)} tokens; with the concept phrase "
+                    f"{longest!r} it needs {n} of the {window} the CLIP text encoder reads: shorten it"
+                )
+
     @property
     def embedder(self):
         if self._embedder is None:
@@ -325,8 +350,9 @@ class ExplainPipeline:
         t0 = time.perf_counter()
         target = Personalization(lora=lora, model=model, scale=scale)
 
-        # 1. check the personalization against the base before any image is made
+        # 1. check the personalization against the base, and the prompts against the text window, before any image
         checked = self.check_personalization(target)
+        self.check_prompts_fit()
         timings["check"] = time.perf_counter() - t0
 
         # 2. paired sampling: same prompts and seeds (hence noise) for both models, cached by content

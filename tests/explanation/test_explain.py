@@ -199,3 +199,15 @@ def test_config_rejects_nonsense():
     with pytest.raises(ConfigError, match="empty"):
         ExplainConfig(prompts=["a cat", "  "])
     assert np.isfinite(ExplainConfig().confidence)
+
+
+def test_prompts_that_would_give_zero_directions_are_refused_before_any_image(tmp_path, tiny_pipeline_dir,
+                                                                             tiny_clip_dir, tiny_lora_dir):  # fmt: skip
+    long = "a shape " * 30  # more tokens than the tiny CLIP's window of 40
+    for prompts, message in (([long], "shorten it"), (["a shape\x00"], "control character")):
+        with pytest.raises(PromptsError, match=message):
+            explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), prompts=prompts))
+    assert not list((tmp_path / "cache").rglob("*.png"))
+    (tmp_path / "nul.txt").write_bytes(b"a shape\x00 on a table\n")
+    with pytest.raises(PromptsError, match="control character"):
+        read_prompts(tmp_path / "nul.txt")
