@@ -201,8 +201,8 @@ def test_config_rejects_nonsense():
     assert np.isfinite(ExplainConfig().confidence)
 
 
-def test_prompts_that_would_give_zero_directions_are_refused_before_any_image(tmp_path, tiny_pipeline_dir,
-                                                                             tiny_clip_dir, tiny_lora_dir):  # fmt: skip
+def test_prompts_that_would_give_zero_directions_are_refused(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                             tiny_lora_dir):  # fmt: skip
     long = "a shape " * 30  # more tokens than the tiny CLIP's window of 40
     for prompts, message in (([long], "shorten it"), (["a shape\x00"], "control character")):
         with pytest.raises(PromptsError, match=message):
