@@ -65,3 +65,53 @@ def test_a_failed_final_save_is_retried_on_resume(tiny_pipeline_dir, tmp_path):
     weights.unlink()  # as if the final save had failed
     result = train(load_pipeline(tiny_pipeline_dir), data, cfg, tmp_path, resume=True, progress=False)
     assert result.resumed_from == 4 and weights.read_bytes() == first
+
+
+def _image(path, size=(8, 8)):
+    from PIL import Image
+
+    Image.new("RGB", size, (200, 0, 0)).save(path)
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({"metadata.json": '[{"file": 3, "caption": "a shape"}]'}, "needs a string 'file'"),
+        ({"metadata.jsonl": b"\xff\xfe{}"}, "not UTF-8"),
+        ({"a.txt": b"caf\xe9"}, "not UTF-8"),
+        ({"bomb": None}, "cannot read image"),
+    ],
+)
+def test_bad_training_data_is_one_line(tmp_path, monkeypatch, layout, message):
+    from PIL import Image
+
+    from finexl.train.data import DataError, load_image_folder
+
+    _image(tmp_path / "a.png")
+    for name, content in layout.items():
+        if name == "bomb":  # an image far larger than PIL agrees to decode
+            monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+        elif isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message) as info:
+        load_image_folder(tmp_path, require_captions=False)
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_files_given_for_outputs_and_explanations_are_named(tmp_path, capsys):
+    from finexl.cli import main
+
+    (tmp_path / "cache").write_text("a file")
+    assert main(["explain", "--lora", "data/toy_loras/red", "--cache", str(tmp_path / "cache"), "-q"]) == 2
+    assert "cache folder" in capsys.readouterr().err and not list(tmp_path.rglob("*.png"))
+    (tmp_path / "odd.json").write_text('{"aspects": [1, 2], "method": "finexl"}')
+    for argv in (["narrate", str(tmp_path / "odd.json")], ["bench", "score", str(tmp_path / "odd.json"),
+                                                             str(tmp_path / "odd.json")]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "odd.json" in err, err
+    for flag in (["--threads", "-3"], ["--top", "-3"], ["--samples", "0"], ["--guidance-scale", "nan"]):
+        assert main(["explain", "--lora", "data/toy_loras/red", *flag]) == 2
+        assert f"argument {flag[0]}" in capsys.readouterr().err

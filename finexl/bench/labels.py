@@ -154,6 +154,8 @@ def score_explanations(labels: str | Path, explanations: list[str | Path]) -> di
     file's stem) against a JSONL label file. Two explanations with the same model id are refused."""
     import json
 
+    from finexl.explanation.result import Explanation
+
     loaded: dict[str, dict] = {}
     for path in explanations:
         p = Path(path)
@@ -162,8 +164,7 @@ def score_explanations(labels: str | Path, explanations: list[str | Path]) -> di
             expl = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read explanation {file}: {err}") from err
-        if not isinstance(expl, dict) or not isinstance(expl.get("aspects"), list):
-            raise InputError(f"{file} is not an explanation (no 'aspects' list)")
+        expl = Explanation.from_dict(expl, str(file)).to_dict()  # the shape is checked, in one line
         model = file.parent.name if file.name == "explanation.json" else file.stem
         if model in loaded:
             raise InputError(f"two explanations are for model {model!r} ({file} and an earlier one); each model once")

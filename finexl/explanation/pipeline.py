@@ -229,6 +229,8 @@ class ExplainPipeline:
         size = native_size(self.base_dir)
         self.sampler = replace(cfg.sampler, height=cfg.height or size, width=cfg.width or size)
         self.cache = ImageCache(cfg.cache_dir or default_cache_dir())
+        if self.cache.root.exists() and not self.cache.root.is_dir():
+            raise InputError(f"cache folder {self.cache.root} is a file; give a folder (--cache)")
         self._embedder = None
         self._base_pipe = None
         self._lora_on_base = False

@@ -54,14 +54,18 @@ def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
             raise DataError(f"caption file {source} must hold a list of {{'file', 'caption'}} records")
         out = []
         for i, r in enumerate(records):
-            if not isinstance(r, dict) or "file" not in r or not isinstance(r.get("caption"), str):
-                raise DataError(f"record {i} of {source} needs a 'file' and a string 'caption'")
+            if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not isinstance(r.get("caption"), str):
+                raise DataError(f"record {i} of {source} needs a string 'file' and a string 'caption'")
             out.append((r["file"], r["caption"]))
         return out
     if (folder / "metadata.jsonl").is_file():
         source = folder / "metadata.jsonl"
         out = []
-        for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"caption file {source} is not UTF-8 text: {err}") from err
+        for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -69,8 +73,8 @@ def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
             except json.JSONDecodeError as err:
                 raise DataError(f"line {n} of {source} is not valid JSON: {err}") from err
             text = r.get("text", r.get("caption")) if isinstance(r, dict) else None
-            if not isinstance(r, dict) or "file_name" not in r or not isinstance(text, str):
-                raise DataError(f"line {n} of {source} needs a 'file_name' and a string 'text'")
+            if not isinstance(r, dict) or not isinstance(r.get("file_name"), str) or not isinstance(text, str):
+                raise DataError(f"line {n} of {source} needs a string 'file_name' and a string 'text'")
             out.append((r["file_name"], text))
         return out
     return None
@@ -84,8 +88,15 @@ def _read_image(path: Path) -> tuple[np.ndarray, str]:
             im.load()
             mode = im.mode
             return np.asarray(im.convert("RGB")), mode
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _read_caption(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise DataError(f"caption file {path} is not UTF-8 text: {err}") from err
 
 
 def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -150,7 +161,7 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, require
         if any(have) and not all(have):
             missing = files[have.index(False)]
             raise DataError(f"some images in {folder} have a .txt caption and some do not, e.g. {missing}")
-        captions = [s.read_text(encoding="utf-8").strip() for s in sidecars] if all(have) else None
+        captions = [_read_caption(s) for s in sidecars] if all(have) else None
     if captions is None and require_captions:
         raise DataError(
             f"no captions in {folder}: add metadata.json, metadata.jsonl or a .txt per image "
