@@ -11,7 +11,12 @@ Rules, applied to each sentence (a line, or a '.'-separated part of one):
   toward the antonym);
 * every number near an aspect (0.47, 47 %) must lie in that aspect's interval (or be its null threshold), so
   "about 0.9" for a score of 0.47 [0.43, 0.55] fails;
-* every changed aspect must be named somewhere (no significant aspect dropped).
+* every changed aspect must be named somewhere (no significant aspect dropped);
+* a word of an unchanged aspect's concepts, in any form ("blurrier", "darker", "hearts", "watercolour"), is a claim
+  that the aspect changed unless the sentence calls it unchanged; words the changed aspects' concepts use too are
+  left to them;
+* a sentence about a changed aspect must not negate it ("not", "no longer", "never", "hardly", ...) or call it
+  unchanged, and must not point the other way ("away from scarlet", "less solid" for a change toward solid).
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ BAND_WORDS = {
                "markedly", "major", "heavily", "large shift"),
 }  # fmt: skip
 INCREASE_WORDS = ("more", "increase", "increases", "increased", "higher", "greater", "stronger", "toward", "towards")
-DECREASE_WORDS = ("less", "decrease", "decreases", "decreased", "reduced", "reduces", "lower", "fewer", "weaker")
+DECREASE_WORDS = ("less", "decrease", "decreases", "decreased", "reduced", "reduces", "lower", "fewer", "weaker",
+                  "away from", "fade", "fades", "faded", "lose", "loses", "lost", "drop", "drops", "declines")
+NEGATIONS = ("not", "no", "no longer", "never", "hardly", "barely", "neither", "nor", "none")
+FUNCTION_WORDS = {"a", "an", "the", "on", "of", "in", "at", "its", "it", "to", "by", "with", "and", "made", "for"}
 UNCHANGED_WORDS = ("unchanged", "no change", "not change", "no significant", "stays the same", "remains the same",
+                   "stay the same", "remain the same", "remain unchanged", "stay unchanged",
                    "does not change", "doesn't change", "did not change", "not changed")  # fmt: skip
 GENERIC_LABELS = {"changed", "summary", "note", "unchanged", "in short", "overall"}
 ASPECT_NOUNS = ("pose", "style", "background", "colour", "lighting", "texture", "composition", "size", "shape",
@@ -74,6 +83,35 @@ def _numbers(unit: str) -> list[float]:
     return out
 
 
+def _forms(word: str) -> set[str]:
+    """A word and its plural, comparative and adverb forms ("blurry" -> "blurrier", "big" -> "bigger")."""
+    forms = {word, word + "s", word + "es", word + "ly", word + "ness"}
+    if word.endswith("y"):
+        forms |= {word[:-1] + "ier", word[:-1] + "ily", word[:-1] + "ies"}
+    elif word.endswith("e"):
+        forms |= {word + "r", word + "d"}
+    else:
+        forms |= {word + "er", word + "ed", word + word[-1] + "er"}
+    return forms  # superlatives are left out: "the largest change" says nothing about size
+
+
+def _concept_words(expl: dict) -> dict[str, set[str]]:
+    """Every form of every content word of each aspect's concepts and antonyms: word -> aspects using it."""
+    out: dict[str, set[str]] = {}
+    for c in expl.get("concepts") or []:
+        for phrase in (c.get("phrase"), c.get("antonym")):
+            for word in re.findall(r"[\w-]+", _norm(phrase or "")):
+                if word in FUNCTION_WORDS or len(word) < 2:
+                    continue
+                for form in _forms(word) | ({word.replace("-", " ")} if "-" in word else set()):
+                    out.setdefault(form, set()).add(_norm(c["aspect"]))
+    return out
+
+
+def _negated(low: str) -> bool:
+    return any(_has(low, w) for w in NEGATIONS) or re.search(r"\w+n't\b", low) is not None
+
+
 def check(text: str, expl: dict) -> FaithfulnessReport:
     """Problems with ``text`` as a rendering of explanation ``expl`` (empty when faithful)."""
     report = FaithfulnessReport()
@@ -84,6 +122,7 @@ def check(text: str, expl: dict) -> FaithfulnessReport:
     changed = {name: a for name, a in aspects.items() if a["changed"]}
     changed_groups = {_norm(a["group"]) for a in changed.values()}
     all_groups = {_norm(a["group"]) for a in aspects.values()}
+    words = _concept_words(expl)
     mentioned: set[str] = set()
     for unit in _units(text):
         low = _norm(unit)
@@ -101,6 +140,12 @@ def check(text: str, expl: dict) -> FaithfulnessReport:
         for noun in ASPECT_NOUNS:
             if _has(low, noun) and noun not in allowed:
                 report.problems.append(f"names {noun!r}, which is not an aspect of the explanation")
+        for word, owners in words.items():  # "blurrier", "darker": the concepts of unchanged aspects, in any form
+            if owners & set(changed) or not _has(low, word):
+                continue
+            for owner in sorted(owners):
+                if owner not in names:
+                    names.append(owner)
         for name in names:
             a = aspects[name]
             if not a["changed"]:
@@ -108,6 +153,9 @@ def check(text: str, expl: dict) -> FaithfulnessReport:
                     report.problems.append(f"says {a['aspect']!r} changed, but its change is not significant")
                 continue
             mentioned.add(name)
+            if says_unchanged or _negated(low):
+                report.problems.append(f"negates or denies {a['aspect']!r}, a significant change")
+                continue
             _check_changed(low, a, report)
     for name, a in changed.items():
         if name not in mentioned:
@@ -126,11 +174,18 @@ def _check_changed(low: str, a: dict, report: FaithfulnessReport) -> None:
     has_down = any(_has(low, w) for w in DECREASE_WORDS)
     if a["direction"] == "increase" and has_down and not has_up:
         report.problems.append(f"says {a['aspect']!r} decreased; it increased (toward {a['toward']})")
+    if a["direction"] == "increase" and (_has(low, "away from") or _has(low, f"from {_norm(a['concept'])}")):
+        report.problems.append(f"says {a['aspect']!r} moved away from {a['concept']}; it moved toward it")
     if a["direction"] == "decrease":
         toward = a.get("toward")
         points_to_antonym = bool(toward) and _has(low, _norm(toward)) and not _has(low, f"less {_norm(toward)}")
         if has_up and not has_down and not points_to_antonym:
             report.problems.append(f"says {a['aspect']!r} increased; it decreased (less {a['concept']})")
+        names_concept = _has(low, _norm(a["concept"]))
+        if _has(low, f"more {_norm(a['concept'])}"):
+            report.problems.append(f"says {a['aspect']!r} moved toward {a['concept']}; it moved away from it")
+        if toward and toward != a["concept"] and has_down and _has(low, _norm(toward)) and not names_concept:
+            report.problems.append(f"says {a['aspect']!r} moved away from {toward}; it moved toward it")
     lo, hi = a["interval"]
     allowed = [a.get("threshold")] if a.get("threshold") is not None else []
     for x in _numbers(low):
