@@ -320,6 +320,12 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
             continue  # built with its family
         if (folder / "truth.json").is_file():
             records[model.id] = json.loads((folder / "truth.json").read_text())
+            built_with = records[model.id].get("build")
+            if built_with != asdict(cfg):  # one suite, one recipe: never a mix of two builds' settings
+                raise ConfigError(
+                    f"suite {name!r} in {out} holds {model.id} built with {built_with}, not {asdict(cfg)}: finish it "
+                    "with the same --n-images and --max-steps, or build into another --out"
+                )
             continue
         if model.snapshot is None:
             logger.info("training %s (%s)", model.id, model.spec or "unshifted data")

@@ -15,6 +15,7 @@ from finexl.bench.suites import (
     snapshot_steps,
     suite_models,
 )
+from finexl.errors import ConfigError
 
 
 def test_suites_have_the_promised_shape():
@@ -55,6 +56,9 @@ def test_build_is_resumable(tmp_path, tiny_pipeline_dir, monkeypatch):
     assert (tmp_path / "tiny" / "models" / "null-0" / "pytorch_lora_weights.safetensors").is_file()
     build_suite("tiny", tmp_path / "tiny", cfg, base=tiny_pipeline_dir, progress=False)
     assert calls == ["colour-red-L1", "null-0"]  # nothing retrained
+    with pytest.raises(ConfigError, match="built with .*'max_steps': 1.*not .*'max_steps': 2"):  # never a mix
+        build_suite("tiny", tmp_path / "tiny", BuildConfig(n_images=4, max_steps=2), base=tiny_pipeline_dir)
+    assert calls == ["colour-red-L1", "null-0"]
 
 
 def _lora_tensors(folder):
