@@ -63,8 +63,11 @@ def test_a_failed_final_save_is_retried_on_resume(tiny_pipeline_dir, tmp_path):
     weights = tmp_path / "pytorch_lora_weights.safetensors"
     first = weights.read_bytes()
     weights.unlink()  # as if the final save had failed
+    (tmp_path / ".result.abc.tmp").mkdir()  # what a kill during the final save leaves
+    (tmp_path / ".pytorch_lora_weights.safetensors.x.tmp").write_bytes(b"half")
     result = train(load_pipeline(tiny_pipeline_dir), data, cfg, tmp_path, resume=True, progress=False)
     assert result.resumed_from == 4 and weights.read_bytes() == first
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def _image(path, size=(8, 8)):
@@ -104,6 +107,8 @@ def test_wrong_files_given_for_outputs_and_explanations_are_named(tmp_path, caps
     from finexl.cli import main
 
     (tmp_path / "cache").write_text("a file")
+    assert main(["explain", "--lora", "data/toy_loras/red", "--out", str(tmp_path / "cache" / "red"), "-q"]) == 2
+    assert "cannot write" in capsys.readouterr().err
     assert main(["explain", "--lora", "data/toy_loras/red", "--cache", str(tmp_path / "cache"), "-q"]) == 2
     assert "cache folder" in capsys.readouterr().err and not list(tmp_path.rglob("*.png"))
     (tmp_path / "odd.json").write_text('{"aspects": [1, 2], "method": "finexl"}')
@@ -112,6 +117,7 @@ def test_wrong_files_given_for_outputs_and_explanations_are_named(tmp_path, caps
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "odd.json" in err, err
-    for flag in (["--threads", "-3"], ["--top", "-3"], ["--samples", "0"], ["--guidance-scale", "nan"]):
+    bad = (["--threads", "-3"], ["--top", "-3"], ["--samples", "0"], ["--guidance-scale", "nan"], ["--seed", "-5"])
+    for flag in bad:
         assert main(["explain", "--lora", "data/toy_loras/red", *flag]) == 2
         assert f"argument {flag[0]}" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="JSON written by `finexl bench run --json`")
     p.add_argument("--reference", default="finexl", help="the method compared with the others (default finexl)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--json", help="write the comparison to this JSON file")
     p.set_defaults(func=cmd_bench_compare)

@@ -16,6 +16,7 @@ from finexl.cli.common import (
     set_threads,
 )
 from finexl.errors import InputError
+from finexl.utils import writing
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -31,6 +32,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise InputError(f"--out {out} is a file; give a folder")
         if (out / "explanation.json").exists() and not args.overwrite:
             raise InputError(f"{out / 'explanation.json'} exists; pass --overwrite to replace it")
+        with writing(out):  # a folder that cannot be made is found now, not after the sampling
+            out.mkdir(parents=True, exist_ok=True)
     cfg = ExplainConfig(
         preset=args.preset, base=args.base, prompts=args.prompts, direction_prompts=args.direction_prompts,
         samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
@@ -142,7 +145,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                    help="explain a LoRA that finexl recorded as trained on another base")  # fmt: skip
     p.add_argument("--out", help="write OUT/explanation.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
-    p.add_argument("--seed", type=int, default=Defaults.seed,
+    p.add_argument("--seed", type=nonnegative_int, default=Defaults.seed,
                    help="seed of the first pair; pair i uses seed + i (default %(default)s)")  # fmt: skip
     p.add_argument("--bootstrap", type=positive_int, default=Defaults.n_bootstrap,
                    help="bootstrap resamples (default %(default)s)")  # fmt: skip

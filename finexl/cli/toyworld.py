@@ -9,6 +9,7 @@ from finexl.cli.common import (
     add_compute_arguments,
     add_sampler_arguments,
     check_output_folder,
+    nonnegative_int,
     parse_steps,
     positive_int,
     set_threads,
@@ -143,7 +144,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "exact aspect values per image) and OUT/render_config.json.",
     )
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
     p.add_argument(
         "--fix",
@@ -168,7 +169,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--shift", required=True, metavar="SPEC", help='e.g. "colour=red@0.8,background=stripes@0.4"')
     p.add_argument("--n", type=int, default=200, help="number of instance images (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
     p.add_argument(
         "--snapshots",
@@ -195,7 +196,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--judge", help="judge folder (default data/toy_judge)")
     p.add_argument("--n", type=positive_int, default=256, help="images per model (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first image (default 0)")
     add_sampler_arguments(p)
     p.add_argument("--json", help="write the measurement to this JSON file")
     p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")

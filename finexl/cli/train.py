@@ -100,7 +100,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="fraction of captions replaced by the empty prompt, so guidance carries the change (default 0.2)",
     )
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     g.add_argument(
         "--resolution",
         type=positive_int,

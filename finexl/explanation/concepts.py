@@ -102,6 +102,8 @@ def parse_concept_bank(obj, source: str = "<bank>") -> ConceptBank:
         if not isinstance(spec, dict) or not isinstance(spec.get("concepts"), list) or not spec["concepts"]:
             raise ConceptBankError(f"{where} needs a non-empty 'concepts' list")
         group = spec.get("group", aspect)
+        if not isinstance(group, str) or not group.strip():
+            raise ConceptBankError(f"{where}: 'group' must be a non-empty string, got {group!r}")
         for i, entry in enumerate(spec["concepts"]):
             if isinstance(entry, str):
                 entry = {"phrase": entry}

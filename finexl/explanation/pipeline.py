@@ -87,6 +87,8 @@ class ExplainConfig:
             self.sampler = SamplerConfig(**self.sampler)
         if self.method not in ESTIMATORS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.samples < 2:
             raise ConfigError(f"samples must be >= 2 (pairs to bootstrap over), got {self.samples}")
         if not 0.5 <= self.confidence < 1:

@@ -33,8 +33,27 @@ BAND_WORDS = {
                "markedly", "major", "heavily", "large shift"),
 }  # fmt: skip
 INCREASE_WORDS = ("more", "increase", "increases", "increased", "higher", "greater", "stronger", "toward", "towards")
-DECREASE_WORDS = ("less", "decrease", "decreases", "decreased", "reduced", "reduces", "lower", "fewer", "weaker",
-                  "away from", "fade", "fades", "faded", "lose", "loses", "lost", "drop", "drops", "declines")
+DECREASE_WORDS = (
+    "less",
+    "decrease",
+    "decreases",
+    "decreased",
+    "reduced",
+    "reduces",
+    "lower",
+    "fewer",
+    "weaker",
+    "away from",
+    "fade",
+    "fades",
+    "faded",
+    "lose",
+    "loses",
+    "lost",
+    "drop",
+    "drops",
+    "declines",
+)
 NEGATIONS = ("not", "no", "no longer", "never", "hardly", "barely", "neither", "nor", "none")
 FUNCTION_WORDS = {"a", "an", "the", "on", "of", "in", "at", "its", "it", "to", "by", "with", "and", "made", "for"}
 UNCHANGED_WORDS = ("unchanged", "no change", "not change", "no significant", "stays the same", "remains the same",

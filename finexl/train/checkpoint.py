@@ -47,13 +47,18 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
-    """Remove the hidden half-written folders a killed run leaves behind."""
-    folder = checkpoint_dir(out_dir)
-    if folder.is_dir():
+    """Remove the hidden half-written files and folders a killed run leaves behind: of checkpoints, of snapshots and
+    of the final save (``.result.*.tmp``)."""
+    for folder in (checkpoint_dir(out_dir), out_dir / "snapshots", out_dir):
+        if not folder.is_dir():
+            continue
         for p in folder.iterdir():
             if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
                 logger.warning("removing %s, left by an interrupted save", p)
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 def save_checkpoint(

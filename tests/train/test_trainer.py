@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,8 @@ def test_resume_continues_the_same_run_exactly(tiny_pipeline_dir, tmp_path):
     train(load_pipeline(tiny_pipeline_dir), data, cut, part, progress=False)
     for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
         (part / name).unlink()
+    assert [s for s, _ in list_checkpoints(part)] == [3, 6]  # the last step is checkpointed too
+    shutil.rmtree(dict(list_checkpoints(part))[6])  # as if the run had stopped after step 3
     assert [s for s, _ in list_checkpoints(part)] == [3]
     result = train(load_pipeline(tiny_pipeline_dir), data, cut, part, resume=True, progress=False)
     assert result.resumed_from == 3 and len(result.step_seconds) == 3
