@@ -154,8 +154,6 @@ def score_explanations(labels: str | Path, explanations: list[str | Path]) -> di
     file's stem) against a JSONL label file. Two explanations with the same model id are refused."""
     import json
 
-    from finexl.explanation.result import Explanation
-
     loaded: dict[str, dict] = {}
     for path in explanations:
         p = Path(path)
@@ -164,7 +162,12 @@ def score_explanations(labels: str | Path, explanations: list[str | Path]) -> di
             expl = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read explanation {file}: {err}") from err
-        expl = Explanation.from_dict(expl, str(file)).to_dict()  # the shape is checked, in one line
+        aspects = expl.get("aspects") if isinstance(expl, dict) else None
+        needed = {"aspect": str, "changed": bool, "direction": str, "score": (int, float)}
+        if not isinstance(aspects, list) or not all(
+            isinstance(a, dict) and all(isinstance(a.get(k), t) for k, t in needed.items()) for a in aspects
+        ):
+            raise InputError(f"{file} is not an explanation: it needs an 'aspects' list of records of {list(needed)}")
         model = file.parent.name if file.name == "explanation.json" else file.stem
         if model in loaded:
             raise InputError(f"two explanations are for model {model!r} ({file} and an earlier one); each model once")
