@@ -64,8 +64,7 @@ def _narrate(explanation, args: argparse.Namespace, asked: list[str] | None):
         timeout=args.llm_timeout, retries=args.llm_retries, cache_dir=args.cache, device=args.device,
         api_key_env=args.llm_api_key_env,
     )  # fmt: skip
-    if not isinstance(explanation, dict):
-        explanation.sentences = narration.to_json()
+    explanation.sentences = narration.to_json()
     print()
     print(narration.text)
     if narration.note:

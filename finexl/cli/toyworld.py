@@ -132,6 +132,15 @@ def cmd_toyworld_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rendering_arguments(p: argparse.ArgumentParser, n: int, what: str) -> None:
+    """What both rendering commands take: how many images, seed, size, and the output folder."""
+    p.add_argument("--n", type=int, default=n, help=f"number of {what} (default {n})")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     toy = sub.add_parser("toyworld", help="the embedded toy world: render images, evaluate the shipped models")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="SUBCOMMAND")
@@ -143,17 +152,13 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         description="Render random toy-world images. Writes OUT/images/*.png, OUT/metadata.json (file, caption, "
         "exact aspect values per image) and OUT/render_config.json.",
     )
-    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
+    _add_rendering_arguments(p, n=16, what="images")
     p.add_argument(
         "--fix",
         action="append",
         metavar="ASPECT=VALUE",
         help="hold an aspect fixed, e.g. --fix colour=red --fix blur=0.8 (repeatable)",
     )
-    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_toyworld_render)
 
     p = toy_sub.add_parser(
@@ -168,9 +173,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "OUT/spec.json (the intended ground truth).",
     )
     p.add_argument("--shift", required=True, metavar="SPEC", help='e.g. "colour=red@0.8,background=stripes@0.4"')
-    p.add_argument("--n", type=int, default=200, help="number of instance images (default 200)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels, 32-64 (default 32)")
+    _add_rendering_arguments(p, n=200, what="instance images")
     p.add_argument(
         "--snapshots",
         metavar="STEPS",
@@ -178,8 +181,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "levels of the personalization, e.g. 50,100,200,400 (OUT/lora/snapshots/step-NNNNNN/)",
     )
     add_compute_arguments(p, device=False)
-    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_toyworld_personalization)
 
     p = toy_sub.add_parser(
