@@ -42,6 +42,12 @@ _API = {
     "BenchConfig": "finexl.bench.runner",
     "compare_bench": "finexl.bench.metrics",
     "score_explanations": "finexl.bench.labels",
+    "explain_many": "finexl.collection",
+    "rebuild_index": "finexl.collection",
+    "search": "finexl.collection",
+    "write_report": "finexl.report",
+    "write_compare": "finexl.report",
+    "model_card": "finexl.report",
     "FinexlError": "finexl.errors",
 }
 __all__ = ["__version__", *_API]

@@ -286,6 +286,39 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = "f
     return adapter_name
 
 
+LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+
+
+def fuse_lora(pipe, adapter_name: str = "finexl") -> dict:
+    """Merge the loaded LoRA into the weights, so sampling runs at the base's speed (an unfused LoRA adds two small
+    matmuls per layer). Returns copies (on the CPU) of the weights it changed, for :func:`unfuse_lora` to restore
+    them exactly: subtracting the update again would leave the base off by rounding."""
+    from peft.tuners.lora import LoraLayer
+
+    saved = {}
+    for component in LORA_COMPONENTS:
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                saved[(component, name)] = module.get_base_layer().weight.detach().to("cpu", copy=True)
+    pipe.fuse_lora(adapter_names=[adapter_name])
+    return saved
+
+
+def unfuse_lora(pipe, saved: dict) -> None:
+    """Take a LoRA merged by :func:`fuse_lora` off again and put back the base's exact weights."""
+    import torch
+
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    with torch.no_grad():
+        for (component, name), weight in saved.items():
+            target = getattr(pipe, component).get_submodule(name).weight
+            target.copy_(weight.to(target.device, target.dtype))
+
+
 def fingerprint_folder(path: str | Path) -> str:
     """A short SHA-256 over the configs and weights of a model folder or a single weights file."""
     path = Path(path)

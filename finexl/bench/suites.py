@@ -182,6 +182,8 @@ SUITES = {
     "multi": mixture_models,
     "dreambooth": dreambooth_models,
     "quick": lambda: single_aspect_models(SINGLE_ASPECT_SHIFTS[:2], (0.4, 1.0)) + null_models(1),
+    # one full-strength model per shift and one null (the single suite's top level): a collection to search
+    "collection": lambda: single_aspect_models(strengths=(1.0,)) + null_models(1),
 }
 
 

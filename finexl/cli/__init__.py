@@ -9,11 +9,11 @@ import os
 import sys
 import traceback
 
-from finexl.cli import bench, env, explain, toyworld, train
+from finexl.cli import bench, collection, env, explain, report, toyworld, train
 from finexl.cli.common import common_parser
 from finexl.errors import FinexlError
 
-GROUPS = (env, explain, train, bench, toyworld)
+GROUPS = (env, explain, collection, report, train, bench, toyworld)
 
 
 def build_parser() -> argparse.ArgumentParser:

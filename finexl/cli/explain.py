@@ -19,10 +19,23 @@ from finexl.errors import InputError
 from finexl.utils import writing
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
-    from finexl.narrate.templates import check_aspects
+def config_from_args(args: argparse.Namespace, **more):
+    """The ``ExplainConfig`` of the settings :func:`add_settings_arguments` added (``more``: the rest)."""
+    from finexl.explanation.pipeline import ExplainConfig
     from finexl.sampling import SamplerConfig
+
+    return ExplainConfig(
+        preset=args.preset, base=args.base, prompts=args.prompts, direction_prompts=args.direction_prompts,
+        samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
+        n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
+        cache_dir=args.cache, height=args.height, width=args.width, device=args.device, dtype=args.dtype,
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale), **more,
+    )  # fmt: skip
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from finexl.explanation.pipeline import ExplainPipeline
+    from finexl.narrate.templates import check_aspects
 
     set_threads(args)
     asked = parse_list(args.aspects, "--aspects")
@@ -30,29 +43,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if out is not None:
         if out.is_file():
             raise InputError(f"--out {out} is a file; give a folder")
-        if (out / "explanation.json").exists() and not args.overwrite:
-            raise InputError(f"{out / 'explanation.json'} exists; pass --overwrite to replace it")
+        for name in ("explanation.json", "report.html"):
+            if (out / name).exists() and not args.overwrite:
+                raise InputError(f"{out / name} exists; pass --overwrite to replace it")
         with writing(out):  # a folder that cannot be made is found now, not after the sampling
             out.mkdir(parents=True, exist_ok=True)
-    cfg = ExplainConfig(
-        preset=args.preset, base=args.base, prompts=args.prompts, direction_prompts=args.direction_prompts,
-        samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
-        n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
-        cache_dir=args.cache, vlm=args.vlm, vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model,
-        vlm_pairs=args.vlm_pairs, api_key_env=args.llm_api_key_env,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
-        height=args.height, width=args.width, device=args.device, dtype=args.dtype,
+    cfg = config_from_args(
+        args, vlm=args.vlm, vlm_endpoint=args.vlm_endpoint, vlm_model=args.vlm_model, vlm_pairs=args.vlm_pairs,
+        api_key_env=args.llm_api_key_env, report_pairs=args.report_pairs if out is not None else 0,
     )  # fmt: skip
     pipeline = ExplainPipeline(cfg, progress=not args.quiet)  # checks every setting and file up front
     check_aspects(pipeline.bank.aspects + (["proposed"] if args.vlm or args.vlm_endpoint else []), asked)
     explanation = pipeline(lora=args.lora, model=args.model, scale=args.scale)
     print(explanation.table(top=args.top))
     if out is not None:  # saved before the optional sentences, which may fail or wait on a network
-        explanation.to_json(out / "explanation.json")
+        explanation.save(out, report=False, overwrite=True)
     _narrate(explanation, args, asked)
-    if out is not None:
-        explanation.to_json(out / "explanation.json")
-        print(f"wrote {out / 'explanation.json'}")
+    if out is not None:  # again, with the sentences
+        print(f"wrote {explanation.to_json(out / 'explanation.json')}")
+        if not args.no_report:
+            from finexl.report import write_report
+
+            print(f"wrote {write_report(out, overwrite=True)}")
     return 0
 
 
@@ -106,27 +118,13 @@ def add_narration_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-retries", type=nonnegative_int, default=2, help="retries after an unfaithful answer")
 
 
-def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings of an explanation, shared by explain and explain-many (see ExplainConfig)."""
     from finexl.explanation.decompose import ESTIMATORS
     from finexl.explanation.pipeline import ExplainConfig as Defaults  # the one place of every default
 
-    p = sub.add_parser(
-        "explain",
-        parents=[common],
-        help="explain how a personalized model differs from its base, aspect by aspect",
-        description="Sample the base and the personalized model on the same prompts and seeds (cached by model "
-        "fingerprint, prompt, seed and sampler settings), embed the images with CLIP, decompose the mean paired "
-        "difference onto the text directions of a concept bank, and score every aspect in [0, 1] with a bootstrap "
-        "interval; an aspect is CHANGED when its interval lies above what the base reaches against itself with "
-        "other seeds. Without --base it uses the toy world (preset 'toy'); a base of your own needs --clip, "
-        "--concepts and --prompts. Prints a table; with --out writes OUT/explanation.json.",
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--lora", help="LoRA file (.safetensors) or a folder holding pytorch_lora_weights.safetensors")
-    what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
     p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
     p.add_argument("--preset", choices=["toy"], help="take unset parts from a preset (default: toy without --base)")
-    p.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--prompts", help="UTF-8 file, one prompt per line (the toy preset: its neutral prompts)")
     p.add_argument("--samples", type=positive_int, default=Defaults.samples,
                    help="image pairs (default %(default)s); prompts are cycled")  # fmt: skip
@@ -142,8 +140,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                    help="decomposition (default %(default)s; see finexl/explanation/decompose.py)")  # fmt: skip
     p.add_argument("--allow-other-base", action="store_true",
                    help="explain a LoRA that finexl recorded as trained on another base")  # fmt: skip
-    p.add_argument("--out", help="write OUT/explanation.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/explanation.json")
     p.add_argument("--seed", type=nonnegative_int, default=Defaults.seed,
                    help="seed of the first pair; pair i uses seed + i (default %(default)s)")  # fmt: skip
     p.add_argument("--bootstrap", type=positive_int, default=Defaults.n_bootstrap,
@@ -155,8 +151,40 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=positive_int, help="image width (default: the base's native size)")
     p.add_argument("--dtype", default=Defaults.dtype, choices=["float32", "float16", "bfloat16"],
                    help="dtype of the diffusion pipelines (default float32; float16/bfloat16 on a GPU)")  # fmt: skip
-    p.add_argument("--top", type=positive_int, default=None, help="print only the top N aspects")
     add_compute_arguments(p)
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    from finexl.explanation.pipeline import ExplainConfig as Defaults  # the one place of every default
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="explain how a personalized model differs from its base, aspect by aspect",
+        description="Sample the base and the personalized model on the same prompts and seeds (cached by model "
+        "fingerprint, prompt, seed and sampler settings), embed the images with CLIP, decompose the mean paired "
+        "difference onto the text directions of a concept bank, and score every aspect in [0, 1] with a bootstrap "
+        "interval; an aspect is CHANGED when its interval lies above what the base reaches against itself with "
+        "other seeds. Without --base it uses the toy world (preset 'toy'); a base of your own needs --clip, "
+        "--concepts and --prompts. Prints a table; with --out writes OUT/explanation.json, the kept image pairs "
+        "with where-it-changed maps (OUT/samples/) and OUT/report.html.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--lora", help="LoRA file (.safetensors) or a folder holding pytorch_lora_weights.safetensors")
+    what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
+    p.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument(
+        "--out", help="write OUT/explanation.json, the kept pairs and maps (OUT/samples/) and OUT/report.html"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing explanation and report in OUT")
+    p.add_argument(
+        "--no-report", action="store_true", help="with --out, skip OUT/report.html (finexl report makes it)"
+    )
+    p.add_argument("--report-pairs", type=nonnegative_int, default=Defaults.report_pairs,
+                   help="pairs kept in OUT/samples for the report, with where-it-changed maps (default %(default)s; "
+                   "0 keeps none)")  # fmt: skip
+    add_settings_arguments(p)
+    p.add_argument("--top", type=positive_int, default=None, help="print only the top N aspects")
     g = p.add_argument_group("concept proposals by a vision-language model (optional)")
     g.add_argument("--vlm", help="local transformers vision-language model folder")
     g.add_argument(

@@ -57,6 +57,11 @@ class Embedder:
     def _images(self, images: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features (not normalized) of float pixels ``(n, 3, h, w)`` in ``[0, 1]``, differentiable: the
+        model's own preprocessing done in torch, so that gradients reach the pixels (used by the change maps)."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable image path")
+
     def _texts(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -117,6 +122,26 @@ class TransformersCLIP(Embedder):
     def _images(self, images: np.ndarray) -> torch.Tensor:
         pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
         return _features(self.model.get_image_features(pixel_values=pixels)).cpu()
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = self.processor
+        x = pixels.to(self.device, torch.float32)
+        if getattr(p, "do_resize", False):
+            short = p.size.get("shortest_edge") if isinstance(p.size, dict) else p.size
+            h, w = x.shape[-2:]
+            if short and min(h, w) != short:
+                scale = short / min(h, w)
+                x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False,
+                                  antialias=True)  # fmt: skip
+        if getattr(p, "do_center_crop", False):
+            ch, cw = p.crop_size["height"], p.crop_size["width"]
+            top, left = max(0, (x.shape[-2] - ch) // 2), max(0, (x.shape[-1] - cw) // 2)
+            x = x[..., top : top + ch, left : left + cw]
+        if getattr(p, "do_normalize", True):
+            mean = torch.tensor(p.image_mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(p.image_std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return _features(self.model.get_image_features(pixel_values=x))
 
     @torch.no_grad()
     def _texts(self, texts: list[str]) -> torch.Tensor:

@@ -14,6 +14,10 @@ import torch
 from finexl.errors import BackendError, ConfigError, InputError, MissingInputError
 from finexl.explanation.embed import Embedder
 
+# open_clip's defaults where a model does not carry its own normalization (open_clip.constants)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 def _import_open_clip():
     from finexl.compat import import_torchvision
@@ -67,6 +71,17 @@ class OpenCLIP(Embedder):
 
         pixels = torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
         return self.model.encode_image(pixels).cpu()
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        visual = self.model.visual
+        size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size,) * 2
+        x = F.interpolate(pixels.to(self.device, torch.float32), size=tuple(size), mode="bicubic",
+                          align_corners=False, antialias=True)  # fmt: skip
+        mean = torch.tensor(getattr(visual, "image_mean", None) or OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(getattr(visual, "image_std", None) or OPENAI_STD, device=x.device).view(1, 3, 1, 1)
+        return self.model.encode_image((x - mean) / std)
 
     @torch.no_grad()
     def _texts(self, texts: list[str]) -> torch.Tensor:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from finexl import __version__
 from finexl.errors import ConfigError, InputError, MissingInputError
 from finexl.explanation.decompose import DEFAULT_METHOD, ESTIMATORS
-from finexl.explanation.result import Explanation
+from finexl.explanation.result import Explanation, Samples
 from finexl.loading import DTYPES
 from finexl.sampling import SamplerConfig
 
@@ -68,6 +69,9 @@ class ExplainConfig:
     allow_other_base: bool = field(
         default=False, metadata={"help": "explain a LoRA that finexl recorded as trained on another base"}
     )
+    report_pairs: int = field(default=16, metadata={"help": "pairs kept for the report, with maps; 0: none"})
+    map_pairs: int = field(default=64, metadata={"help": "pairs the mean change map of an aspect averages"})
+    map_steps: int = field(default=16, metadata={"help": "integration steps of a change map"})
     vlm: str | None = field(default=None, metadata={"help": "local vision-language model folder for proposals"})
     vlm_endpoint: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint for proposals"})
     vlm_model: str | None = None
@@ -101,6 +105,9 @@ class ExplainConfig:
             raise ConfigError("give either a local VLM folder or a VLM endpoint, not both")
         if self.vlm_endpoint and not self.vlm_model:
             raise ConfigError("a VLM endpoint needs a model name (vlm_model / --vlm-model)")
+        if self.report_pairs < 0 or self.map_pairs < 1 or self.map_steps < 1:
+            raise ConfigError(f"report_pairs must be >= 0, map_pairs and map_steps >= 1; got {self.report_pairs}, "
+                              f"{self.map_pairs} and {self.map_steps}")  # fmt: skip
         if self.vlm_pairs < 1:
             raise ConfigError(f"vlm_pairs must be >= 1, got {self.vlm_pairs}")
         for name in ("height", "width"):
@@ -236,6 +243,7 @@ class ExplainPipeline:
         self._embedder = None
         self._base_pipe = None
         self._lora_on_base = False
+        self._fused_weights: dict | None = None
         self._base_embeddings: dict[tuple, np.ndarray] = {}
         self._directions: dict[tuple, object] = {}
 
@@ -276,14 +284,33 @@ class ExplainPipeline:
         seeds = seeds or default_seeds
         tuned = cached_samples(lambda: self._tuned_pipe(target, checked), checked["fingerprint"], prompts, seeds,
                                self.sampler, self.cache, "personalized", self.progress)  # fmt: skip
+        base, null_images = self.base_images(prompts, seeds, cfg.null if null is None else null)
+        return PairedImages(prompts, seeds, base, tuned, null_images)
+
+    def base_images(self, prompts: list[str], seeds: list[int], null: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The base's images on ``prompts`` and ``seeds`` and, with ``null``, on the same prompts with other seeds;
+        from the cache where present."""
+        from finexl.explanation.paired import cached_samples
+
         base = cached_samples(self._base, self.base_fingerprint, prompts, seeds, self.sampler, self.cache, "base",
                               self.progress)  # fmt: skip
-        null_images = None
-        if cfg.null if null is None else null:
-            null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
-            null_images = cached_samples(self._base, self.base_fingerprint, prompts, null_seeds, self.sampler,
-                                         self.cache, "base (null)", self.progress)  # fmt: skip
-        return PairedImages(prompts, seeds, base, tuned, null_images)
+        if not null:
+            return base, None
+        null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
+        return base, cached_samples(self._base, self.base_fingerprint, prompts, null_seeds, self.sampler, self.cache,
+                                    "base (null)", self.progress)  # fmt: skip
+
+    def prepare_base(self) -> None:
+        """Make the base's part of every explanation now (images into the cache, their embeddings, the text
+        directions), so that the models explained next, here or by workers sharing the cache, pay only for their
+        own images."""
+        prompts, seeds = requests(self.prompts, self.config.samples, self.config.seed)
+        base, null = self.base_images(prompts, seeds, self.config.null)
+        key = (tuple(prompts), tuple(seeds))
+        self._base_embeddings[("base",) + key] = self.embedder.embed_images(base)
+        if null is not None:
+            self._base_embeddings[("null",) + key] = self.embedder.embed_images(null)
+        self.directions(prompts)
 
     def embed(self, images: PairedImages) -> PairedEmbeddings:
         """Stage 4: CLIP image embeddings; the base's are computed once per prompt and seed set."""
@@ -381,10 +408,17 @@ class ExplainPipeline:
         t = time.perf_counter()
         result = self.decompose(embeddings, directions)
         timings["decompose"] = time.perf_counter() - t
+
+        # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
+        samples = None
+        if self.config.report_pairs:
+            t = time.perf_counter()
+            samples = self.where_changed(images, embeddings, directions, result["aspects"])
+            timings["maps"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
 
-        # 7. the explanation, with everything needed to trace it back
-        return Explanation.from_dict({
+        # 8. the explanation, with everything needed to trace it back
+        explanation = Explanation.from_dict({
             "method": self.config.method,
             **result,
             "concept_bank": {
@@ -401,28 +435,68 @@ class ExplainPipeline:
                          "lora_scale": scale, "sampler": asdict(self.sampler),
                          "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
+            "finexl_version": __version__,
         })  # fmt: skip
+        explanation.samples = samples
+        explanation.embeddings = embeddings
+        return explanation
+
+    def where_changed(self, images: PairedImages, embeddings: PairedEmbeddings, directions, aspects: list[dict]
+                      ) -> Samples | None:  # fmt: skip
+        """Stage 7: keep ``report_pairs`` pairs (those that moved most along each CHANGED aspect, in turn) and map,
+        for every CHANGED aspect, where in those pairs it changed; plus the mean map over the first ``map_pairs``
+        pairs (see ``finexl/explanation/maps.py`` for the method)."""
+        from finexl.explanation.maps import aspect_direction, change_maps, normalized, pairs_to_show
+
+        cfg = self.config
+        units = {a["aspect"]: aspect_direction(directions, a["concept"], a["direction"])
+                 for a in aspects if a["changed"]}  # fmt: skip
+        D = embeddings.tuned - embeddings.base
+        moves = {a: D @ u for a, u in units.items()}
+        keep = pairs_to_show(moves, len(D), cfg.report_pairs)
+        n_mean = min(cfg.map_pairs, len(D))
+        mapped = sorted(set(range(n_mean)) | set(keep))
+        position = {i: j for j, i in enumerate(mapped)}
+        maps, mean_maps = {}, {}
+        if units:
+            names = list(units)
+            try:
+                stacks = change_maps(self.embedder, images.base[mapped], images.tuned[mapped],
+                                     np.stack([units[a] for a in names]), steps=cfg.map_steps)  # fmt: skip
+            except NotImplementedError as err:
+                logger.warning("no change maps: %s", err)
+                stacks = None
+            for a, m in zip(names, stacks if stacks is not None else [], strict=False):
+                maps[a] = m[[position[i] for i in keep]]
+                mean_maps[a] = normalized(m[:n_mean]).mean(axis=0)  # ``mapped`` starts with 0 .. n_mean - 1
+        return Samples(
+            prompts=[images.prompts[i] for i in keep], seeds=[int(images.seeds[i]) for i in keep], index=keep,
+            base=images.base[keep], tuned=images.tuned[keep],
+            moves={a: [round(float(m[i]), 5) for i in keep] for a, m in moves.items()},
+            maps=maps, mean_maps=mean_maps, n_mean=n_mean if maps else 0,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------
 
     def _base(self):
-        """The base pipeline, with any LoRA of an earlier stage taken off again."""
-        from finexl.loading import load_pipeline
+        """The base pipeline, with any LoRA of an earlier stage taken off again (its exact weights restored)."""
+        from finexl.loading import load_pipeline, unfuse_lora
 
         if self._base_pipe is None:
             self._base_pipe = load_pipeline(self.base_dir, device=self.config.device, dtype=self.config.dtype)
         if self._lora_on_base:
-            self._base_pipe.unload_lora_weights()
-            self._lora_on_base = False
+            unfuse_lora(self._base_pipe, self._fused_weights)
+            self._lora_on_base, self._fused_weights = False, None
         return self._base_pipe
 
     def _tuned_pipe(self, target: Personalization, checked: dict):
-        from finexl.loading import load_lora, load_pipeline
+        from finexl.loading import fuse_lora, load_lora, load_pipeline
 
         if target.model:
             return load_pipeline(target.model, device=self.config.device, dtype=self.config.dtype)
         pipe = self._base()
-        load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base first
+        name = load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base
+        self._fused_weights = fuse_lora(pipe, name)  # sampled at the base's speed
         self._lora_on_base = True
         return pipe
 

@@ -6,9 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from finexl.errors import InputError, MissingInputError
 
 SCHEMA = "finexl-explanation/1"
+SAMPLES_DIR = "samples"  # beside explanation.json: the kept pairs (PNG), samples.json and maps.npz
 
 
 @dataclass
@@ -25,6 +28,89 @@ class AspectScore:
     threshold: float | None  # what the base reaches against itself; None without the null test
     changed: bool
     joint_score: float | None = None  # two-part methods (finexl): the joint fit's score
+
+
+@dataclass
+class Samples:
+    """The pairs an explanation keeps for its report, and where each CHANGED aspect changed (see ``maps.py``).
+
+    ``index``: the kept pairs' positions among all pairs; ``moves[aspect]``: each kept pair's move along the aspect;
+    ``maps[aspect]``: the kept pairs' maps ``(k, h, w)``; ``mean_maps[aspect]``: the mean of the normalized maps of
+    the first ``n_mean`` pairs ``(h, w)``.
+    """
+
+    prompts: list[str]
+    seeds: list[int]
+    index: list[int]
+    base: np.ndarray  # (k, h, w, 3) uint8
+    tuned: np.ndarray  # (k, h, w, 3) uint8
+    moves: dict[str, list[float]] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    n_mean: int = 0
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder`` whole (atomically): ``base_000.png``, ``tuned_000.png``, ..., ``samples.json``,
+        ``maps.npz``."""
+        from PIL import Image
+
+        from finexl.utils import atomic_dir
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            for j in range(len(self.index)):
+                Image.fromarray(self.base[j]).save(tmp / f"base_{j:03d}.png")
+                Image.fromarray(self.tuned[j]).save(tmp / f"tuned_{j:03d}.png")
+            arrays = {f"map/{a}": m.astype(np.float16) for a, m in self.maps.items()}
+            arrays |= {f"mean/{a}": m.astype(np.float32) for a, m in self.mean_maps.items()}
+            np.savez_compressed(tmp / "maps.npz", **arrays)
+            meta = {"prompts": self.prompts, "seeds": self.seeds, "index": self.index, "moves": self.moves,
+                    "n_mean": self.n_mean, "aspects": sorted(self.maps)}  # fmt: skip
+            (tmp / "samples.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Samples:
+        """Read a folder written by :meth:`save`; a missing or damaged file is named in the error."""
+        from PIL import Image, UnidentifiedImageError
+
+        folder = Path(folder)
+        meta_path = folder / "samples.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            index, prompts, seeds = list(meta["index"]), list(meta["prompts"]), list(meta["seeds"])
+        except FileNotFoundError as err:
+            raise MissingInputError(f"{meta_path} is missing: the sample pairs were not all written") from err
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise InputError(f"{meta_path} is damaged: {err}") from err
+        if not (len(index) == len(prompts) == len(seeds)):
+            raise InputError(f"{meta_path} is damaged: index, prompts and seeds differ in length")
+        images = {"base": [], "tuned": []}
+        for j in range(len(index)):
+            for side in images:
+                path = folder / f"{side}_{j:03d}.png"
+                try:
+                    with Image.open(path) as im:
+                        images[side].append(np.asarray(im.convert("RGB")))
+                except FileNotFoundError as err:
+                    raise MissingInputError(f"{path} is missing: the sample pairs were not all written") from err
+                except (UnidentifiedImageError, OSError) as err:
+                    raise InputError(f"{path} is not a readable image: {err}") from err
+        maps_path = folder / "maps.npz"
+        try:
+            with np.load(maps_path) as saved:
+                maps = {k[4:]: saved[k].astype(np.float32) for k in saved.files if k.startswith("map/")}
+                mean_maps = {k[5:]: saved[k] for k in saved.files if k.startswith("mean/")}
+        except FileNotFoundError as err:
+            raise MissingInputError(f"{maps_path} is missing: the change maps were not written") from err
+        except (OSError, ValueError) as err:
+            raise InputError(f"{maps_path} is damaged: {err}") from err
+        base, tuned = np.stack(images["base"]) if index else None, np.stack(images["tuned"]) if index else None
+        for a, m in maps.items():
+            if len(m) != len(index):
+                raise InputError(f"{maps_path} is damaged: {len(m)} maps of {a!r} for {len(index)} pairs")
+        return cls(prompts, seeds, index, base, tuned, dict(meta.get("moves", {})), maps, mean_maps,
+                   int(meta.get("n_mean", 0)))  # fmt: skip
 
 
 @dataclass
@@ -45,7 +131,12 @@ class Explanation:
     settings: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     sentences: dict | None = None
+    finexl_version: str | None = None
     schema: str = SCHEMA
+    # the kept pairs and change maps (saved beside the JSON by ``save``, never inside it)
+    samples: Samples | None = field(default=None, repr=False, compare=False)
+    # the run's CLIP embeddings (a ``PairedEmbeddings``: base, personalized, null), for further analysis; not saved
+    embeddings: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def changed(self) -> list[str]:
@@ -71,7 +162,36 @@ class Explanation:
         return narration
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        kept = self.samples, self.embeddings
+        self.samples = self.embeddings = None
+        try:
+            out = asdict(self)
+        finally:
+            self.samples, self.embeddings = kept
+        out.pop("samples")
+        out.pop("embeddings")
+        return out
+
+    def save(self, folder: str | Path, report: bool = True, overwrite: bool = False) -> Path:
+        """Write ``folder/explanation.json``, the kept pairs and maps (``folder/samples/``) and, with ``report``,
+        ``folder/report.html``. Each file is written atomically, the JSON after the samples it refers to, so a folder
+        with an ``explanation.json`` is complete. Refuses to replace an existing explanation unless ``overwrite``."""
+        from finexl.errors import OutputError
+        from finexl.utils import writing
+
+        folder = Path(folder)
+        if (folder / "explanation.json").exists() and not overwrite:
+            raise OutputError(f"{folder / 'explanation.json'} exists; pass --overwrite (overwrite=True) to replace it")
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        if self.samples is not None:
+            self.samples.save(folder / SAMPLES_DIR)
+        path = self.to_json(folder / "explanation.json")
+        if report:
+            from finexl.report import write_report
+
+            write_report(folder, overwrite=True)
+        return path
 
     def to_json(self, path: str | Path) -> Path:
         """Write ``path`` (a file, or a folder that gets ``explanation.json``) atomically; returns the file."""

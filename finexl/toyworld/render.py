@@ -165,6 +165,12 @@ def render(aspects: Aspects, seed: int = 0, size: int = 32) -> np.ndarray:
     Returns:
         ``uint8`` array of shape ``(size, size, 3)``.
     """
+    return render_with_mask(aspects, seed, size)[0]
+
+
+def render_with_mask(aspects: Aspects, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`, and the object's coverage of each output pixel (float32 ``(size, size)`` in ``[0, 1]``, before
+    the style stage blurs it): the ground truth where the object is, which scores the change maps."""
     if not isinstance(size, int) or not (MIN_SIZE <= size <= MAX_SIZE):
         raise ConfigError(f"image size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
     rng = np.random.default_rng(seed)
@@ -176,6 +182,7 @@ def render(aspects: Aspects, seed: int = 0, size: int = 32) -> np.ndarray:
     colour = np.array(OBJECT_RGB[aspects.colour], dtype=np.float32)
     image = image * (1 - mask) + colour * mask
     image = image.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))  # box downsample
+    coverage = mask[..., 0].reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
     # 3. style
     image = _style(image.astype(np.float32), aspects, size, rng)
-    return (image * 255.0 + 0.5).astype(np.uint8)
+    return (image * 255.0 + 0.5).astype(np.uint8), coverage.astype(np.float32)

@@ -119,3 +119,28 @@ def test_lora_tensors_are_checked_before_they_touch_the_model(tiny_pipeline_dir,
         load_lora(pipe, tmp_path / "x.safetensors")
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
+
+
+def test_a_fused_lora_samples_like_the_unfused_one_and_unfusing_restores_the_base_exactly(tiny_pipeline_dir,
+                                                                                          tiny_lora_dir):  # fmt: skip
+    import numpy as np
+
+    from finexl.loading import fuse_lora, unfuse_lora
+    from finexl.sampling import SamplerConfig, sample_images
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    cfg = SamplerConfig(num_inference_steps=2)
+    prompts, seeds = ["a shape", "a red thing", "a figure"], [0, 1, 2]
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    base = sample_images(pipe, prompts, seeds, cfg)
+    name = load_lora(pipe, tiny_lora_dir, scale=0.7)
+    unfused = sample_images(pipe, prompts, seeds, cfg)
+    saved = fuse_lora(pipe, name)
+    assert saved  # the LoRA's layers were merged
+    fused = sample_images(pipe, prompts, seeds, cfg)
+    assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1  # the same model, up to rounding
+    assert np.abs(unfused.astype(int) - base.astype(int)).max() > 5  # and not the base
+    unfuse_lora(pipe, saved)
+    after = pipe.unet.state_dict()
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
+    assert (sample_images(pipe, prompts, seeds, cfg) == base).all()

@@ -1,0 +1,198 @@
+"""Find models by what they do: ``search(folder, "makes everything watercolour")``.
+
+The query becomes a direction in the space the explanations live in, the same way a concept of the bank does:
+f(q) = mean over the run's direction prompts of Enc_text("prompt, q") - Enc_text(prompt). Each model is scored by
+how far its outputs moved along it, exactly as an aspect is (``scoring.py``): the mean paired move of its image
+embeddings along f(q)/|f(q)| as a share of how far the images spread along it (q95 - q05), a bootstrap interval over
+its pairs, and a null threshold from the base against itself (other seeds, pairs randomly swapped). A model is a
+*match* when its interval lies above that threshold. Filters (``colour=red``, ``blur>0.3``) act on the stored scores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, MODELS_DIR, connect, open_existing
+from finexl.errors import ConfigError, InputError, MissingInputError
+
+FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<)\s*(.+?))?\s*$")
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    interval: list[float]
+    threshold: float | None
+    match: bool
+    changed: list[str]
+    sentences: str | None
+    path: str | None
+    tags: list[str]
+
+
+def query_direction(embedder, query: str, prompts: list[str]) -> np.ndarray:
+    """Unit f(query) over ``prompts`` (see the module docstring)."""
+    from finexl.explanation.concepts import compose, direction_prompts
+
+    query = query.strip()
+    if not query:
+        raise ConfigError("the search query is empty")
+    used = direction_prompts(prompts)
+    d = (embedder.embed_texts([compose(p, query) for p in used]) - embedder.embed_texts(used)).mean(axis=0)
+    norm = np.linalg.norm(d)
+    if norm == 0:
+        raise InputError(f"the query {query!r} gives no direction with this CLIP (a text cut at its window?)")
+    return d / norm
+
+
+def move_along(
+    base: np.ndarray,
+    tuned: np.ndarray,
+    null: np.ndarray | None,
+    u: np.ndarray,
+    n_bootstrap: int = 200,
+    n_null: int = 200,
+    confidence: float = 0.9,
+    null_quantile: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Score, interval and null threshold of a model's move along the unit direction ``u``."""  # fmt: skip
+    pb, pt = base @ u, tuned @ u
+    spread = max(float(np.quantile(np.concatenate([pb, pt]), 0.95) - np.quantile(np.concatenate([pb, pt]), 0.05)),
+                 1e-6)  # fmt: skip
+    d = pt - pb
+    rng = np.random.default_rng(seed)
+    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_bootstrap)]) / spread
+    tail = (1 - confidence) / 2
+    low, high = np.clip(np.quantile(boot, [tail, 1 - tail]), -1, 1)
+    threshold = None
+    if null is not None:
+        dn = null @ u - pb
+        flips = np.where(rng.random((n_null, len(dn))) < 0.5, -1.0, 1.0)
+        threshold = float(np.quantile(np.abs((flips * dn).mean(axis=1) / spread), null_quantile))
+    score = float(np.clip(d.mean() / spread, -1, 1))
+    return {"score": score, "interval": [float(low), float(high)], "threshold": threshold,
+            "match": threshold is not None and low > threshold}  # fmt: skip
+
+
+def parse_filter(text: str, aspects: list[str]) -> tuple[str, str | None, str | None]:
+    m = FILTER.match(text)
+    if not m:
+        raise ConfigError(f"filter {text!r}: expected ASPECT, ASPECT=WORD, ASPECT>NUMBER or ASPECT<NUMBER")
+    name, op, value = m.groups()
+    if name not in aspects:
+        raise ConfigError(f"filter {text!r}: unknown aspect {name!r}; the index has {', '.join(aspects)}")
+    if op in ("<", ">"):
+        try:
+            float(value)
+        except ValueError as err:
+            raise ConfigError(f"filter {text!r}: {value!r} is not a number") from err
+    return name, op, value
+
+
+def _filtered_ids(conn: sqlite3.Connection, filters: list[str]) -> set[str]:
+    ids = {r[0] for r in conn.execute("SELECT id FROM models WHERE status = 'explained'")}
+    aspects = [r[0] for r in conn.execute("SELECT DISTINCT aspect FROM aspects ORDER BY aspect")]
+    for text in filters:
+        name, op, value = parse_filter(text, aspects)
+        if op is None:
+            rows = conn.execute("SELECT model_id FROM aspects WHERE aspect = ? AND changed = 1", (name,))
+        elif op == "=":  # CHANGED toward the word: its reported direction, or that concept of the aspect rising
+            rows = conn.execute(
+                "SELECT a.model_id FROM aspects a WHERE a.aspect = ? AND a.changed = 1 AND (lower(a.toward) = "
+                "lower(?) OR EXISTS (SELECT 1 FROM concepts c WHERE c.model_id = a.model_id AND c.aspect = a.aspect "
+                "AND lower(c.phrase) = lower(?) AND c.low > 0))",
+                (name, value, value),
+            )
+        else:
+            query = f"SELECT model_id FROM aspects WHERE aspect = ? AND score {op} ?"  # op is '<' or '>'
+            rows = conn.execute(query, (name, float(value)))
+        ids &= {r[0] for r in rows}
+    return ids
+
+
+def search(folder: str | Path, query: str, top: int = 10, filters: list[str] | None = None, device: str = "cpu",
+           seed: int = 0) -> list[Hit]:  # fmt: skip
+    """Models of the index in ``folder`` ranked by how far they move their outputs toward ``query``."""
+    from finexl.explanation.embed import load_embedder
+    from finexl.presets import get_preset
+
+    path = open_existing(folder)
+    folder = Path(folder)
+    with connect(path) as conn:
+        ids = _filtered_ids(conn, filters or [])
+        rows = conn.execute(
+            "SELECT id, settings, clip_fingerprint, base_fingerprint, changed, sentences, path, tags FROM models "
+            "WHERE status = 'explained' ORDER BY id"
+        ).fetchall()
+    rows = [r for r in rows if r[0] in ids]
+    if not rows:
+        return []
+    clips = {r[2] for r in rows}
+    if len(clips) > 1:
+        raise InputError(f"the index holds models explained with {len(clips)} CLIPs: not one scale; search each")
+    settings = json.loads(rows[0][1])
+    embedder = load_embedder(settings.get("clip") or get_preset(settings["preset"]).clip, device=device)
+    if embedder.fingerprint != rows[0][2]:
+        raise InputError(f"the CLIP the index was made with ({rows[0][2]}) is not the one found now "
+                         f"({embedder.fingerprint})")  # fmt: skip
+    bases: dict[str, dict] = {}
+    hits = []
+    for model_id, settings_json, _, base_fp, changed, sentences, model_path, tags in rows:
+        if base_fp not in bases:
+            bases[base_fp] = _load_base(folder, base_fp)
+        base = bases[base_fp]
+        if "u" not in base:
+            s = json.loads(settings_json)
+            prompts = s["direction_prompts"] if isinstance(s.get("direction_prompts"), list) else base["prompts"]
+            base["u"] = query_direction(embedder, query, prompts)
+        tuned_file = folder / MODELS_DIR / model_id / EMBEDDINGS_FILE
+        try:
+            with np.load(tuned_file) as saved:
+                tuned = saved["tuned"].astype(np.float64)
+        except (OSError, KeyError, ValueError) as err:
+            raise InputError(f"{tuned_file} is missing or damaged ({err}); run finexl index rebuild") from err
+        moved = move_along(base["base"], tuned, base.get("null"), base["u"], seed=seed)
+        hits.append(Hit(model_id, moved["score"], moved["interval"], moved["threshold"], moved["match"],
+                        json.loads(changed or "[]"), sentences, model_path, json.loads(tags or "[]")))  # fmt: skip
+    hits.sort(key=lambda h: (not h.match, -h.score))
+    return hits[:top]
+
+
+def _load_base(folder: Path, fingerprint: str) -> dict:
+    path = folder / BASES_DIR / fingerprint / EMBEDDINGS_FILE
+    try:
+        with np.load(path) as saved:
+            out = {"base": saved["base"].astype(np.float64), "prompts": [str(p) for p in saved["prompts"]]}
+            if "null" in saved.files:
+                out["null"] = saved["null"].astype(np.float64)
+    except FileNotFoundError as err:
+        raise MissingInputError(f"{path} is missing: the base's embeddings were not written") from err
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"{path} is damaged: {err}") from err
+    return out
+
+
+def show(folder: str | Path, model_id: str) -> str:
+    """One model of the index, in words: its status (and error), its table and sentences."""
+    from finexl.explanation.result import Explanation
+
+    path = open_existing(folder)
+    with connect(path) as conn:
+        row = conn.execute("SELECT status, error, path, folder, tags FROM models WHERE id = ?", (model_id,)).fetchone()
+    if row is None:
+        raise InputError(f"no model {model_id!r} in {path}")
+    status, error, model_path, model_folder, tags = row
+    head = f"{model_id}: {status}  ({model_path}; tags: {', '.join(json.loads(tags or '[]')) or '-'})"
+    if status != "explained":
+        return f"{head}\nerror: {error}"
+    e = Explanation.from_json(Path(folder) / model_folder)
+    text = (e.sentences or {}).get("text") or e.narrate().text
+    return f"{head}\n\n{e.table()}\n\n{text}"

@@ -1,0 +1,250 @@
+"""Pages to look at: the report of one explanation, several side by side, and a model-card section.
+
+Everything is made from an explanation folder (``finexl explain --out DIR``): ``DIR/explanation.json`` and, when the
+pairs were kept, ``DIR/samples/`` (the pairs as PNG, their change maps in ``maps.npz``). Pages are rendered with
+Jinja2 templates (``finexl/report/templates``) into one self-contained HTML file each: images inlined as data URIs,
+charts as inline SVG, no script and no request to anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from finexl.errors import InputError, MissingInputError, OutputError
+from finexl.explanation.result import SAMPLES_DIR, Explanation, Samples
+
+REPORT_FILE = "report.html"
+CARD_FILE = "card.md"
+CARD_STRIP = "card_strip.png"
+PAIRS_IN_VIEW = 8  # pairs shown at first; the rest open with a click
+OVERLAYS_PER_ASPECT = 4
+CHART_WIDTH = 400  # SVG units of the [0, 1] score axis
+
+
+@dataclass
+class Loaded:
+    folder: Path
+    explanation: Explanation
+    samples: Samples | None
+
+
+def load_folder(folder: str | Path) -> Loaded:
+    """An explanation folder, checked: one line naming the file and what is wrong if it is not complete."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingInputError(f"explanation folder {folder} does not exist")
+    path = folder / "explanation.json"
+    if not path.is_file():
+        raise MissingInputError(f"{path} is missing: not an explanation folder, or finexl explain did not finish")
+    explanation = Explanation.from_json(path)
+    samples = Samples.load(folder / SAMPLES_DIR) if (folder / SAMPLES_DIR).exists() else None
+    return Loaded(folder, explanation, samples)
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("finexl.report", "templates"), autoescape=select_autoescape(["html"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+
+
+def _write(path: Path, text: str, overwrite: bool) -> Path:
+    from finexl.utils import atomic_write_text
+
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    atomic_write_text(path, text)
+    return path
+
+
+def model_name(e: Explanation) -> str:
+    p = e.models.get("personalized", {})
+    source = p.get("lora") or p.get("model") or "personalized model"
+    name = Path(source).name or source
+    scale = p.get("scale", 1.0)
+    return name if p.get("model") or scale == 1.0 else f"{name} at scale {scale:g}"
+
+
+def verdict(e: Explanation) -> str:
+    n = e.divergence.get("n_pairs")
+    changed = [a for a in e.aspects if a.changed]
+    if changed:
+        parts = ", ".join(f"{a.aspect} (toward {a.toward}, {a.score:.2f})" for a in changed)
+        return f"Changes {parts}: {len(changed)} of {len(e.aspects)} aspects, from {n} image pairs."
+    if all(a.threshold is None for a in e.aspects):
+        return f"Scores only: the null test was not run, so no aspect is called changed ({n} image pairs)."
+    return f"No significant change: no aspect beats what the base reaches against itself ({n} image pairs)."
+
+
+def sentences(e: Explanation) -> list[str]:
+    if e.sentences and e.sentences.get("text"):
+        text = e.sentences["text"]
+    else:
+        from finexl.narrate.narrator import narrate
+
+        text = narrate(e.to_dict()).text
+    return [line.strip().lstrip("-• ").strip() for line in text.splitlines() if line.strip()]
+
+
+def axis_x(value: float) -> float:
+    """Position of a score on the SVG axis."""
+    return round(max(0.0, min(1.0, value)) * CHART_WIDTH, 1)
+
+
+def chart_rows(e: Explanation) -> list[dict]:
+    """Every aspect, CHANGED first (the explanation's order), with its numbers and SVG positions."""
+    return [
+        {"aspect": a.aspect, "group": a.group, "score": a.score, "low": a.interval[0], "high": a.interval[1],
+         "threshold": a.threshold, "changed": a.changed, "toward": a.toward, "direction": a.direction,
+         "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]), "x_high": axis_x(a.interval[1]),
+         "x_threshold": None if a.threshold is None else axis_x(a.threshold)}
+        for a in e.aspects
+    ]  # fmt: skip
+
+
+def residual_line(e: Explanation) -> str:
+    r = e.residual
+    if r.get("value") is None:
+        return f"Method {e.method} scores concepts one by one; it has no unexplained part to report."
+    low, high = r["interval"]
+    return (f"Unexplained: {r['value']:.0%} of the length of the mean change (interval {low:.0%} to {high:.0%}) is "
+            "not accounted for by any aspect of the concept bank.")  # fmt: skip
+
+
+def _pairs(samples: Samples) -> list[dict]:
+    from finexl.report.images import data_uri
+
+    return [{"base": data_uri(samples.base[j]), "tuned": data_uri(samples.tuned[j]), "prompt": samples.prompts[j],
+             "seed": samples.seeds[j], "pair": samples.index[j]} for j in range(len(samples.index))]  # fmt: skip
+
+
+def _maps(e: Explanation, samples: Samples) -> list[dict]:
+    import numpy as np
+
+    from finexl.report.images import data_uri, heat, overlay, scaled
+
+    out = []
+    for a in e.aspects:
+        if not a.changed or a.aspect not in samples.maps:
+            continue
+        moves = np.asarray(samples.moves.get(a.aspect, [0.0] * len(samples.index)))
+        top = list(np.argsort(-moves, kind="stable")[:OVERLAYS_PER_ASPECT])
+        out.append({
+            "aspect": a.aspect, "toward": a.toward, "n_mean": samples.n_mean,
+            "mean": data_uri(heat(scaled(samples.mean_maps[a.aspect]))),
+            "overlays": [{"uri": data_uri(overlay(samples.tuned[j], samples.maps[a.aspect][j])),
+                          "tuned": data_uri(samples.tuned[j]), "prompt": samples.prompts[j],
+                          "seed": samples.seeds[j]} for j in top],
+        })  # fmt: skip
+    return out
+
+
+def render_report(e: Explanation, samples: Samples | None) -> str:
+    """The HTML of one explanation's report."""
+    from finexl import __version__
+
+    return _environment().get_template("report.html.j2").render(
+        title=model_name(e), verdict=verdict(e), sentences=sentences(e), rows=chart_rows(e), width=CHART_WIDTH,
+        residual=residual_line(e), method=e.method, divergence=e.divergence,
+        pairs=_pairs(samples) if samples is not None else [], in_view=PAIRS_IN_VIEW,
+        maps=_maps(e, samples) if samples is not None else [],
+        settings=json.dumps(e.settings, indent=1, sort_keys=True, default=str),
+        models=e.models, seconds=e.seconds, bank=e.concept_bank,
+        made_with=e.finexl_version or "unknown", version=__version__,
+        confidence=int(round(100 * e.settings.get("confidence", 0.9))),
+    )  # fmt: skip
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the report of an explanation folder (default ``folder/report.html``); returns its path."""
+    loaded = load_folder(folder)
+    path = Path(out) if out else loaded.folder / REPORT_FILE
+    return _write(path, render_report(loaded.explanation, loaded.samples), overwrite)
+
+
+COLOURS = ("#c2410c", "#1d4ed8", "#15803d", "#7e22ce", "#b45309", "#0e7490", "#be185d", "#4d7c0f")
+
+
+def check_comparable(loaded: list[Loaded]) -> None:
+    """Scores made with different concept banks or CLIPs are not on one scale: refused with the reason."""
+    first = loaded[0]
+    for other in loaded[1:]:
+        for what, get in (("concept bank", lambda e: e.concept_bank.get("digest")),
+                          ("CLIP", lambda e: e.models.get("clip", {}).get("fingerprint"))):  # fmt: skip
+            a, b = get(first.explanation), get(other.explanation)
+            if a != b:
+                raise InputError(
+                    f"{other.folder} was explained with another {what} ({b}) than {first.folder} ({a}): their "
+                    "scores are not on one scale; explain both with the same one"
+                )
+
+
+def render_compare(loaded: list[Loaded]) -> str:
+    from finexl import __version__
+
+    check_comparable(loaded)
+    models = [{"name": model_name(x.explanation), "folder": x.folder.name, "colour": COLOURS[i % len(COLOURS)],
+               "verdict": verdict(x.explanation)} for i, x in enumerate(loaded)]  # fmt: skip
+    order = []  # aspects in order of their best score, CHANGED anywhere first
+    by_model = [{a.aspect: a for a in x.explanation.aspects} for x in loaded]
+    names = {a for m in by_model for a in m}
+
+    def key(name: str) -> tuple:
+        return (not any(m[name].changed for m in by_model if name in m),
+                -max(m[name].score for m in by_model if name in m))  # fmt: skip
+
+    for name in sorted(names, key=key):
+        entries = []
+        for i, m in enumerate(by_model):
+            a = m.get(name)
+            if a is None:
+                continue
+            entries.append({"model": i, "colour": models[i]["colour"], "score": a.score, "low": a.interval[0],
+                            "high": a.interval[1], "changed": a.changed, "threshold": a.threshold,
+                            "toward": a.toward, "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]),
+                            "x_high": axis_x(a.interval[1])})  # fmt: skip
+        order.append({"aspect": name, "entries": entries})
+    return _environment().get_template("compare.html.j2").render(
+        models=models, aspects=order, width=CHART_WIDTH, version=__version__,
+        bank=loaded[0].explanation.concept_bank, clip=loaded[0].explanation.models.get("clip", {}),
+    )  # fmt: skip
+
+
+def write_compare(folders: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
+    """Several explanations side by side on one page (``out``); refuses ones made with other banks or CLIPs."""
+    if len(folders) < 2:
+        raise InputError("compare needs at least two explanation folders")
+    loaded = [load_folder(f) for f in folders]
+    seen: dict[Path, str] = {}
+    for x in loaded:
+        if x.folder.resolve() in seen:
+            raise InputError(f"{x.folder} is given twice")
+        seen[x.folder.resolve()] = ""
+    return _write(Path(out), render_compare(loaded), overwrite)
+
+
+def model_card(folder: str | Path, overwrite: bool = False) -> Path:
+    """Write ``folder/card.md`` (a section to paste into a model card) and its image strip ``card_strip.png``."""
+    from finexl import __version__
+    from finexl.report.images import png_bytes, strip
+    from finexl.utils import atomic_write_bytes
+
+    loaded = load_folder(folder)
+    e, samples = loaded.explanation, loaded.samples
+    path = loaded.folder / CARD_FILE
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    has_strip = samples is not None and len(samples.index) > 0
+    if has_strip:
+        k = min(4, len(samples.index))
+        atomic_write_bytes(loaded.folder / CARD_STRIP, png_bytes(strip(samples.base[:k], samples.tuned[:k]), 1024))
+    n_prompts = len(dict.fromkeys(samples.prompts)) if samples is not None else None
+    text = _environment().get_template("card.md.j2").render(
+        name=model_name(e), verdict=verdict(e), changed=[a for a in e.aspects if a.changed],
+        unchanged=[a.aspect for a in e.aspects if not a.changed], e=e, strip=CARD_STRIP if has_strip else None,
+        strip_pairs=min(4, len(samples.index)) if has_strip else 0, n_prompts=n_prompts, version=__version__,
+        confidence=int(round(100 * e.settings.get("confidence", 0.9))), residual=residual_line(e),
+    )  # fmt: skip
+    return _write(path, text, overwrite=True)
