@@ -56,6 +56,18 @@ def writing(path: str | Path) -> Iterator[None]:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
 
 
+def read_text(path: str | Path, what: str, error: type[Exception]) -> str:
+    """A UTF-8 text file a user named: one line naming it if it is missing (``MissingInputError``) or not UTF-8
+    (``error``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{what} {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text: {err}") from err
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     with writing(path):

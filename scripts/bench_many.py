@@ -90,7 +90,8 @@ def main() -> None:
     base_s = json.loads((out / "last_run.json").read_text())["base_seconds"]
     cold = json.loads((work / "cold" / "explanation.json").read_text())
     many = json.loads((out / "models" / first["id"] / "explanation.json").read_text())
-    agree = max(abs(a["score"] - b["score"]) for a, b in zip(cold["aspects"], many["aspects"], strict=True))
+    many_scores = {a["aspect"]: a["score"] for a in many["aspects"]}
+    agree = max(abs(a["score"] - many_scores[a["aspect"]]) for a in cold["aspects"])
     marginal = (many_s - base_s) / args.n
     record = {
         "n_models": args.n, "threads": args.threads, "cold_explain_s": round(cold_s, 1),

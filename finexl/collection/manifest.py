@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finexl.errors import ConfigError, MissingInputError
+from finexl.errors import ConfigError
 
 COLUMNS = ("id", "path", "base", "scale", "tags")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -43,13 +43,10 @@ class Entry:
 
 def read_manifest(path: str | Path) -> list[Entry]:
     """The rows of a ``.jsonl`` or ``.csv`` manifest (see the module docstring)."""
+    from finexl.utils import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"manifest {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ManifestError(f"manifest {path} is not UTF-8 text: {err}") from err
+    text = read_text(path, "manifest", ManifestError)
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(text, path)
     elif path.suffix.lower() in (".jsonl", ".json"):

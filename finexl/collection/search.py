@@ -79,7 +79,7 @@ def move_along(
         threshold = float(np.quantile(np.abs((flips * dn).mean(axis=1) / spread), null_quantile))
     score = float(np.clip(d.mean() / spread, -1, 1))
     return {"score": score, "interval": [float(low), float(high)], "threshold": threshold,
-            "match": threshold is not None and low > threshold}  # fmt: skip
+            "match": bool(threshold is not None and low > threshold)}  # fmt: skip
 
 
 def parse_filter(text: str, aspects: list[str]) -> tuple[str, str | None, str | None]:

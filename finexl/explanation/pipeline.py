@@ -173,13 +173,10 @@ def check_prompts(prompts, what: str = "prompts") -> list[str]:
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
+    from finexl.utils import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"prompts file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise PromptsError(f"prompts file {path} is not UTF-8 text: {err}") from err
+    text = read_text(path, "prompts file", PromptsError)
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise PromptsError(f"prompts file {path} has no prompts (one per line expected)")
