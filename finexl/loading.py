@@ -319,14 +319,18 @@ def unfuse_lora(pipe, saved: dict) -> None:
             target.copy_(weight.to(target.device, target.dtype))
 
 
+# the files of a model folder that make the model: configs, tokenizers and weights in every format
+FINGERPRINT_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
 def fingerprint_folder(path: str | Path) -> str:
     """A short SHA-256 over the configs and weights of a model folder or a single weights file."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     digest = hashlib.sha256()
     for f in files:
-        if f.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model") or f.name.startswith("."):
-            continue
+        if path.is_dir() and (f.suffix not in FINGERPRINT_SUFFIXES or f.name.startswith(".")):
+            continue  # a file named on its own is always hashed, whatever its suffix
         digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
         with open(f, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 22), b""):

@@ -63,18 +63,18 @@ def move_along(
     null_quantile: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Score, interval and null threshold of a model's move along the unit direction ``u``."""  # fmt: skip
-    pb, pt = base @ u, tuned @ u
-    spread = max(float(np.quantile(np.concatenate([pb, pt]), 0.95) - np.quantile(np.concatenate([pb, pt]), 0.05)),
-                 1e-6)  # fmt: skip
-    d = pt - pb
+    """Score, interval and null threshold of a model's move along the unit direction ``u``: an aspect's statistics
+    (``finexl.explanation.scoring``) for a single direction."""  # fmt: skip
+    from finexl.explanation.scoring import interval, spreads
+
+    spread = spreads(np.concatenate([base, tuned]), u[None, :])[0]
+    d = tuned @ u - base @ u
     rng = np.random.default_rng(seed)
     boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_bootstrap)]) / spread
-    tail = (1 - confidence) / 2
-    low, high = np.clip(np.quantile(boot, [tail, 1 - tail]), -1, 1)
+    low, high = np.clip(interval(boot, confidence), -1, 1)
     threshold = None
     if null is not None:
-        dn = null @ u - pb
+        dn = null @ u - base @ u  # the base against itself; a swap of a pair flips its sign
         flips = np.where(rng.random((n_null, len(dn))) < 0.5, -1.0, 1.0)
         threshold = float(np.quantile(np.abs((flips * dn).mean(axis=1) / spread), null_quantile))
     score = float(np.clip(d.mean() / spread, -1, 1))

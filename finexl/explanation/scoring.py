@@ -134,7 +134,7 @@ def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.n
     return scores, (np.stack(joints) if joints[0] is not None else None)
 
 
-def _interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+def interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     tail = (1 - confidence) / 2
     return np.quantile(samples, tail, axis=0), np.quantile(samples, 1 - tail, axis=0)
 
@@ -174,9 +174,9 @@ def decompose_divergence(
     if boot_joint is not None:  # two-part (finexl): the joint fit reports the median over refits (bagging)
         joint, residual = np.median(boot_joint, axis=0), float(np.median(boot_residual))
     agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
-    a_low, a_high = _interval(agg_boot.aspect, confidence)
-    c_low, c_high = _interval(agg_boot.concept, confidence)
-    r_low, r_high = _interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
+    a_low, a_high = interval(agg_boot.aspect, confidence)
+    c_low, c_high = interval(agg_boot.concept, confidence)
+    r_low, r_high = interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
     n_aspects = len(bank.aspects)
     threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
     if null_base is not None:
@@ -184,7 +184,7 @@ def decompose_divergence(
         threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
         changed = a_low > threshold
         if joint is not None:  # the joint fit must see the change too
-            j_low, _ = _interval(aggregate(boot_joint, design, bank).aspect, confidence)
+            j_low, _ = interval(aggregate(boot_joint, design, bank).aspect, confidence)
             changed &= j_low > np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
     # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
     agg_joint = aggregate(joint, design, bank) if joint is not None else None
@@ -216,7 +216,7 @@ def decompose_divergence(
     v = D.mean(axis=0)
     rng = np.random.default_rng(seed + 2)
     boot_norms = [np.linalg.norm(D[rng.integers(0, len(D), len(D))].mean(axis=0)) for _ in range(n_bootstrap)]
-    n_low, n_high = _interval(np.asarray(boot_norms), confidence)
+    n_low, n_high = interval(np.asarray(boot_norms), confidence)
     return {
         "aspects": aspects,
         "concepts": concepts,

@@ -157,3 +157,19 @@ def test_cli_explain_many_summarizes_and_exits_1_on_failures(tmp_path, collectio
     write_jsonl(manifest, [{"id": "a", "path": "lora"}, {"id": "a", "path": "lora"}])
     assert main(argv) == 2
     assert "line 2: id 'a' already on line 1" in capsys.readouterr().err
+
+
+def test_move_along_scores_a_known_shift_and_its_null():
+    from finexl.collection.search import move_along
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((200, 8))
+    u = np.eye(8)[0]
+    projections = np.concatenate([base @ u, base @ u + 0.5])
+    spread = np.quantile(projections, 0.95) - np.quantile(projections, 0.05)
+    moved = move_along(base, base + 0.5 * u, base[::-1].copy(), u)
+    assert moved["score"] == pytest.approx(0.5 / spread)  # every pair moved 0.5 along u
+    assert moved["interval"] == pytest.approx([0.5 / spread] * 2)  # no spread between pairs: no width
+    assert moved["threshold"] < moved["score"] and moved["match"]
+    still = move_along(base, base + 0.5 * np.eye(8)[1], base[::-1].copy(), u)  # moved along another axis
+    assert still["score"] == pytest.approx(0.0) and not still["match"]

@@ -144,3 +144,19 @@ def test_a_fused_lora_samples_like_the_unfused_one_and_unfusing_restores_the_bas
     after = pipe.unet.state_dict()
     assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
     assert (sample_images(pipe, prompts, seeds, cfg) == base).all()
+
+
+def test_checkpoints_of_any_suffix_fingerprint_by_their_bytes(tmp_path):
+    """open_clip's .pt checkpoints once all hashed to the empty digest, so one was served another's cached text
+    directions."""
+    import hashlib
+
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"weights one")
+    second.write_bytes(b"weights two")
+    empty = hashlib.sha256().hexdigest()[:16]
+    assert empty != fingerprint_folder(first) != fingerprint_folder(second) != empty
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.ckpt").write_bytes(b"weights three")
+    assert fingerprint_folder(folder) != empty
