@@ -62,15 +62,34 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
     path = Path(path) if path is not None else toy_base()
     if not (path / "model_index.json").is_file():
         raise MissingInputError(f"no diffusers pipeline at {path}: model_index.json is missing")
+    index = _read_model_index(path)
+    extra = {}
+    if (index.get("safety_checker") or [None])[0] is not None:
+        # a hub-style SD folder: its checker would black out some images, which would then enter the statistics,
+        # and it costs ~300 M parameters and seconds per image; finexl samples without it
+        logger.info("%s: the safety checker is not loaded (finexl samples without it)", path)
+        extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; older know only this
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype(dtype))
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype(dtype), **extra)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"could not load the diffusers pipeline in {path}: {err}") from err
     pipe.to(check_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _read_model_index(path: Path) -> dict:
+    import json
+
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path / 'model_index.json'} is not valid JSON: {err}") from err
+    if not isinstance(index, dict):
+        raise InputError(f"{path / 'model_index.json'} is not a JSON object")
+    return index
 
 
 def native_size(path: str | Path) -> int:

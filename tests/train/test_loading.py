@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from finexl.errors import InputError
 from finexl.loading import LoraError, fingerprint_folder, load_lora, load_pipeline
 
 MODULE = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -160,3 +161,21 @@ def test_checkpoints_of_any_suffix_fingerprint_by_their_bytes(tmp_path):
     folder.mkdir()
     (folder / "model.ckpt").write_bytes(b"weights three")
     assert fingerprint_folder(folder) != empty
+
+
+def test_a_hub_style_folder_loads_without_its_safety_checker(tiny_pipeline_dir, tmp_path):
+    """A StableDiffusionPipeline folder as the hub ships it names a safety checker and its feature extractor;
+    finexl samples without them (their folders are not even read: here they do not exist)."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_pipeline_dir, tmp_path / "hub_style")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    index["requires_safety_checker"] = True
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(folder)
+    assert pipe.safety_checker is None
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(InputError, match="model_index.json is not valid JSON"):
+        load_pipeline(folder)
