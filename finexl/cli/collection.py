@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from finexl.cli.common import nonnegative_int, positive_float, positive_int, set_threads
+from finexl.cli.common import nonnegative_float, nonnegative_int, positive_float, positive_int, set_threads
 
 
 def cmd_explain_many(args: argparse.Namespace) -> int:
@@ -90,7 +90,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "image cache (--cache) must then be on a filesystem every node shares",
     )
     g.add_argument("--num-cpus-per-task", type=positive_float, default=1.0, help="CPUs per model task (default 1)")
-    g.add_argument("--num-gpus-per-task", type=float, default=0.0, help="GPUs per model task (default 0)")
+    g.add_argument("--num-gpus-per-task", type=nonnegative_float, default=0.0, help="GPUs per model task (default 0)")
     p.set_defaults(func=cmd_explain_many)
 
     p = sub.add_parser("index", parents=[common], help="the SQLite index of an explain-many folder")
