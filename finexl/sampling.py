@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from finexl.errors import ConfigError, NumericalError
+from finexl.errors import BackendError, ConfigError, NumericalError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,14 @@ class BadImagesError(NumericalError, ValueError):
     """A pipeline produced NaN or blank images."""
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    text = str(err).lower()
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5 has only the CUDA name
+    return isinstance(err, oom) or "out of memory" in text or "can't allocate memory" in text
+
+
 def sample_images(
     pipe, prompts: list[str], seeds: list[int], config: SamplerConfig | None = None, progress: bool = False
 ) -> np.ndarray:
@@ -65,23 +73,41 @@ def sample_images(
     if not prompts:
         raise ValueError("no prompts to sample")
     out = np.empty((len(prompts), config.height, config.width, 3), dtype=np.uint8)
-    starts = range(0, len(prompts), config.batch_size)
-    for start in tqdm(starts, desc="sample", disable=not progress):
-        batch_prompts = prompts[start : start + config.batch_size]
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + config.batch_size]]
-        with torch.no_grad():
-            images = pipe(
-                batch_prompts,
-                height=config.height,
-                width=config.width,
-                num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale,
-                generator=generators,
-                output_type="np",
-            ).images  # (b, h, w, 3) float in [0, 1]
+    batch, start = config.batch_size, 0
+    bar = tqdm(total=len(prompts), desc="sample", unit="img", disable=not progress)
+    while start < len(prompts):
+        batch_prompts = prompts[start : start + batch]
+        # each image's noise comes from its own seed, so a batch of any size gives the same images (to rounding)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch]]
+        try:
+            with torch.no_grad():
+                images = pipe(
+                    batch_prompts,
+                    height=config.height,
+                    width=config.width,
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                    generator=generators,
+                    output_type="np",
+                ).images  # (b, h, w, 3) float in [0, 1]
+        except RuntimeError as err:  # torch's OutOfMemoryError is one
+            if not _out_of_memory(err):
+                raise
+            if batch == 1:
+                raise BackendError(f"out of memory even one image at a time at {config.height}x{config.width}: "
+                                   f"{err}") from err  # fmt: skip
+            batch = max(1, min(batch, len(batch_prompts)) // 2)
+            logger.warning("out of memory with %d images at once; going on with batches of %d", len(batch_prompts),
+                           batch)  # fmt: skip
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         if not np.isfinite(images).all():
             raise BadImagesError(f"the pipeline produced NaN or infinite pixels for prompts {batch_prompts[:3]}...")
         out[start : start + len(batch_prompts)] = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+        start += len(batch_prompts)
+        bar.update(len(batch_prompts))
+    bar.close()
     blank = out.reshape(len(out), -1).std(axis=1) < 1.0
     if blank.all():
         raise BadImagesError("every generated image is blank (a single flat colour); the model is not working")

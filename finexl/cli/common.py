@@ -62,6 +62,8 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampler steps (default %(default)s)")  # fmt: skip
     p.add_argument("--guidance-scale", type=nonnegative_float, default=Defaults.guidance_scale,
                    help="classifier-free guidance (default %(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=Defaults.batch_size,
+                   help="images generated at once (default %(default)s; halved on out-of-memory)")  # fmt: skip
 
 
 def set_threads(args: argparse.Namespace) -> None:

@@ -29,7 +29,8 @@ def config_from_args(args: argparse.Namespace, **more):
         samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
         n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
         cache_dir=args.cache, height=args.height, width=args.width, device=args.device, dtype=args.dtype,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale), **more,
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                              batch_size=args.batch_size), **more,
     )  # fmt: skip
 
 

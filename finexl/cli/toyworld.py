@@ -103,7 +103,8 @@ def cmd_toyworld_measure(args: argparse.Namespace) -> int:
     set_threads(args)
     result = measure(
         args.lora, args.model, scale=args.scale, base=args.base, judge=args.judge, n=args.n, seed=args.seed,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                              batch_size=args.batch_size),
         cache_dir=args.cache, device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(format_measurement(result))
@@ -121,7 +122,8 @@ def cmd_toyworld_eval(args: argparse.Namespace) -> int:
     set_threads(args)
     cfg = EvalConfig(
         n_held_out=args.n_held_out, n_per_value=args.n_per_value, n_neutral=args.n_neutral,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale),
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                              batch_size=args.batch_size),
     )  # fmt: skip
     result = evaluate(cfg, pipeline=None if args.skip_generation else (args.pipeline or "toy"), clip=args.clip,
                       judge=args.judge, grid_dir=args.grids, progress=not args.quiet)  # fmt: skip

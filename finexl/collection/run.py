@@ -58,6 +58,7 @@ class ManyResult:
 def run_digest(config: ExplainConfig, base_fingerprint: str, model_fingerprint: str, entry: Entry) -> str:
     """What makes a model's explanation: the settings that change numbers, the base, the model files, the scale."""
     settings = {k: v for k, v in asdict(config).items() if k not in VOLATILE}
+    settings["sampler"].pop("batch_size")  # batching gives the same images
     key = {"settings": settings, "base": base_fingerprint, "model": model_fingerprint, "scale": entry.scale}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
