@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -162,14 +162,8 @@ class Explanation:
         return narration
 
     def to_dict(self) -> dict:
-        kept = self.samples, self.embeddings
-        self.samples = self.embeddings = None
-        try:
-            out = asdict(self)
-        finally:
-            self.samples, self.embeddings = kept
-        out.pop("samples")
-        out.pop("embeddings")
+        out = asdict(replace(self, samples=None, embeddings=None))  # arrays stay out of the JSON
+        del out["samples"], out["embeddings"]
         return out
 
     def save(self, folder: str | Path, report: bool = True, overwrite: bool = False) -> Path:

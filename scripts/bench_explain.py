@@ -1,0 +1,153 @@
+"""Speed of explaining, side by side in one run, each measurement in a fresh process.
+
+    python scripts/bench_explain.py [--images 64] [--old 2a37b46] [--threads 2] [--json FILE]
+
+1. Sample and embed ``--images`` images of the toy base (the toy preset's prompts cycled, seeds 0..n-1, 25 steps,
+   guidance 7.5, 32 px), two ways: finexl's (`finexl.sampling.sample_images` in batches, then
+   `Embedder.embed_images` in batches) and the plain way (the diffusers pipeline called prompt by prompt with its
+   defaults, then the transformers CLIP image by image). Timed from loading the models to the last embedding.
+2. A cold `finexl explain --lora data/toy_loras/red` (128 pairs, empty cache, with `--out`) at this commit and at
+   ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their CHANGED aspects.
+
+Prints images/s, seconds, peak memory (each process's own maximum resident set) and the ratios; ``--json`` keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(way: str, n: int, steps: int, threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from finexl.presets import get_preset
+
+    preset = get_preset("toy")
+    prompts = [preset.prompts[i % len(preset.prompts)] for i in range(n)]
+    seeds = list(range(n))
+    t0 = time.perf_counter()
+    if way == "finexl":
+        from finexl.explanation.embed import load_embedder
+        from finexl.loading import load_pipeline
+        from finexl.sampling import SamplerConfig, sample_images
+
+        pipe = load_pipeline(preset.base)
+        embedder = load_embedder(preset.clip)
+        t_load = time.perf_counter()
+        images = sample_images(pipe, prompts, seeds, SamplerConfig(num_inference_steps=steps))
+        t_gen = time.perf_counter()
+        embedder.embed_images(images)
+    else:
+        from diffusers import DiffusionPipeline
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        from finexl.utils import data_dir
+
+        pipe = DiffusionPipeline.from_pretrained(preset.base)
+        pipe.set_progress_bar_config(disable=True)
+        clip = CLIPModel.from_pretrained(data_dir() / "toy_clip").eval()
+        processor = CLIPImageProcessor.from_pretrained(data_dir() / "toy_clip")
+        t_load = time.perf_counter()
+        images = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            generator = torch.Generator().manual_seed(seed)
+            images.append(pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, generator=generator).images[0])
+        t_gen = time.perf_counter()
+        with torch.no_grad():
+            for im in images:
+                clip.get_image_features(**processor(images=im, return_tensors="pt"))
+        images = np.stack([np.asarray(im) for im in images])
+    t_end = time.perf_counter()
+    return {"way": way, "images": n, "load_s": t_load - t0, "generate_s": t_gen - t_load, "embed_s": t_end - t_gen,
+            "work_s": t_end - t_load, "images_per_s": n / (t_end - t_load),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def run_child(way: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", way, "--images", str(args.images), "--steps", str(args.steps),
+           "--threads", str(args.threads)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cold_explain(code_root: Path, work: Path, name: str, threads: int) -> dict:
+    """``finexl explain`` of the red LoRA from ``code_root`` (its own finexl on PYTHONPATH), empty cache."""
+    out, cache = work / f"out-{name}", work / f"cache-{name}"
+    code = (
+        "import resource, runpy, sys, time\n"
+        f"sys.argv = ['finexl', 'explain', '--lora', 'data/toy_loras/red', '--cache', {str(cache)!r}, '--out', "
+        f"{str(out)!r}, '--threads', '{threads}', '-q']\n"
+        "t0 = time.perf_counter()\n"
+        "try:\n    runpy.run_module('finexl.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(code_root), "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=code_root, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0 or not (out / "explanation.json").is_file():
+        sys.exit(f"explain at {code_root} failed:\n{done.stderr[-2000:]}")
+    inner, rss = map(float, done.stderr.strip().splitlines()[-1].split())
+    expl = json.loads((out / "explanation.json").read_text())
+    return {"code": name, "wall_s": wall, "inside_s": inner, "peak_rss_mb": rss,
+            "changed": [a["aspect"] for a in expl["aspects"] if a["changed"]],
+            "scores": {a["aspect"]: round(a["score"], 4) for a in expl["aspects"]}}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--old", default="2a37b46", help="the commit to compare the cold explain with")
+    ap.add_argument("--json")
+    ap.add_argument("--child", choices=["finexl", "plain"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.images, args.steps, args.threads)))
+        return
+
+    record = {"threads": args.threads, "machine": f"{os.cpu_count()} CPUs", "steps": args.steps}
+    ways = {w: run_child(w, args) for w in ("finexl", "plain")}
+    record["sample_and_embed"] = ways
+    ratio = ways["plain"]["work_s"] / ways["finexl"]["work_s"]
+    record["sample_and_embed_speedup"] = ratio
+    for w in ways.values():
+        print(f"{w['way']:<7} {w['images']} images: generate {w['generate_s']:6.1f} s, embed {w['embed_s']:5.1f} s, "
+              f"{w['images_per_s']:5.2f} images/s, peak {w['peak_rss_mb']:.0f} MB")  # fmt: skip
+    print(f"sample + embed: finexl {ratio:.2f}x the plain way (target >= 3)")
+
+    work = Path(tempfile.mkdtemp(prefix="bench_explain-"))
+    old_tree = work / "old"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        new = cold_explain(ROOT, work, "head", args.threads)
+        old = cold_explain(old_tree, work, args.old, args.threads)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
+    record["cold_explain"] = {"head": new, "old": old, "speedup": old["wall_s"] / new["wall_s"],
+                              "same_changed": new["changed"] == old["changed"]}  # fmt: skip
+    for r in (new, old):
+        print(f"cold explain at {r['code']:<8} {r['wall_s']:6.1f} s, peak {r['peak_rss_mb']:.0f} MB, "
+              f"CHANGED {r['changed']}")  # fmt: skip
+    print(f"cold explain: {old['wall_s'] / new['wall_s']:.2f}x faster than {args.old} (target >= 2.5); same CHANGED "
+          f"aspects: {new['changed'] == old['changed']}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
