@@ -115,6 +115,7 @@ def resolve_lora_file(path: str | Path) -> Path:
         raise LoraError(f"LoRA file {path} does not exist")
     if path.suffix != ".safetensors":
         raise LoraError(f"LoRA file {path} is not a .safetensors file (pickled .bin/.pt LoRAs are not loaded)")
+    check_lora_format(path)
     return path
 
 
@@ -131,6 +132,45 @@ def recorded_base(lora_file: str | Path) -> str | None:
     except (json.JSONDecodeError, AttributeError):
         return None
 
+
+# Adapter formats finexl does not load, each told by a key suffix it alone has: (suffix, the format's name). Refused
+# in one line before any image (a file of these is otherwise either rejected key by key or, for DoRA, loaded with its
+# magnitudes silently dropped).
+UNSUPPORTED_FORMATS = (
+    ("hada_w1_a", "LyCORIS LoHa"),
+    ("lokr_w1", "LyCORIS LoKr"),
+    ("lokr_w1_a", "LyCORIS LoKr"),
+    ("lora_mid.weight", "LyCORIS LoCon with Tucker decomposition (lora_mid)"),
+    ("a1.weight", "LyCORIS GLoRA"),
+    ("oft_blocks", "OFT"),
+    ("oft_diag", "OFT"),
+    ("boft_blocks", "BOFT"),
+    ("on_input", "(IA)^3"),
+    (".diff", "a full weight difference (LyCORIS diff)"),
+    ("dora_scale", "DoRA (dora_scale)"),
+    ("lora_magnitude_vector", "DoRA (lora_magnitude_vector)"),
+)
+
+
+def check_lora_format(file: Path) -> None:
+    """Refuse, in one line naming it, an adapter format finexl does not load (see ``UNSUPPORTED_FORMATS``). Reads
+    only the file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as err:  # a damaged or foreign file: diffusers' reader names the problem later
+        logger.debug("could not read the keys of %s: %s", file, err)
+        return
+    for suffix, name in UNSUPPORTED_FORMATS:
+        if any(k.endswith(suffix) or f".{suffix}." in k for k in keys):
+            raise LoraError(f"{file.name} is {name}, which finexl does not load (LoRA and LoCon only); merge it "
+                            "into the model and pass --model")  # fmt: skip
+
+
+# The top-level modules of a UNet, by which a key without a component prefix is known to be the UNet's
+UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding")
 
 # Key patterns of the formats diffusers converts to, mapped back to the module they adapt.
 _KEY_PATTERNS = (
@@ -245,7 +285,10 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
     (``text_model.encoder...``) are mapped onto the layout of the loaded encoder.
     """
     try:
-        state_dict, alphas, metadata = pipe.lora_state_dict(str(file), return_lora_metadata=True)
+        # the UNet's config lets diffusers renumber sd-scripts' SDXL blocks (input_blocks.4.1 -> down_blocks.1...)
+        unet = getattr(pipe, "unet", None)
+        extra = {"unet_config": unet.config} if unet is not None else {}
+        state_dict, alphas, metadata = pipe.lora_state_dict(str(file), return_lora_metadata=True, **extra)
     except Exception as err:  # safetensors and diffusers raise several types for damaged or foreign files
         raise LoraError(f"could not read the LoRA file {file}: {err}") from err
     alphas = alphas or {}
@@ -264,7 +307,11 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
                 f"LoRA module {module} in {file} has {down.ndim}-D and {up.ndim}-D matrices (shapes "
                 f"{tuple(down.shape)} and {tuple(up.shape)}); LoRA matrices are 2-D (linear) or 4-D (convolution)"
             )
-        alpha = alphas.get(keys["down"] + ".alpha", _alpha_for(module, metadata))
+        # kohya alphas as diffusers names them: attention layers by their down key, every other layer (projections,
+        # feed-forward, convolutions, embeddings) by its module
+        alpha = alphas.get(keys["down"] + ".alpha", alphas.get(f"{module}.alpha", _alpha_for(module, metadata)))
+        if module.split(".", 1)[0] in UNET_BLOCKS:  # diffusers' old attention-processor files name no component
+            module = "unet." + module
         for name in ("text_encoder", "text_encoder_2"):  # transformers 5 encoders have no text_model level
             encoder = getattr(pipe, name, None)
             prefix = f"{name}.text_model."
@@ -342,16 +389,65 @@ def unfuse_lora(pipe, saved: dict) -> None:
 FINGERPRINT_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
+# Weights this large are hashed once per (file, size, modification time): the digest is kept in the cache folder
+FINGERPRINT_CACHE_BYTES = 64 << 20
+FINGERPRINT_CACHE_FILE = "fingerprints.json"
+
+
 def fingerprint_folder(path: str | Path) -> str:
-    """A short SHA-256 over the configs and weights of a model folder or a single weights file."""
+    """A short SHA-256 over the configs and weights of a model folder or a single weights file.
+
+    A folder or file of at least ``FINGERPRINT_CACHE_BYTES`` is hashed once: its digest is kept in
+    ``<finexl cache>/fingerprints.json`` under its absolute path, with every file's size and modification time, and
+    reused while they are all unchanged (a 4 GB base costs 10-30 s to hash).
+    """
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        files = [path]  # a file named on its own is always hashed, whatever its suffix
+    else:
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and p.suffix in FINGERPRINT_SUFFIXES and not p.name.startswith("."))  # fmt: skip
+    stats = [(str(f.relative_to(path) if path.is_dir() else f.name), f.stat()) for f in files]
+    size = sum(st.st_size for _, st in stats)
+    key = str(path.resolve())
+    signature = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
+    cached = _fingerprint_cache() if size >= FINGERPRINT_CACHE_BYTES else None
+    if cached is not None and cached.get(key, {}).get("files") == signature:
+        return cached[key]["digest"]
     digest = hashlib.sha256()
-    for f in files:
-        if path.is_dir() and (f.suffix not in FINGERPRINT_SUFFIXES or f.name.startswith(".")):
-            continue  # a file named on its own is always hashed, whatever its suffix
-        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+    for f, (name, _) in zip(files, stats, strict=True):
+        digest.update(name.encode())
         with open(f, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    if cached is not None:
+        _store_fingerprint(key, {"files": signature, "digest": value})
+    return value
+
+
+def _fingerprint_cache_path() -> Path:
+    from finexl.explanation.paired import default_cache_dir
+
+    return default_cache_dir() / FINGERPRINT_CACHE_FILE
+
+
+def _fingerprint_cache() -> dict:
+    import json
+
+    try:
+        cached = json.loads(_fingerprint_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: hash again
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _store_fingerprint(key: str, entry: dict) -> None:
+    from finexl.utils import atomic_write_json
+
+    cached = _fingerprint_cache()
+    cached[key] = entry
+    try:
+        atomic_write_json(_fingerprint_cache_path(), cached)
+    except OSError as err:  # a read-only cache costs time, not results
+        logger.warning("could not keep the fingerprint of %s in %s: %s", key, _fingerprint_cache_path(), err)

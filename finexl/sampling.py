@@ -19,6 +19,14 @@ from finexl.errors import BackendError, ConfigError, NumericalError
 logger = logging.getLogger(__name__)
 
 
+# Schedulers a pipeline can be sampled with besides its own ("default"); each is built from the pipeline's own
+# scheduler config, so it keeps the model's noise schedule and prediction type.
+SCHEDULERS = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
 @dataclass
 class SamplerConfig:
     num_inference_steps: int = 25
@@ -26,8 +34,12 @@ class SamplerConfig:
     height: int = 32
     width: int = 32
     batch_size: int = 64
+    scheduler: str = "default"  # "default": the pipeline's own; else one of SCHEDULERS
 
     def __post_init__(self) -> None:
+        if self.scheduler != "default" and self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose default (the pipeline's own) or one of "
+                              f"{', '.join(SCHEDULERS)}")  # fmt: skip
         if self.num_inference_steps < 1:
             raise ConfigError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.batch_size < 1:
@@ -50,6 +62,19 @@ def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, oom) or "out of memory" in text or "can't allocate memory" in text
 
 
+def use_scheduler(pipe, name: str):
+    """Put scheduler ``name`` (see :data:`SCHEDULERS`) on ``pipe``, built from its own scheduler's config; returns
+    the scheduler it replaced (put it back with ``pipe.scheduler = old``), or None for ``"default"``."""
+    import diffusers
+
+    if name == "default":
+        return None
+    old = pipe.scheduler
+    cls_name, overrides = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(old.config, **overrides)
+    return old
+
+
 def sample_images(
     pipe, prompts: list[str], seeds: list[int], config: SamplerConfig | None = None, progress: bool = False
 ) -> np.ndarray:
@@ -65,7 +90,6 @@ def sample_images(
     Returns:
         ``uint8`` array of shape ``(n, height, width, 3)``.
     """
-    import torch
 
     config = config or SamplerConfig()
     if len(prompts) != len(seeds):
@@ -73,6 +97,22 @@ def sample_images(
     if not prompts:
         raise ValueError("no prompts to sample")
     out = np.empty((len(prompts), config.height, config.width, 3), dtype=np.uint8)
+    old_scheduler = use_scheduler(pipe, config.scheduler)
+    try:
+        _sample_into(out, pipe, prompts, seeds, config, progress)
+    finally:
+        if old_scheduler is not None:
+            pipe.scheduler = old_scheduler
+    blank = out.reshape(len(out), -1).std(axis=1) < 1.0
+    if blank.all():
+        raise BadImagesError("every generated image is blank (a single flat colour); the model is not working")
+    return out
+
+
+def _sample_into(out: np.ndarray, pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, progress: bool
+                 ) -> None:  # fmt: skip
+    import torch
+
     batch, start = config.batch_size, 0
     bar = tqdm(total=len(prompts), desc="sample", unit="img", disable=not progress)
     while start < len(prompts):
@@ -108,7 +148,3 @@ def sample_images(
         start += len(batch_prompts)
         bar.update(len(batch_prompts))
     bar.close()
-    blank = out.reshape(len(out), -1).std(axis=1) < 1.0
-    if blank.all():
-        raise BadImagesError("every generated image is blank (a single flat colour); the model is not working")
-    return out

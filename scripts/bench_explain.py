@@ -6,8 +6,14 @@
    guidance 7.5, 32 px), two ways: finexl's (`finexl.sampling.sample_images` in batches, then
    `Embedder.embed_images` in batches) and the plain way (the diffusers pipeline called prompt by prompt with its
    defaults, then the transformers CLIP image by image). Timed from loading the models to the last embedding.
-2. A cold `finexl explain --lora data/toy_loras/red` (128 pairs, empty cache, with `--out`) at this commit and at
-   ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their CHANGED aspects.
+2. A cold `finexl explain --lora data/toy_loras/red` (empty cache, with `--out`, this commit's defaults) at this
+   commit and at ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their
+   CHANGED aspects; ``--head-args`` adds flags to this commit's run (e.g. ``"--samples 128 --scheduler default
+   --steps 25"`` for the old defaults).
+3. With ``--sd15 1,2``: SD 1.5 at its published size with random weights (`finexl.architectures`; speed only,
+   never results), 512 px, each batch size in a fresh process: seconds per sampler step (classifier-free guidance
+   included) and per VAE decode, per image, and the process's peak memory; then the extrapolated cost of a
+   default explanation on this CPU.
 
 Prints images/s, seconds, peak memory (each process's own maximum resident set) and the ratios; ``--json`` keeps them.
 """
@@ -75,6 +81,38 @@ def child(way: str, n: int, steps: int, threads: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
+def sd15_child(batch: int, threads: int) -> dict:
+    """Full-size random SD 1.5 at 512 px: a pipeline call of 1 and of 3 steps (their difference / 2 is a step), and
+    the VAE decode alone."""
+    import torch
+
+    from finexl.architectures import build_pipeline, n_parameters
+    from finexl.sampling import SamplerConfig, sample_images
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    pipe = build_pipeline("sd15", width=1.0)
+    pipe.set_progress_bar_config(disable=True)
+    build_s = time.perf_counter() - t0
+    prompts, seeds = ["a photo of a red car"] * batch, list(range(batch))
+    seconds = {}
+    for steps in (1, 3):
+        t = time.perf_counter()
+        sample_images(pipe, prompts, seeds, SamplerConfig(num_inference_steps=steps, height=512, width=512,
+                                                          batch_size=batch))  # fmt: skip
+        seconds[steps] = time.perf_counter() - t
+    latents = torch.randn(batch, 4, 64, 64)
+    t = time.perf_counter()
+    with torch.no_grad():
+        pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+    decode_s = time.perf_counter() - t
+    step_s = (seconds[3] - seconds[1]) / 2
+    return {"batch": batch, "unet_parameters": n_parameters(pipe.unet), "build_s": build_s,
+            "step_s_per_image": step_s / batch, "decode_s_per_image": decode_s / batch,
+            "one_step_call_s_per_image": seconds[1] / batch,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
 def run_child(way: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", way, "--images", str(args.images), "--steps", str(args.steps),
            "--threads", str(args.threads)]  # fmt: skip
@@ -82,13 +120,13 @@ def run_child(way: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cold_explain(code_root: Path, work: Path, name: str, threads: int) -> dict:
+def cold_explain(code_root: Path, work: Path, name: str, threads: int, extra: list[str] | None = None) -> dict:
     """``finexl explain`` of the red LoRA from ``code_root`` (its own finexl on PYTHONPATH), empty cache."""
     out, cache = work / f"out-{name}", work / f"cache-{name}"
     code = (
         "import resource, runpy, sys, time\n"
         f"sys.argv = ['finexl', 'explain', '--lora', 'data/toy_loras/red', '--cache', {str(cache)!r}, '--out', "
-        f"{str(out)!r}, '--threads', '{threads}', '-q']\n"
+        f"{str(out)!r}, '--threads', '{threads}', '-q', *{extra or []!r}]\n"
         "t0 = time.perf_counter()\n"
         "try:\n    runpy.run_module('finexl.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
@@ -101,7 +139,8 @@ def cold_explain(code_root: Path, work: Path, name: str, threads: int) -> dict:
         sys.exit(f"explain at {code_root} failed:\n{done.stderr[-2000:]}")
     inner, rss = map(float, done.stderr.strip().splitlines()[-1].split())
     expl = json.loads((out / "explanation.json").read_text())
-    return {"code": name, "wall_s": wall, "inside_s": inner, "peak_rss_mb": rss,
+    return {"code": name, "args": extra or [], "wall_s": wall, "inside_s": inner, "peak_rss_mb": rss,
+            "pairs": expl["divergence"]["n_pairs"], "seconds": expl.get("seconds"),
             "changed": [a["aspect"] for a in expl["aspects"] if a["changed"]],
             "scores": {a["aspect"]: round(a["score"], 4) for a in expl["aspects"]}}  # fmt: skip
 
@@ -113,28 +152,69 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--old", default="2a37b46", help="the commit to compare the cold explain with")
     ap.add_argument("--json")
-    ap.add_argument("--child", choices=["finexl", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--head-args", default="", help="extra flags for this commit's cold explain")
+    ap.add_argument("--sd15", help="comma-separated batch sizes for the full-size SD 1.5 timing (e.g. 1,2)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: sample, cold")
+    ap.add_argument("--child", choices=["finexl", "plain", "sd15"], help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "sd15":
+        print(json.dumps(sd15_child(args.batch, args.threads)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.images, args.steps, args.threads)))
         return
+    skip = set(filter(None, args.skip.split(",")))
 
     record = {"threads": args.threads, "machine": f"{os.cpu_count()} CPUs", "steps": args.steps}
-    ways = {w: run_child(w, args) for w in ("finexl", "plain")}
-    record["sample_and_embed"] = ways
-    ratio = ways["plain"]["work_s"] / ways["finexl"]["work_s"]
-    record["sample_and_embed_speedup"] = ratio
-    for w in ways.values():
-        print(f"{w['way']:<7} {w['images']} images: generate {w['generate_s']:6.1f} s, embed {w['embed_s']:5.1f} s, "
-              f"{w['images_per_s']:5.2f} images/s, peak {w['peak_rss_mb']:.0f} MB")  # fmt: skip
-    print(f"sample + embed: finexl {ratio:.2f}x the plain way (target >= 3)")
+    if "sample" not in skip:
+        ways = {w: run_child(w, args) for w in ("finexl", "plain")}
+        record["sample_and_embed"] = ways
+        ratio = ways["plain"]["work_s"] / ways["finexl"]["work_s"]
+        record["sample_and_embed_speedup"] = ratio
+        for w in ways.values():
+            print(f"{w['way']:<7} {w['images']} images: generate {w['generate_s']:6.1f} s, embed {w['embed_s']:5.1f} "
+                  f"s, {w['images_per_s']:5.2f} images/s, peak {w['peak_rss_mb']:.0f} MB")  # fmt: skip
+        print(f"sample + embed: finexl {ratio:.2f}x the plain way (target >= 3)")
+    if "cold" not in skip:
+        cold(args, record)
+    if args.sd15:
+        sd15(args, record)
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
+
+def sd15(args, record: dict) -> None:
+    rows = []
+    for batch in (int(b) for b in args.sd15.split(",")):
+        cmd = [sys.executable, __file__, "--child", "sd15", "--batch", str(batch), "--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            print(f"SD 1.5 batch {batch} failed: {done.stderr[-500:]}")
+            rows.append({"batch": batch, "failed": done.stderr[-500:]})
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"SD 1.5 (random, {row['unet_parameters'] / 1e6:.0f} M UNet) 512 px, batch {batch}: "
+              f"{row['step_s_per_image']:.2f} s per image per step, decode {row['decode_s_per_image']:.2f} s per "
+              f"image, peak {row['peak_rss_mb']:.0f} MB")  # fmt: skip
+    ok = [r for r in rows if "failed" not in r]
+    if ok:
+        best = min(ok, key=lambda r: r["step_s_per_image"])
+        per_image = {steps: steps * best["step_s_per_image"] + best["decode_s_per_image"] for steps in (25, 10)}
+        record["sd15"] = {"rows": rows, "seconds_per_image": per_image,
+                          "default_explanation_s": {"128 pairs, 25 steps": 384 * per_image[25]}}  # fmt: skip
+        print(f"SD 1.5 on this CPU: {per_image[25]:.0f} s per image at 25 steps, {per_image[10]:.0f} s at 10; a "
+              f"128-pair explanation (384 images) at 25 steps: {384 * per_image[25] / 3600:.1f} h")  # fmt: skip
+
+
+def cold(args, record: dict) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_explain-"))
     old_tree = work / "old"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True,
                    capture_output=True)  # fmt: skip
     try:
-        new = cold_explain(ROOT, work, "head", args.threads)
+        new = cold_explain(ROOT, work, "head", args.threads, args.head_args.split())
         old = cold_explain(old_tree, work, args.old, args.threads)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
@@ -145,8 +225,6 @@ def main() -> None:
               f"CHANGED {r['changed']}")  # fmt: skip
     print(f"cold explain: {old['wall_s'] / new['wall_s']:.2f}x faster than {args.old} (target >= 2.5); same CHANGED "
           f"aspects: {new['changed'] == old['changed']}")  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,22 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(pipe, caplog):
     assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1
     with pytest.raises(BackendError, match="out of memory even one image at a time"):
         sample_images(RunsOutOfMemory(pipe, limit=0), PROMPTS, SEEDS, cfg(4))
+
+
+def test_a_multistep_scheduler_samples_and_the_pipelines_own_comes_back(pipe, tmp_path):
+    from finexl.errors import ConfigError
+    from finexl.explanation.paired import ImageCache
+
+    own = pipe.scheduler
+    fast = SamplerConfig(num_inference_steps=3, height=16, width=16, scheduler="unipc")
+    images = sample_images(pipe, PROMPTS[:2], SEEDS[:2], fast)
+    assert pipe.scheduler is own  # put back after sampling
+    default = sample_images(pipe, PROMPTS[:2], SEEDS[:2], SamplerConfig(num_inference_steps=3, height=16, width=16))
+    assert images.shape == default.shape and not np.array_equal(images, default)
+    assert np.array_equal(images, sample_images(pipe, PROMPTS[:2], SEEDS[:2], fast))  # seeded
+    # the scheduler is part of an image's cache key; the pipeline's own keeps the key it had before the setting
+    cache = ImageCache(tmp_path)
+    assert cache._folder("m", fast) != cache._folder("m", SamplerConfig(num_inference_steps=3, height=16, width=16))
+    assert cache._folder("m", SamplerConfig()).name == "f35d1dc602ba"  # the key of the code before the setting
+    with pytest.raises(ConfigError, match="unknown scheduler 'euler'"):
+        SamplerConfig(scheduler="euler")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from finexl.errors import ConfigError, InputError
+from finexl.sampling import SamplerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class BenchConfig:
     unpaired: int = 0  # models on which to also measure intervals with unpaired noise
     cache_dir: str | None = None
     device: str = "cpu"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
         from finexl.explanation.decompose import ESTIMATORS
@@ -84,7 +86,7 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
 
     judge = load_judge()
     settings = dict(preset="toy", samples=cfg.samples, n_bootstrap=cfg.n_bootstrap, n_null=cfg.n_null,
-                    seed=cfg.seed, cache_dir=cfg.cache_dir, device=cfg.device)  # fmt: skip
+                    seed=cfg.seed, cache_dir=cfg.cache_dir, device=cfg.device, sampler=cfg.sampler)  # fmt: skip
     pipelines: dict[str, ExplainPipeline] = {}
 
     def pipeline(kind: str) -> ExplainPipeline:
@@ -170,5 +172,6 @@ def run_bench(suites_dir: str | Path, names: list[str], cfg: BenchConfig | None 
     records = run_models(load_truths(suites_dir, names), cfg, progress=progress)
     methods = list(cfg.methods)
     comparison = compare_methods(records, methods) if "finexl" in methods and len(methods) > 1 else None
-    return {"suites": names, "config": {"methods": methods, "samples": cfg.samples, "bootstrap": cfg.n_bootstrap},
+    return {"suites": names, "config": {"methods": methods, "samples": cfg.samples, "bootstrap": cfg.n_bootstrap,
+                       "sampler": asdict(cfg.sampler)},
             "metrics": all_metrics(records, methods), "comparison": comparison, "records": records}  # fmt: skip

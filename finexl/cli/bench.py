@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from finexl.cli.common import add_compute_arguments, nonnegative_int, parse_list, positive_int, set_threads
+from finexl.cli.common import (
+    add_compute_arguments,
+    add_sampler_arguments,
+    nonnegative_int,
+    parse_list,
+    positive_int,
+    sampler_config,
+    set_threads,
+)
 
 
 def cmd_bench_build(args: argparse.Namespace) -> int:
@@ -29,7 +37,8 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     methods = parse_list(args.methods, "--methods") or list(BenchConfig.methods)
     samples, resamples = (32, 50) if args.quick else (args.samples, args.bootstrap)
     cfg = BenchConfig(methods=tuple(methods), samples=samples, n_bootstrap=resamples, n_null=resamples,
-                      unpaired=args.unpaired, cache_dir=args.cache, device=args.device)  # fmt: skip
+                      unpaired=args.unpaired, cache_dir=args.cache, device=args.device,
+                      sampler=sampler_config(args))  # fmt: skip
     result = run_bench(args.suites, names, cfg, progress=not args.quiet)
     metrics, comparison = result["metrics"], result["comparison"]
     print(markdown_table(metrics, methods))
@@ -126,6 +135,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
     p.add_argument("--json", help="write metrics and per-model records to this JSON file")
     p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")
+    add_sampler_arguments(p)
     add_compute_arguments(p)
     p.set_defaults(func=cmd_bench_run)
 

@@ -25,6 +25,13 @@ def positive_int(text: str) -> int:
     return _number(int, text, lambda v: v >= 1, "an integer >= 1")
 
 
+def samples_arg(text: str) -> int | str:
+    """``auto`` or a number of pairs >= 2."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _number(int, text, lambda v: v >= 2, "'auto' or an integer >= 2")
+
+
 def nonnegative_int(text: str) -> int:
     return _number(int, text, lambda v: v >= 0, "an integer >= 0")
 
@@ -56,14 +63,26 @@ def add_compute_arguments(p: argparse.ArgumentParser, device: bool = True) -> No
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    from finexl.sampling import SCHEDULERS
     from finexl.sampling import SamplerConfig as Defaults  # the one place of the sampler's defaults
 
     p.add_argument("--steps", type=positive_int, default=Defaults.num_inference_steps,
                    help="sampler steps (default %(default)s)")  # fmt: skip
     p.add_argument("--guidance-scale", type=nonnegative_float, default=Defaults.guidance_scale,
                    help="classifier-free guidance (default %(default)s)")  # fmt: skip
+    p.add_argument("--scheduler", choices=("default", *SCHEDULERS), default=Defaults.scheduler,
+                   help="sampler: the pipeline's own (default), or a multistep solver that needs fewer steps "
+                        "(dpm++: DPM-Solver++ 2M; unipc) built from the pipeline's scheduler config")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=Defaults.batch_size,
                    help="images generated at once (default %(default)s; halved on out-of-memory)")  # fmt: skip
+
+
+def sampler_config(args: argparse.Namespace, **size):
+    """The :class:`~finexl.sampling.SamplerConfig` of the flags of :func:`add_sampler_arguments`."""
+    from finexl.sampling import SamplerConfig
+
+    return SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                         batch_size=args.batch_size, scheduler=args.scheduler, **size)  # fmt: skip
 
 
 def set_threads(args: argparse.Namespace) -> None:

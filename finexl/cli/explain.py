@@ -13,6 +13,8 @@ from finexl.cli.common import (
     parse_list,
     positive_float,
     positive_int,
+    sampler_config,
+    samples_arg,
     set_threads,
 )
 from finexl.errors import InputError
@@ -22,15 +24,14 @@ from finexl.utils import writing
 def config_from_args(args: argparse.Namespace, **more):
     """The ``ExplainConfig`` of the settings :func:`add_settings_arguments` added (``more``: the rest)."""
     from finexl.explanation.pipeline import ExplainConfig
-    from finexl.sampling import SamplerConfig
 
     return ExplainConfig(
         preset=args.preset, base=args.base, prompts=args.prompts, direction_prompts=args.direction_prompts,
         samples=args.samples, clip=args.clip, concepts=args.concepts, method=args.method, seed=args.seed,
+        auto_round=args.auto_round, auto_cap=args.auto_cap, auto_error=args.auto_error,
         n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
         cache_dir=args.cache, height=args.height, width=args.width, device=args.device, dtype=args.dtype,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                              batch_size=args.batch_size), **more,
+        sampler=sampler_config(args), **more,
     )  # fmt: skip
 
 
@@ -127,8 +128,19 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
     p.add_argument("--preset", choices=["toy"], help="take unset parts from a preset (default: toy without --base)")
     p.add_argument("--prompts", help="UTF-8 file, one prompt per line (the toy preset: its neutral prompts)")
-    p.add_argument("--samples", type=positive_int, default=Defaults.samples,
-                   help="image pairs (default %(default)s); prompts are cycled")  # fmt: skip
+    p.add_argument("--samples", type=samples_arg, default=Defaults.samples,
+                   help="image pairs (default %(default)s; prompts are cycled), or a number: that many fixed pairs. "
+                        "'auto' draws rounds of --auto-round pairs and stops when every verdict and the order of the "
+                        "CHANGED aspects is settled: each has at most --auto-error chance of differing from "
+                        "--auto-cap fixed pairs', and the false-positive rate stays within 1 / (1 - error) of theirs "
+                        "(docs/speed.md)")  # fmt: skip
+    p.add_argument("--auto-round", type=positive_int, default=Defaults.auto_round,
+                   help="--samples auto: pairs per round (default %(default)s)")  # fmt: skip
+    p.add_argument("--auto-cap", type=positive_int, default=Defaults.auto_cap,
+                   help="--samples auto: the most pairs (default %(default)s)")  # fmt: skip
+    p.add_argument("--auto-error", type=positive_float, default=Defaults.auto_error,
+                   help="--samples auto: accepted chance that a verdict differs from --auto-cap pairs' "
+                        "(default %(default)s)")  # fmt: skip
     p.add_argument(
         "--direction-prompts",
         help="UTF-8 file of prompts to build the concept directions from (default: --prompts). For a DreamBooth "

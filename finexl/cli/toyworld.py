@@ -12,6 +12,7 @@ from finexl.cli.common import (
     nonnegative_int,
     parse_steps,
     positive_int,
+    sampler_config,
     set_threads,
 )
 from finexl.errors import ConfigError
@@ -94,7 +95,6 @@ def cmd_toyworld_personalization(args: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_measure(args: argparse.Namespace) -> int:
-    from finexl.sampling import SamplerConfig
     from finexl.toyworld.measure import format_measurement, measure
     from finexl.utils import atomic_write_json
 
@@ -103,8 +103,7 @@ def cmd_toyworld_measure(args: argparse.Namespace) -> int:
     set_threads(args)
     result = measure(
         args.lora, args.model, scale=args.scale, base=args.base, judge=args.judge, n=args.n, seed=args.seed,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                              batch_size=args.batch_size),
+        sampler=sampler_config(args),
         cache_dir=args.cache, device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(format_measurement(result))
@@ -115,15 +114,13 @@ def cmd_toyworld_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_eval(args: argparse.Namespace) -> int:
-    from finexl.sampling import SamplerConfig
     from finexl.toyworld.evaluate import EvalConfig, evaluate, format_table
     from finexl.utils import atomic_write_json
 
     set_threads(args)
     cfg = EvalConfig(
         n_held_out=args.n_held_out, n_per_value=args.n_per_value, n_neutral=args.n_neutral,
-        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                              batch_size=args.batch_size),
+        sampler=sampler_config(args),
     )  # fmt: skip
     result = evaluate(cfg, pipeline=None if args.skip_generation else (args.pipeline or "toy"), clip=args.clip,
                       judge=args.judge, grid_dir=args.grids, progress=not args.quiet)  # fmt: skip

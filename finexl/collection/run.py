@@ -269,7 +269,7 @@ def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: s
     if not base_file.is_file():
         import io
 
-        prompts, seeds = requests(pipe.prompts, pipe.config.samples, pipe.config.seed)
+        prompts, seeds = requests(pipe.prompts, len(emb.base), pipe.config.seed)  # samples auto: the pairs drawn
         buffer = io.BytesIO()
         arrays = {"base": emb.base.astype(np.float32), "prompts": np.array(prompts), "seeds": np.array(seeds)}
         if emb.null is not None:

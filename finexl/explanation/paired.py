@@ -47,7 +47,10 @@ class ImageCache:
         self.root = Path(root)
 
     def _folder(self, model: str, sampler: SamplerConfig) -> Path:
-        settings = {k: v for k, v in asdict(sampler).items() if k != "batch_size"}  # batching changes nothing
+        settings = asdict(sampler)
+        del settings["batch_size"]  # batching changes nothing
+        if settings["scheduler"] == "default":  # the pipeline's own: keys made before the setting existed stay valid
+            del settings["scheduler"]
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         return self.root / "images" / model / digest
 

@@ -21,6 +21,7 @@ from finexl import __version__
 from finexl.errors import ConfigError, InputError, MissingInputError
 from finexl.explanation.decompose import DEFAULT_METHOD, ESTIMATORS
 from finexl.explanation.result import Explanation, Samples
+from finexl.explanation.sequential import Look, rounds, unsettled
 from finexl.loading import DTYPES
 from finexl.sampling import SamplerConfig
 
@@ -58,7 +59,13 @@ class ExplainConfig:
     # sampled on its instance prompt ("a sks dog"), the class prompt ("a dog"): the text encoder has no meaning for
     # the identifier
     direction_prompts: str | list[str] | None = field(default=None, metadata={"help": "file or list"})
-    samples: int = field(default=128, metadata={"help": "image pairs; prompts are cycled, pair i has seed + i"})
+    samples: int | str = field(default=128, metadata={
+        "help": "image pairs (prompts cycled, pair i has seed + i), or 'auto': rounds of auto_round pairs until "
+                "every verdict is settled, up to auto_cap (see finexl/explanation/sequential.py)"})  # fmt: skip
+    auto_round: int = field(default=32, metadata={"help": "samples='auto': pairs drawn per round"})
+    auto_cap: int = field(default=128, metadata={"help": "samples='auto': the most pairs (the fixed rule it matches)"})
+    auto_error: float = field(default=0.01, metadata={
+        "help": "samples='auto': largest accepted chance that a verdict differs from auto_cap pairs'"})  # fmt: skip
     method: str = DEFAULT_METHOD
     seed: int = 0
     n_bootstrap: int = 200
@@ -86,6 +93,11 @@ class ExplainConfig:
     device: str = field(default="cpu", metadata={"help": "torch device of every model"})
     dtype: str = field(default="float32", metadata={"help": "dtype of the diffusion pipelines"})
 
+    @property
+    def n_pairs(self) -> int:
+        """The pairs the run draws at most (``auto_cap`` with ``samples='auto'``)."""
+        return self.auto_cap if self.samples == "auto" else self.samples
+
     def __post_init__(self) -> None:
         if isinstance(self.sampler, dict):
             self.sampler = SamplerConfig(**self.sampler)
@@ -93,8 +105,15 @@ class ExplainConfig:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(ESTIMATORS)}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.samples < 2:
-            raise ConfigError(f"samples must be >= 2 (pairs to bootstrap over), got {self.samples}")
+        if self.samples != "auto" and not (isinstance(self.samples, int) and self.samples >= 2):
+            raise ConfigError(f"samples must be 'auto' or a number >= 2 (pairs to bootstrap over), got "
+                              f"{self.samples!r}")  # fmt: skip
+        if not (2 <= self.auto_round <= self.auto_cap) or not 0 < self.auto_error < 0.5:
+            raise ConfigError(f"auto_round must be in [2, auto_cap] and auto_error in (0, 0.5); got "
+                              f"{self.auto_round}, {self.auto_cap} and {self.auto_error}")  # fmt: skip
+        if self.samples == "auto" and not self.null:
+            raise ConfigError("samples='auto' settles CHANGED verdicts, which need the null test; drop --no-null or "
+                              "give a number of samples")  # fmt: skip
         if not 0.5 <= self.confidence < 1:
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if not 0.5 <= self.null_quantile < 1:
@@ -270,14 +289,15 @@ class ExplainPipeline:
         return {"lora_file": str(lora_file), "fingerprint": fingerprint, "trained_on": trained_on}
 
     def sample(self, target: Personalization, checked: dict | None = None, seeds: list[int] | None = None,
-               null: bool | None = None) -> PairedImages:  # fmt: skip
+               null: bool | None = None, n: int | None = None) -> PairedImages:  # fmt: skip
         """Stage 2: personalized, base and (with the null test) base-with-other-seeds images, from the cache where
-        present. ``seeds`` replaces the config's (the benchmark's unpaired check)."""
+        present: the first ``n`` pairs (default all the config's). ``seeds`` replaces the config's (the benchmark's
+        unpaired check)."""
         from finexl.explanation.paired import cached_samples
 
         cfg = self.config
         checked = checked or self.check_personalization(target)
-        prompts, default_seeds = requests(self.prompts, cfg.samples, cfg.seed)
+        prompts, default_seeds = requests(self.prompts, n or cfg.n_pairs, cfg.seed)
         seeds = seeds or default_seeds
         tuned = cached_samples(lambda: self._tuned_pipe(target, checked), checked["fingerprint"], prompts, seeds,
                                self.sampler, self.cache, "personalized", self.progress)  # fmt: skip
@@ -301,23 +321,32 @@ class ExplainPipeline:
         """Make the base's part of every explanation now (images into the cache, their embeddings, the text
         directions), so that the models explained next, here or by workers sharing the cache, pay only for their
         own images."""
-        prompts, seeds = requests(self.prompts, self.config.samples, self.config.seed)
+        prompts, seeds = requests(self.prompts, self.config.n_pairs, self.config.seed)
         base, null = self.base_images(prompts, seeds, self.config.null)
-        key = (tuple(prompts), tuple(seeds))
-        self._base_embeddings[("base",) + key] = self.embedder.embed_images(base)
+        self._embed_base("base", prompts, seeds, base)
         if null is not None:
-            self._base_embeddings[("null",) + key] = self.embedder.embed_images(null)
+            self._embed_base("null", prompts, seeds, null)
         self.directions(prompts)
 
-    def embed(self, images: PairedImages) -> PairedEmbeddings:
-        """Stage 4: CLIP image embeddings; the base's are computed once per prompt and seed set."""
-        key = (tuple(images.prompts), tuple(images.seeds))
-        if ("base",) + key not in self._base_embeddings:
-            self._base_embeddings[("base",) + key] = self.embedder.embed_images(images.base)
-        if images.null is not None and ("null",) + key not in self._base_embeddings:
-            self._base_embeddings[("null",) + key] = self.embedder.embed_images(images.null)
-        null = self._base_embeddings[("null",) + key] if images.null is not None else None
-        return PairedEmbeddings(self._base_embeddings[("base",) + key], self.embedder.embed_images(images.tuned), null)
+    def embed(self, images: PairedImages, previous: PairedEmbeddings | None = None) -> PairedEmbeddings:
+        """Stage 4: CLIP image embeddings. The base's are computed once per (prompt, seed); ``previous``: the
+        embeddings of the first pairs of ``images`` (an earlier round), whose personalized images are not embedded
+        again."""
+        base = self._embed_base("base", images.prompts, images.seeds, images.base)
+        null = self._embed_base("null", images.prompts, images.seeds, images.null) if images.null is not None else None
+        done = 0 if previous is None else len(previous.tuned)
+        tuned = self.embedder.embed_images(images.tuned[done:])
+        if done:
+            tuned = np.concatenate([previous.tuned, tuned])
+        return PairedEmbeddings(base, tuned, null)
+
+    def _embed_base(self, kind: str, prompts: list[str], seeds: list[int], images: np.ndarray) -> np.ndarray:
+        keys = [(kind, p, int(s)) for p, s in zip(prompts, seeds, strict=True)]
+        todo = [i for i, k in enumerate(keys) if k not in self._base_embeddings]
+        if todo:
+            for i, e in zip(todo, self.embedder.embed_images(images[todo]), strict=True):
+                self._base_embeddings[keys[i]] = e
+        return np.stack([self._base_embeddings[k] for k in keys])
 
     def directions(self, prompts: list[str], bank=None):
         """Stage 5: the text directions f(C) of the bank over ``prompts`` (the direction prompts if set)."""
@@ -330,8 +359,10 @@ class ExplainPipeline:
             self._directions[key] = text_directions(self.embedder, bank, used, self.cache.root)
         return self._directions[key]
 
-    def decompose(self, embeddings: PairedEmbeddings, directions, method: str | None = None) -> dict:
-        """Stage 6: scores, intervals and null thresholds (see ``scoring.decompose_divergence``)."""
+    def decompose(self, embeddings: PairedEmbeddings, directions, method: str | None = None,
+                  evidence: dict | None = None) -> dict:  # fmt: skip
+        """Stage 6: scores, intervals and null thresholds (see ``scoring.decompose_divergence``, which also fills
+        ``evidence``)."""
         from finexl.explanation.scoring import decompose_divergence
 
         cfg = self.config
@@ -340,7 +371,7 @@ class ExplainPipeline:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(ESTIMATORS)}")
         return decompose_divergence(
             embeddings.base, embeddings.tuned, directions, method, embeddings.null, cfg.n_bootstrap, cfg.n_null,
-            cfg.confidence, cfg.null_quantile, cfg.seed,
+            cfg.confidence, cfg.null_quantile, cfg.seed, evidence,
         )  # fmt: skip
 
     def check_prompts_fit(self) -> None:
@@ -383,9 +414,13 @@ class ExplainPipeline:
         self.check_prompts_fit()
         timings["check"] = time.perf_counter() - t0
 
-        # 2. paired sampling: same prompts and seeds (hence noise) for both models, cached by content
+        # 2. paired sampling: same prompts and seeds (hence noise) for both models, cached by content; with
+        # samples='auto', the first round of pairs
+        cfg = self.config
+        auto = cfg.samples == "auto"
+        plan = rounds(cfg.auto_round, cfg.auto_round, cfg.auto_cap) if auto else [cfg.samples]
         t = time.perf_counter()
-        images = self.sample(target, checked)
+        images = self.sample(target, checked, n=plan[0])
         timings["sample"] = time.perf_counter() - t
 
         # 3. optional concept proposals by a vision-language model shown the pairs
@@ -395,16 +430,35 @@ class ExplainPipeline:
             bank, proposals, proposal_note = self._propose(images)
             timings["propose"] = time.perf_counter() - t
 
-        # 4. embed the images with CLIP; 5. text directions of the bank over the same prompts
+        # 4. embed the images with CLIP; 5. text directions of the bank over the prompts of all the pairs
         t = time.perf_counter()
         embeddings = self.embed(images)
-        directions = self.directions(images.prompts, bank)
+        directions = self.directions(requests(self.prompts, cfg.n_pairs, cfg.seed)[0], bank)
         timings["embed"] = time.perf_counter() - t
 
-        # 6. decompose V_div onto the directions: scores, bootstrap intervals, null thresholds
-        t = time.perf_counter()
-        result = self.decompose(embeddings, directions)
-        timings["decompose"] = time.perf_counter() - t
+        # 6. decompose V_div onto the directions: scores, bootstrap intervals, null thresholds; with samples='auto',
+        # another round of pairs (2, 4 and 6 again) until every verdict is settled (see sequential.py)
+        looks: list[Look] = []
+        for k, n in enumerate(plan):
+            if k:
+                t = time.perf_counter()
+                images = self.sample(target, checked, n=n)
+                timings["sample"] += time.perf_counter() - t
+                t = time.perf_counter()
+                embeddings = self.embed(images, previous=embeddings)
+                timings["embed"] += time.perf_counter() - t
+            t = time.perf_counter()
+            evidence: dict = {}
+            result = self.decompose(embeddings, directions, evidence=evidence)
+            timings["decompose"] = timings.get("decompose", 0.0) + time.perf_counter() - t
+            if auto:
+                score = {a["aspect"]: a["score"] for a in result["aspects"]}
+                left = unsettled(evidence, bank.aspects, np.array([score[a] for a in bank.aspects]), n,
+                                 cfg.auto_cap, cfg.auto_error)  # fmt: skip
+                looks.append(Look(n, left))
+                logger.info("samples auto: %d pairs, %s", n, f"not settled: {', '.join(left)}" if left else "settled")
+                if not left:
+                    break
 
         # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
         samples = None
@@ -432,6 +486,10 @@ class ExplainPipeline:
                          "lora_scale": scale, "sampler": asdict(self.sampler),
                          "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
+            "sequential": {"rule": "stochastic curtailment", "round": cfg.auto_round, "cap": cfg.auto_cap,
+                           "error": cfg.auto_error, "looks": [asdict(look) for look in looks],
+                           "stopped": "settled" if looks[-1].settled and looks[-1].n < cfg.auto_cap else "cap"}
+            if auto else None,
             "finexl_version": __version__,
         })  # fmt: skip
         explanation.samples = samples

@@ -131,6 +131,8 @@ class Explanation:
     settings: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     sentences: dict | None = None
+    # samples='auto': the rounds drawn and what was left to settle after each (see sequential.py)
+    sequential: dict | None = None
     finexl_version: str | None = None
     schema: str = SCHEMA
     # the kept pairs and change maps (saved beside the JSON by ``save``, never inside it)
@@ -250,6 +252,10 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
         lines.append("no significant change: no aspect's interval lies above what the base reaches against itself")
     low, high = res["interval"]
     n_pairs = expl["divergence"]["n_pairs"]
+    seq = expl.get("sequential")
+    if seq:
+        how = "every verdict settled" if seq["stopped"] == "settled" else "the cap"
+        lines.append(f"samples auto: {n_pairs} of at most {seq['cap']} pairs ({how}; error rate {seq['error']})")
     if res["value"] is None:
         lines.append(f"({n_pairs} pairs, method {expl['method']}: no residual, it scores concepts one by one)")
     else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.base import clone
 
 from finexl.explanation.concepts import ConceptBank, ConceptDirections, Design
@@ -139,6 +140,14 @@ def interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nda
     return np.quantile(samples, tail, axis=0), np.quantile(samples, 1 - tail, axis=0)
 
 
+def _margin(distance: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``distance`` (lower interval end minus threshold) in standard errors; +-inf where the bootstrap did not vary
+    (a sign of 0 counts as not CHANGED, as in the test)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = distance / sd
+    return np.where(sd > 0, out, np.where(distance > 0, np.inf, -np.inf))
+
+
 def _finite(x) -> float | None:
     """JSON has no NaN: methods without a residual (per-image scorers) report None."""
     return float(x) if np.isfinite(x) else None
@@ -155,12 +164,16 @@ def decompose_divergence(
     confidence: float = 0.9,
     null_quantile: float = 0.95,
     seed: int = 0,
+    evidence: dict | None = None,
 ) -> dict:
     """Scores, intervals and null thresholds from paired embeddings (rows of ``base`` and ``tuned`` are pairs).
 
     ``null_base``: embeddings of the base on the same prompts with other seeds; without it no aspect is tested.
     Returns the ``aspects`` (those reported as changed first, then the rest, each by score), ``concepts``,
-    ``residual`` and ``divergence`` parts of an explanation.
+    ``residual`` and ``divergence`` parts of an explanation. ``evidence``, a dict, is filled with what the
+    sequential rule of :mod:`finexl.explanation.sequential` reads: ``z`` (per aspect in the bank's order, the
+    margin of the CHANGED test in bootstrap standard errors, shifted so that CHANGED is ``z > z_crit``; the smaller
+    of a two-part method's two tests), ``z_crit``, and ``boot`` (the bootstrap aspect scores).
     """
     if base.shape != tuned.shape:
         raise ValueError(f"base and personalized embeddings differ in shape: {base.shape} vs {tuned.shape}")
@@ -179,13 +192,21 @@ def decompose_divergence(
     r_low, r_high = interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
     n_aspects = len(bank.aspects)
     threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
+    z_crit = float(norm.ppf(1 - (1 - confidence) / 2))
+    z = np.full(n_aspects, np.nan)
     if null_base is not None:
         null, null_joint = null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1)
         threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
         changed = a_low > threshold
+        z = z_crit + _margin(a_low - threshold, agg_boot.aspect.std(axis=0))
         if joint is not None:  # the joint fit must see the change too
-            j_low, _ = interval(aggregate(boot_joint, design, bank).aspect, confidence)
-            changed &= j_low > np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
+            joint_boot = aggregate(boot_joint, design, bank).aspect
+            j_low, _ = interval(joint_boot, confidence)
+            j_threshold = np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
+            changed &= j_low > j_threshold
+            z = np.minimum(z, z_crit + _margin(j_low - j_threshold, joint_boot.std(axis=0)))
+    if evidence is not None:
+        evidence.update(z=z, z_crit=z_crit, boot=agg_boot.aspect)
     # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
     agg_joint = aggregate(joint, design, bank) if joint is not None else None
     aspects = []

@@ -40,6 +40,22 @@ def prepare_output(out: str | Path, resume: bool | str = False, overwrite: bool 
         shutil.rmtree(out)
 
 
+# the pipeline classes the trainer knows (one text encoder, a UNet, epsilon or v prediction)
+TRAINABLE_PIPELINES = ("StableDiffusionPipeline",)
+
+
+def check_trainable(base: Path) -> None:
+    """Refuse, before anything loads, a base whose pipeline class the trainer does not know."""
+    from finexl.loading import _read_model_index
+
+    if not (base / "model_index.json").is_file():
+        return  # load_pipeline names what is missing
+    name = _read_model_index(base).get("_class_name")
+    if name not in TRAINABLE_PIPELINES:
+        raise ConfigError(f"finexl trains {', '.join(TRAINABLE_PIPELINES)} bases (SD 1.x/2.x); {base} is a {name}, "
+                          "which it cannot train yet (SDXL and Flux training are not built)")  # fmt: skip
+
+
 def run_training(
     data: str | Path,
     out: str | Path,
@@ -61,6 +77,7 @@ def run_training(
     from finexl.train.trainer import native_resolution, train
 
     base = Path(base) if base is not None else toy_base()
+    check_trainable(base)
     pipe = load_pipeline(base, device=device, dtype=dtype)
     resolution = config.resolution or native_resolution(pipe)
     images = load_image_folder(data, resolution=resolution, require_captions=config.instance_prompt is None)

@@ -1,0 +1,204 @@
+"""Real text-to-image architectures with random weights, built from their published configs.
+
+For plumbing, formats, speed and memory only: random weights never stand in for results. ``width=1.0`` is the
+published size (SD 1.5: an 860 M-parameter UNet); a smaller ``width`` divides every channel count by the same factor
+and keeps the structure (block types, layers per block, attention layout, conditioning), which is what LoRA key
+names, loaders and pipelines depend on. Nothing is downloaded: the tokenizer is the toy world's (a CLIP tokenizer
+with a small vocabulary), so prompt token ids differ from the real ones, which no timing or format depends on.
+
+    from finexl.architectures import build_pipeline
+    pipe = build_pipeline("sd15", width=0.125)   # a StableDiffusionPipeline at 1/8 of the channels
+    pipe.save_pretrained("tiny-sd15")
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from finexl.errors import ConfigError
+
+# The UNet configs of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0 (unet/config.json)
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+)  # fmt: skip
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)  # fmt: skip
+# vae/config.json of both (SDXL's differs in scaling factor and sample size)
+VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+)  # fmt: skip
+# text_encoder/config.json: CLIP ViT-L/14's text tower; SDXL's second encoder is OpenCLIP ViT-bigG/14's
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              projection_dim=768, hidden_act="quick_gelu", max_position_embeddings=77)  # fmt: skip
+CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                 projection_dim=1280, hidden_act="gelu", max_position_embeddings=77)  # fmt: skip
+KINDS = ("sd15", "sdxl")
+
+
+def _scaled(channels, width: float, groups: int) -> tuple[int, ...]:
+    """Channel counts divided by ``1 / width``, kept multiples of the group norm's groups."""
+    return tuple(max(groups, int(round(c * width / groups)) * groups) for c in channels)
+
+
+def _text_config(base: dict, width: float, tokenizer, layers: int | None):
+    from transformers import CLIPTextConfig
+
+    heads = max(1, int(round(base["num_attention_heads"] * width)))
+    head_dim = base["hidden_size"] // base["num_attention_heads"]
+    hidden = heads * head_dim
+    ratio = hidden / base["hidden_size"]
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=hidden, num_attention_heads=heads,
+        intermediate_size=int(base["intermediate_size"] * ratio), projection_dim=int(base["projection_dim"] * ratio),
+        num_hidden_layers=layers or base["num_hidden_layers"], hidden_act=base["hidden_act"],
+        max_position_embeddings=base["max_position_embeddings"],
+    )  # fmt: skip
+
+
+def build_pipeline(kind: str = "sd15", width: float = 1.0, text_layers: int | None = None, seed: int = 0):
+    """A diffusers pipeline of ``kind`` (``sd15`` or ``sdxl``) with random weights.
+
+    Args:
+        kind: which architecture.
+        width: fraction of the published channel counts (1.0: full size; 1/8 or less for tests). UNet attention
+            head counts follow the channels (SD 1.5: 8 heads; SDXL: heads of 64 channels, as published).
+        text_layers: text encoder layers (default the published count).
+        seed: torch seed of the random weights.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from finexl.toyworld.tokenizer import build_tokenizer
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown architecture {kind!r}; choose one of {', '.join(KINDS)}")
+    if not 0 < width <= 1:
+        raise ConfigError(f"width must be in (0, 1], got {width}")
+    torch.manual_seed(seed)
+    groups = 32 if width == 1 else 8
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(tmp, seed=seed)
+    vae = AutoencoderKL(**{**VAE, "block_out_channels": _scaled(VAE["block_out_channels"], width, groups),
+                           "norm_num_groups": groups, "sample_size": 512 if kind == "sd15" else 1024,
+                           "scaling_factor": 0.18215 if kind == "sd15" else 0.13025})  # fmt: skip
+    if kind == "sd15":
+        text_encoder = CLIPTextModel(_text_config(CLIP_L, width, tokenizer, text_layers))
+        unet = UNet2DConditionModel(**{
+            **SD15_UNET, "block_out_channels": _scaled(SD15_UNET["block_out_channels"], width, groups),
+            "norm_num_groups": groups, "cross_attention_dim": text_encoder.config.hidden_size,
+        })  # fmt: skip
+        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  skip_prk_steps=True, steps_offset=1)  # fmt: skip
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)  # fmt: skip
+    text_encoder = CLIPTextModel(_text_config(CLIP_L, width, tokenizer, text_layers))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(CLIP_BIGG, width, tokenizer, text_layers))
+    channels = _scaled(SDXL_UNET["block_out_channels"], width, groups)
+    context = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+    unet = UNet2DConditionModel(**{
+        **SDXL_UNET, "block_out_channels": channels, "norm_num_groups": groups, "cross_attention_dim": context,
+        "attention_head_dim": tuple(max(1, c // 64) for c in channels),  # SDXL: 64 channels per head
+        "addition_time_embed_dim": max(8, int(256 * width)),
+        # pooled text (the second encoder's projection) + 6 time ids, each embedded to addition_time_embed_dim
+        "projection_class_embeddings_input_dim": text_encoder_2.config.projection_dim + 6 * max(8, int(256 * width)),
+    })  # fmt: skip
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")  # fmt: skip
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True)  # fmt: skip
+
+
+def n_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def kohya_lora_state_dict(unet, rank: int = 4, alpha: float = 2.0, seed: int = 0, std: float = 0.02,
+                          sdxl_names: bool = False) -> dict:  # fmt: skip
+    """A kohya/A1111-format LoCon for ``unet`` with random matrices: every linear layer and convolution (attention,
+    projections, feed-forward, ResNet convolutions, time embedding, down- and upsamplers) gets
+    ``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight`` and ``.alpha``; convolutions get a ``k x k`` down
+    and a ``1 x 1`` up matrix (LoCon). ``sdxl_names``: sd-scripts' names for SDXL (the original model's
+    ``input_blocks / middle_block / output_blocks`` numbering) instead of diffusers' module paths."""
+    import torch
+    import torch.nn as nn
+
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, nn.Linear):
+            down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+        elif isinstance(module, nn.Conv2d) and name not in ("conv_in", "conv_out"):
+            down_shape = (rank, module.in_channels, *module.kernel_size)
+            up_shape = (module.out_channels, rank, 1, 1)
+        else:
+            continue
+        key = "lora_unet_" + (sgm_name(name, unet.config) if sdxl_names else name).replace(".", "_")
+        out[f"{key}.lora_down.weight"] = torch.randn(down_shape, generator=generator) * std
+        out[f"{key}.lora_up.weight"] = torch.randn(up_shape, generator=generator) * std
+        out[f"{key}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def sgm_name(module: str, config) -> str:
+    """sd-scripts' (the original SDXL code's) name of a diffusers UNet module path, e.g.
+    ``down_blocks.1.attentions.0.proj_in`` -> ``input_blocks.4.1.proj_in``: input block ``1 + 3 d + i`` holds down
+    block ``d``'s resnet and attention ``i`` (sub-modules 0 and 1), input block ``3 (d + 1)`` its downsampler; the
+    middle block is resnet 0, attention 1, resnet 2; output block ``3 u + i`` holds up block ``u``'s resnet and
+    attention ``i``, its last one the upsampler as sub-module 2 (1 without attentions). (diffusers'
+    ``_maybe_map_sgm_blocks_to_diffusers`` is the inverse.)"""
+    parts = module.split(".")
+    layers = config.layers_per_block
+    if parts[0] == "down_blocks":
+        d, kind = int(parts[1]), parts[2]
+        if kind == "downsamplers":  # down_blocks.d.downsamplers.0.conv -> input_blocks.3(d+1).0.op
+            rest = "" if parts[4:] == ["conv"] else "." + ".".join(parts[4:])
+            return f"input_blocks.{(layers + 1) * (d + 1)}.0.op" + rest
+        i = int(parts[3])
+        block = 1 + (layers + 1) * d + i
+        return f"input_blocks.{block}.{0 if kind == 'resnets' else 1}." + _sgm_resnet(parts[4:], kind)
+    if parts[0] == "mid_block":
+        kind, i = parts[1], int(parts[2])
+        sub = 1 if kind == "attentions" else 2 * i
+        return f"middle_block.{sub}." + _sgm_resnet(parts[3:], kind)
+    if parts[0] == "up_blocks":
+        u, kind = int(parts[1]), parts[2]
+        has_attention = "CrossAttn" in config.up_block_types[u]
+        if kind == "upsamplers":  # in the block's last output block
+            block = (layers + 1) * u + layers
+            return f"output_blocks.{block}.{2 if has_attention else 1}." + ".".join(parts[4:])
+        i = int(parts[3])
+        block = (layers + 1) * u + i  # up blocks have layers_per_block + 1 resnets
+        return f"output_blocks.{block}.{0 if kind == 'resnets' else 1}." + _sgm_resnet(parts[4:], kind)
+    if parts[0] == "time_embedding":
+        return f"time_embed.{0 if parts[1] == 'linear_1' else 2}"
+    if parts[0] == "add_embedding":
+        return f"label_emb.0.{0 if parts[1] == 'linear_1' else 2}"
+    return module
+
+
+_SGM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
+
+
+def _sgm_resnet(rest: list[str], kind: str) -> str:
+    if kind != "resnets":
+        return ".".join(rest)
+    return ".".join([_SGM_RESNET.get(rest[0], rest[0]), *rest[1:]])

@@ -1,0 +1,207 @@
+"""LoRA files in the formats people download, on real architectures (random weights, reduced width), loaded at the
+strength their reference implementation gives: the update of a module is ``alpha / rank * up @ down``."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from finexl.architectures import build_pipeline, kohya_lora_state_dict, sgm_name
+from finexl.loading import fuse_lora, load_lora, unfuse_lora
+
+WIDTH = 1 / 16
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    return build_pipeline("sd15", width=WIDTH, text_layers=1)
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return build_pipeline("sdxl", width=WIDTH, text_layers=1)
+
+
+def expected_update(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
+    rank = down.shape[0]
+    if down.ndim == 4:  # LoCon: k x k down, 1 x 1 up
+        return alpha / rank * torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down)
+    return alpha / rank * up @ down
+
+
+def loaded_updates(pipe, file) -> dict[str, torch.Tensor]:
+    """Each UNet weight's change once the LoRA is loaded (through finexl) and fused."""
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    load_lora(pipe, file)
+    saved = fuse_lora(pipe)
+    after = pipe.unet.state_dict()
+    updates = {}
+    for key, weight in after.items():
+        name = key.replace(".base_layer", "")
+        if name in before and not torch.equal(weight, before[name]):
+            updates[name.removesuffix(".weight")] = weight - before[name]
+    unfuse_lora(pipe, saved)
+    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in before.items())  # the base is back
+    return updates
+
+
+# one module of each type the issue names; the SD 1.5 UNet's diffusers paths
+MODULE_TYPES = {
+    "attention": "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "attention out": "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0",
+    "projection": "down_blocks.1.attentions.0.proj_in",
+    "feed-forward": "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    "resnet convolution": "down_blocks.2.resnets.1.conv1",
+    "resnet time embedding": "up_blocks.0.resnets.2.time_emb_proj",
+    "shortcut convolution": "up_blocks.3.resnets.0.conv_shortcut",
+    "downsampler": "down_blocks.0.downsamplers.0.conv",
+    "upsampler": "up_blocks.2.upsamplers.0.conv",
+    "time embedding": "time_embedding.linear_1",
+}
+
+
+def test_a_kohya_locon_loads_at_alpha_over_rank_on_every_module_type(sd15, tmp_path):
+    state = kohya_lora_state_dict(sd15.unet, rank=8, alpha=4.0, seed=1)
+    file = tmp_path / "locon.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(sd15, file)
+    n_modules = sum(k.endswith(".alpha") for k in state)
+    assert len(updates) == n_modules  # every module of the file, and nothing else
+    for kind, module in MODULE_TYPES.items():
+        key = "lora_unet_" + module.replace(".", "_")
+        want = expected_update(state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"], 4.0)
+        torch.testing.assert_close(updates[module], want, rtol=1e-4, atol=1e-7, msg=kind)
+    # the same as diffusers' own loader gives (its network alphas applied by peft), module by module
+    before = {k: v.clone() for k, v in sd15.unet.state_dict().items()}
+    sd15.load_lora_weights(str(file), adapter_name="reference")
+    sd15.fuse_lora(adapter_names=["reference"])
+    reference = {k.replace(".base_layer", "").removesuffix(".weight"): v - before[k.replace(".base_layer", "")]
+                 for k, v in sd15.unet.state_dict().items() if k.replace(".base_layer", "") in before
+                 and k.endswith("weight")}  # fmt: skip
+    sd15.unfuse_lora()
+    sd15.unload_lora_weights()
+    for module, update in updates.items():
+        torch.testing.assert_close(update, reference[module], rtol=1e-4, atol=1e-7, msg=module)
+
+
+def test_an_sdxl_kohya_file_in_sd_scripts_block_naming_loads_onto_the_right_modules(sdxl, tmp_path):
+    state = kohya_lora_state_dict(sdxl.unet, rank=4, alpha=1.0, seed=2, sdxl_names=True)
+    assert any("input_blocks_4_1_transformer_blocks" in k for k in state)  # sd-scripts' naming, not diffusers'
+    file = tmp_path / "sdxl_kohya.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(sdxl, file)
+    assert len(updates) == sum(k.endswith(".alpha") for k in state)
+    for module in ("down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k", "down_blocks.2.resnets.0.conv2",
+                   "up_blocks.0.attentions.2.proj_out", "up_blocks.1.upsamplers.0.conv", "mid_block.resnets.1.conv1",
+                   "add_embedding.linear_2"):  # fmt: skip
+        key = "lora_unet_" + sgm_name(module, sdxl.unet.config).replace(".", "_")
+        want = expected_update(state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"], 1.0)
+        torch.testing.assert_close(updates[module], want, rtol=1e-4, atol=1e-7, msg=module)
+
+
+@pytest.mark.parametrize("suffixes, name", [
+    (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"), "LyCORIS LoHa"),
+    (("lokr_w1", "lokr_w2", "alpha"), "LyCORIS LoKr"),
+    (("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"), "Tucker"),
+    (("lora_down.weight", "lora_up.weight", "dora_scale", "alpha"), "DoRA"),
+])  # fmt: skip
+def test_an_adapter_format_finexl_does_not_load_is_refused_in_one_short_line(sd15, tmp_path, suffixes, name):
+    from finexl.cli import main
+    from finexl.loading import LoraError
+
+    modules = [f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qkv"] * 300
+    state = {f"{m}_{i}.{s}": torch.zeros(2, 2) for i, m in enumerate(modules) for s in suffixes}
+    file = tmp_path / "adapter.safetensors"
+    save_file(state, str(file))
+    with pytest.raises(LoraError, match=name) as err:
+        load_lora(sd15, file)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200
+    # finexl explain refuses it at its first stage, before any image, with exit 2
+    assert main(["explain", "--lora", str(file), "--cache", str(tmp_path / "cache"), "-q"]) == 2
+    assert not (tmp_path / "cache" / "images").exists()
+
+
+def test_diffusers_old_attention_processor_files_load_onto_the_unet(sd15, tmp_path):
+    """``save_attn_procs`` files name UNet modules without a component (``down_blocks...processor.to_q_lora``) and
+    carry no alpha: the update is ``up @ down``."""
+    state = {}
+    for block in ("down_blocks.0.attentions.0", "up_blocks.3.attentions.1"):
+        for x in ("q", "k", "v", "out"):
+            layer = sd15.unet.get_submodule(f"{block}.transformer_blocks.0.attn2.to_{x}{'.0' if x == 'out' else ''}")
+            key = f"{block}.transformer_blocks.0.attn2.processor.to_{x}_lora"
+            state[f"{key}.down.weight"] = torch.randn(4, layer.in_features) * 0.05
+            state[f"{key}.up.weight"] = torch.randn(layer.out_features, 4) * 0.05
+    file = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(sd15, file)
+    assert len(updates) == 8
+    key = "up_blocks.3.attentions.1.transformer_blocks.0.attn2.processor.to_out_lora"
+    torch.testing.assert_close(
+        updates["up_blocks.3.attentions.1.transformer_blocks.0.attn2.to_out.0"],
+        state[f"{key}.up.weight"] @ state[f"{key}.down.weight"],
+        rtol=1e-4,
+        atol=1e-7,
+    )
+
+
+def test_an_sdxl_kohya_lora_explains_end_to_end(sdxl, tmp_path, tiny_clip_dir):
+    """An SDXL pipeline folder (two text encoders, pooled embeddings, time ids) and a kohya file in sd-scripts'
+    naming, through `finexl explain` at 32 px (the tiny CLIP reads 32 px): the LoRA changes the images, so the
+    divergence is not zero."""
+    import json
+
+    from finexl.cli import main
+
+    base = tmp_path / "sdxl"
+    sdxl.save_pretrained(base)
+    lora = tmp_path / "sdxl_kohya.safetensors"
+    save_file(kohya_lora_state_dict(sdxl.unet, rank=4, alpha=4.0, seed=3, std=0.2, sdxl_names=True), str(lora))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na shape\n")
+    code = main(
+        [
+            "explain",
+            "--base",
+            str(base),
+            "--lora",
+            str(lora),
+            "--clip",
+            str(tiny_clip_dir),
+            "--concepts",
+            "toy",
+            "--prompts",
+            str(prompts),
+            "--samples",
+            "4",
+            "--steps",
+            "2",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--bootstrap",
+            "20",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
+    assert code == 0
+    e = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
+    assert e["settings"]["sampler"]["height"] == 32 and e["settings"]["sampler"]["width"] == 32
+
+
+def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front(sdxl, tmp_path, capsys):
+    from finexl.cli import main
+
+    base = tmp_path / "sdxl"
+    sdxl.save_pretrained(base)
+    (tmp_path / "data").mkdir()
+    capsys.readouterr()  # what saving the fixture printed
+    code = main(["train", "lora", "--base", str(base), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "lora")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "StableDiffusionXLPipeline" in err and "cannot train yet" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "lora").exists()
