@@ -392,6 +392,17 @@ class ExplainPipeline:
                     f"{longest!r} it needs {n} of the {window} the CLIP text encoder reads: shorten it"
                 )
 
+    def scheduler_class(self) -> str | None:
+        """The class of the scheduler the images are sampled with (the base's own, from its ``model_index.json``,
+        or the multistep solver the sampler names)."""
+        from finexl.loading import _read_model_index
+        from finexl.sampling import SCHEDULERS
+
+        if self.sampler.scheduler != "default":
+            return SCHEDULERS[self.sampler.scheduler][0]
+        entry = _read_model_index(self.base_dir).get("scheduler")
+        return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+
     @property
     def embedder(self):
         if self._embedder is None:
@@ -483,7 +494,8 @@ class ExplainPipeline:
                 "clip": {"name": self.embedder.name, "fingerprint": self.embedder.fingerprint},
             },
             "settings": {**asdict(self.config), "preset": self.preset, "lora": lora, "model": model,
-                         "lora_scale": scale, "sampler": asdict(self.sampler),
+                         "lora_scale": scale, "sampler": {**asdict(self.sampler),
+                                                          "scheduler_class": self.scheduler_class()},
                          "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "sequential": {"rule": "stochastic curtailment", "round": cfg.auto_round, "cap": cfg.auto_cap,

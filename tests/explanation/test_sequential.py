@@ -158,4 +158,5 @@ def test_cli_samples_auto_and_a_multistep_scheduler(tmp_path, tiny_pipeline_dir,
     assert e["divergence"]["n_pairs"] == e["sequential"]["looks"][-1]["n"]
     assert e["settings"]["samples"] == "auto"
     assert e["settings"]["sampler"]["scheduler"] == "unipc" and e["settings"]["sampler"]["num_inference_steps"] == 3
+    assert e["settings"]["sampler"]["scheduler_class"] == "UniPCMultistepScheduler"
     assert main(["explain", "--samples", "some", "--cache", str(tmp_path / "cache")]) == 2

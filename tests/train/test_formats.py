@@ -191,6 +191,7 @@ def test_an_sdxl_kohya_lora_explains_end_to_end(sdxl, tmp_path, tiny_clip_dir):
     e = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
     assert e["settings"]["sampler"]["height"] == 32 and e["settings"]["sampler"]["width"] == 32
+    assert e["settings"]["sampler"]["scheduler_class"] == "EulerDiscreteScheduler"  # the base's own
 
 
 def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front(sdxl, tmp_path, capsys):
