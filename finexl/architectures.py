@@ -42,7 +42,13 @@ CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num
               projection_dim=768, hidden_act="quick_gelu", max_position_embeddings=77)  # fmt: skip
 CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
                  projection_dim=1280, hidden_act="gelu", max_position_embeddings=77)  # fmt: skip
-KINDS = ("sd15", "sdxl")
+# black-forest-labs/FLUX.1-dev: transformer/config.json, and the T5-XXL encoder (text_encoder_2/config.json)
+FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                        guidance_embeds=True, axes_dims_rope=(16, 56, 56))  # fmt: skip
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
+              relative_attention_num_buckets=32)  # fmt: skip
+KINDS = ("sd15", "sdxl", "flux")
 
 
 def _scaled(channels, width: float, groups: int) -> tuple[int, ...]:
@@ -67,12 +73,13 @@ def _text_config(base: dict, width: float, tokenizer, layers: int | None):
 
 
 def build_pipeline(kind: str = "sd15", width: float = 1.0, text_layers: int | None = None, seed: int = 0):
-    """A diffusers pipeline of ``kind`` (``sd15`` or ``sdxl``) with random weights.
+    """A diffusers pipeline of ``kind`` (``sd15``, ``sdxl`` or ``flux``) with random weights.
 
     Args:
         kind: which architecture.
         width: fraction of the published channel counts (1.0: full size; 1/8 or less for tests). UNet attention
-            head counts follow the channels (SD 1.5: 8 heads; SDXL: heads of 64 channels, as published).
+            head counts follow the channels (SD 1.5: 8 heads; SDXL: heads of 64 channels, as published); a Flux
+            transformer below full size has 2 double and 2 single blocks with heads of 16 channels.
         text_layers: text encoder layers (default the published count).
         seed: torch seed of the random weights.
     """
@@ -93,6 +100,8 @@ def build_pipeline(kind: str = "sd15", width: float = 1.0, text_layers: int | No
     vae = AutoencoderKL(**{**VAE, "block_out_channels": _scaled(VAE["block_out_channels"], width, groups),
                            "norm_num_groups": groups, "sample_size": 512 if kind == "sd15" else 1024,
                            "scaling_factor": 0.18215 if kind == "sd15" else 0.13025})  # fmt: skip
+    if kind == "flux":
+        return _flux(width, tokenizer, text_layers, groups)
     if kind == "sd15":
         text_encoder = CLIPTextModel(_text_config(CLIP_L, width, tokenizer, text_layers))
         unet = UNet2DConditionModel(**{
@@ -124,6 +133,47 @@ def build_pipeline(kind: str = "sd15", width: float = 1.0, text_layers: int | No
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True)  # fmt: skip
+
+
+def _flux(width: float, tokenizer, text_layers: int | None, groups: int):
+    """FLUX.1-dev's structure: a 16-channel VAE without quant convs, CLIP-L for the pooled embedding, T5 for the
+    sequence, the MMDiT transformer (double and single blocks, rotary axes summing to the head size), flow matching."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+
+    vae = AutoencoderKL(**{**VAE, "block_out_channels": _scaled(VAE["block_out_channels"], width, groups),
+                           "norm_num_groups": groups, "latent_channels": 16, "use_quant_conv": False,
+                           "use_post_quant_conv": False, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+                           "sample_size": 1024})  # fmt: skip
+    text_encoder = CLIPTextModel(_text_config(CLIP_L, width, tokenizer, text_layers))
+    heads = max(1, int(round(FLUX_TRANSFORMER["num_attention_heads"] * width)))
+    head_dim = FLUX_TRANSFORMER["attention_head_dim"] if width == 1 else 16
+    axes = FLUX_TRANSFORMER["axes_dims_rope"] if width == 1 else (4, 6, 6)  # rotary axes sum to the head size
+    t5_model = int(T5_XXL["d_model"] * width)
+    # an offline T5 tokenizer: the toy vocabulary as a unigram model with T5's special tokens
+    words = ["<pad>", "</s>", "<unk>", *sorted(w.removesuffix("</w>") for w in tokenizer.get_vocab() if w.isalpha())]
+    vocab = [(w, 0.0) for w in dict.fromkeys(words)]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer_2 = T5TokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                  model_max_length=512)  # fmt: skip
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(vocab), d_model=t5_model, d_kv=T5_XXL["d_kv"], d_ff=int(T5_XXL["d_ff"] * width),
+        num_layers=text_layers or T5_XXL["num_layers"], num_heads=max(1, t5_model // T5_XXL["d_kv"]),
+        feed_forward_proj=T5_XXL["feed_forward_proj"], relative_attention_num_buckets=32, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    ))  # fmt: skip
+    transformer = FluxTransformer2DModel(**{
+        **FLUX_TRANSFORMER, "num_attention_heads": heads, "attention_head_dim": head_dim, "axes_dims_rope": axes,
+        "num_layers": FLUX_TRANSFORMER["num_layers"] if width == 1 else 2,
+        "num_single_layers": FLUX_TRANSFORMER["num_single_layers"] if width == 1 else 2,
+        "joint_attention_dim": t5_model, "pooled_projection_dim": text_encoder.config.hidden_size,
+    })  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)  # fmt: skip
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)  # fmt: skip
 
 
 def n_parameters(module) -> int:

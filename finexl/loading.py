@@ -92,16 +92,24 @@ def _read_model_index(path: Path) -> dict:
     return index
 
 
+# Transformer pipelines (Flux) keep their default latent size in the pipeline class, not in a config
+TRANSFORMER_SAMPLE_SIZE = 128
+
+
 def native_size(path: str | Path) -> int:
-    """The image size a pipeline folder generates by default: UNet sample size times the VAE's downsampling."""
+    """The image size a pipeline folder generates by default: the UNet's sample size (a transformer pipeline's,
+    Flux's 128, has none in its config) times the VAE's downsampling."""
     import json
 
     path = Path(path)
     try:
-        sample = json.loads((path / "unet" / "config.json").read_text())["sample_size"]
+        if (path / "unet" / "config.json").is_file() or not (path / "transformer" / "config.json").is_file():
+            sample = json.loads((path / "unet" / "config.json").read_text())["sample_size"]
+        else:
+            sample = TRANSFORMER_SAMPLE_SIZE
         blocks = json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]
     except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read the UNet and VAE configs of {path}: {err}") from err
+        raise InputError(f"cannot read the UNet (or transformer) and VAE configs of {path}: {err}") from err
     sample = sample[0] if isinstance(sample, list) else sample
     return int(sample) * 2 ** (len(blocks) - 1)
 
@@ -207,8 +215,7 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
     import torch
     import torch.nn as nn
 
-    components = {"unet": getattr(pipe, "unet", None), "text_encoder": getattr(pipe, "text_encoder", None)}
-    components["text_encoder_2"] = getattr(pipe, "text_encoder_2", None)
+    components = {name: getattr(pipe, name, None) for name in LORA_COMPONENTS}
     pairs: dict[str, dict[str, tuple]] = {}
     for key, tensor in state_dict.items():
         if key.endswith(".alpha"):
@@ -288,7 +295,10 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         # the UNet's config lets diffusers renumber sd-scripts' SDXL blocks (input_blocks.4.1 -> down_blocks.1...)
         unet = getattr(pipe, "unet", None)
         extra = {"unet_config": unet.config} if unet is not None else {}
-        state_dict, alphas, metadata = pipe.lora_state_dict(str(file), return_lora_metadata=True, **extra)
+        read = pipe.lora_state_dict(str(file), return_lora_metadata=True, **extra)
+        # UNet pipelines give (state dict, kohya alphas, metadata); transformer ones (Flux) fold kohya alphas into
+        # the matrices and give (state dict, metadata)
+        state_dict, alphas, metadata = read if len(read) == 3 else (read[0], None, read[1])
     except Exception as err:  # safetensors and diffusers raise several types for damaged or foreign files
         raise LoraError(f"could not read the LoRA file {file}: {err}") from err
     alphas = alphas or {}

@@ -28,19 +28,21 @@ def expected_update(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch
     return alpha / rank * up @ down
 
 
-def loaded_updates(pipe, file) -> dict[str, torch.Tensor]:
-    """Each UNet weight's change once the LoRA is loaded (through finexl) and fused."""
-    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+def weights(model) -> dict[str, torch.Tensor]:
+    """A model's weights by module path (a LoRA layer's wrapped base layer under the layer's own name)."""
+    return {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+def loaded_updates(pipe, file, component: str = "unet") -> dict[str, torch.Tensor]:
+    """Each weight's change in ``component`` once the LoRA is loaded (through finexl) and fused."""
+    model = getattr(pipe, component)
+    before = weights(model)
     load_lora(pipe, file)
     saved = fuse_lora(pipe)
-    after = pipe.unet.state_dict()
-    updates = {}
-    for key, weight in after.items():
-        name = key.replace(".base_layer", "")
-        if name in before and not torch.equal(weight, before[name]):
-            updates[name.removesuffix(".weight")] = weight - before[name]
+    updates = {name.removesuffix(".weight"): weight - before[name] for name, weight in weights(model).items()
+               if not torch.equal(weight, before[name])}  # fmt: skip
     unfuse_lora(pipe, saved)
-    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in before.items())  # the base is back
+    assert all(torch.equal(weights(model)[k], v) for k, v in before.items())  # the base is back
     return updates
 
 
@@ -206,3 +208,55 @@ def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front
     err = capsys.readouterr().err
     assert code == 2 and "StableDiffusionXLPipeline" in err and "cannot train yet" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "lora").exists()
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return build_pipeline("flux", width=WIDTH, text_layers=1)
+
+
+def flux_lora(pipe, folder, rank=4, alpha=8.0):
+    """A diffusers-format Flux LoRA (what diffusers' Flux training scripts save): peft adapter on the transformer's
+    attention, MLP and output layers, rank and alpha in the file's metadata."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(4)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "ff.net.2"])  # fmt: skip
+    pipe.transformer.add_adapter(config, adapter_name="made")
+    layers = get_peft_model_state_dict(pipe.transformer, adapter_name="made")
+    pipe.transformer.delete_adapters("made")
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=layers,
+                                   transformer_lora_adapter_metadata=config.to_dict())  # fmt: skip
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_path, tiny_clip_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    from finexl.cli import main
+
+    file = flux_lora(flux, tmp_path / "lora")
+    state = load_file(str(file))
+    updates = loaded_updates(flux, file, "transformer")
+    assert len(updates) == len(state) // 2
+    for module in ("transformer_blocks.1.attn.to_k", "single_transformer_blocks.0.proj_mlp",
+                   "transformer_blocks.0.ff.net.2"):  # fmt: skip
+        want = 8.0 / 4 * state[f"transformer.{module}.lora_B.weight"] @ state[f"transformer.{module}.lora_A.weight"]
+        torch.testing.assert_close(updates[module], want, rtol=1e-4, atol=1e-7, msg=module)
+
+    base = tmp_path / "flux"
+    flux.save_pretrained(base)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na shape\n")
+    code = main(["explain", "--base", str(base), "--lora", str(file), "--clip", str(tiny_clip_dir), "--concepts",
+                 "toy", "--prompts", str(prompts), "--samples", "4", "--steps", "2", "--height", "32", "--width", "32",
+                 "--bootstrap", "20", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"])
+    assert code == 0
+    e = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
+    assert e["settings"]["sampler"]["scheduler_class"] == "FlowMatchEulerDiscreteScheduler"
