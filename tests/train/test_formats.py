@@ -253,9 +253,36 @@ def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_
     flux.save_pretrained(base)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na shape\n")
-    code = main(["explain", "--base", str(base), "--lora", str(file), "--clip", str(tiny_clip_dir), "--concepts",
-                 "toy", "--prompts", str(prompts), "--samples", "4", "--steps", "2", "--height", "32", "--width", "32",
-                 "--bootstrap", "20", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"])
+    code = main(
+        [
+            "explain",
+            "--base",
+            str(base),
+            "--lora",
+            str(file),
+            "--clip",
+            str(tiny_clip_dir),
+            "--concepts",
+            "toy",
+            "--prompts",
+            str(prompts),
+            "--samples",
+            "4",
+            "--steps",
+            "2",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--bootstrap",
+            "20",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
     assert code == 0
     e = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
