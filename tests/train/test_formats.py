@@ -287,3 +287,35 @@ def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_
     e = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
     assert e["settings"]["sampler"]["scheduler_class"] == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_a_kohya_flux_lora_loads_at_alpha_over_rank(flux, tmp_path):
+    """sd-scripts' Flux naming: fused q/k/v (``double_blocks_i_img_attn_qkv``) split onto to_q, to_k, to_v, each at
+    alpha / rank. (``single_blocks_i_linear1`` is left out: diffusers' converter splits it at FLUX.1-dev's full
+    widths, 3072 and 12288, which a reduced-width fixture does not have.)"""
+    t = flux.transformer
+    inner = t.config.num_attention_heads * t.config.attention_head_dim
+    mlp = t.single_transformer_blocks[0].proj_mlp.out_features
+    generator = torch.Generator().manual_seed(5)
+    state, rank, alpha = {}, 4, 2.0
+    for i in range(2):
+        for key, n_in, n_out in ((f"double_blocks_{i}_img_attn_qkv", inner, 3 * inner),
+                                 (f"double_blocks_{i}_txt_attn_proj", inner, inner),
+                                 (f"single_blocks_{i}_linear2", inner + mlp, inner)):  # fmt: skip
+            state[f"lora_unet_{key}.lora_down.weight"] = torch.randn(rank, n_in, generator=generator) * 0.1
+            state[f"lora_unet_{key}.lora_up.weight"] = torch.randn(n_out, rank, generator=generator) * 0.1
+            state[f"lora_unet_{key}.alpha"] = torch.tensor(alpha)
+    file = tmp_path / "flux_kohya.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(flux, file, "transformer")
+    assert len(updates) == 2 * (3 + 1 + 1)
+
+    def want(key):
+        return alpha / rank * state[f"lora_unet_{key}.lora_up.weight"] @ state[f"lora_unet_{key}.lora_down.weight"]
+
+    qkv = torch.cat([updates[f"transformer_blocks.1.attn.to_{x}"] for x in "qkv"])
+    torch.testing.assert_close(qkv, want("double_blocks_1_img_attn_qkv"), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(updates["transformer_blocks.0.attn.to_add_out"], want("double_blocks_0_txt_attn_proj"),
+                               rtol=1e-4, atol=1e-8)  # fmt: skip
+    torch.testing.assert_close(updates["single_transformer_blocks.1.proj_out"], want("single_blocks_1_linear2"),
+                               rtol=1e-4, atol=1e-8)  # fmt: skip
