@@ -122,10 +122,10 @@ def main() -> int:
                                                             auto_round=size))  # fmt: skip
     path = Path(args.json)
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    records = {r["id"]: r for r in saved.get("records", [])}
+    records = {(r["suite"], r["id"]): r for r in saved.get("records", [])}  # quick's ids recur in single
     truths = [t for t in load_truths(args.suites, names) if t["kind"] != "dreambooth"]
     for i, truth in enumerate(truths):
-        record = records.setdefault(truth["id"], {"id": truth["id"], "suite": truth["suite"], "kind": truth["kind"],
+        record = records.setdefault((truth["suite"], truth["id"]), {"id": truth["id"], "suite": truth["suite"], "kind": truth["kind"],
                                                   "spec": truth["spec"], "runs": {}})  # fmt: skip
         for name, pipe in pipes.items():
             if name.startswith("fast") and truth["suite"] not in args.fast_on.split(","):
