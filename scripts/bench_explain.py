@@ -10,10 +10,10 @@
    commit and at ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their
    CHANGED aspects; ``--head-args`` adds flags to this commit's run (e.g. ``"--samples 128 --scheduler default
    --steps 25"`` for the old defaults).
-3. With ``--sd15 1,2``: SD 1.5 at its published size with random weights (`finexl.architectures`; speed only,
-   never results), 512 px, each batch size in a fresh process: seconds per sampler step (classifier-free guidance
-   included) and per VAE decode, per image, and the process's peak memory; then the extrapolated cost of a
-   default explanation on this CPU.
+3. With ``--sd15 1,2`` (``--sdxl 1``): SD 1.5 (SDXL) at its published size with random weights
+   (`finexl.architectures`; speed only, never results), 512 px (1024 px), each batch size in a fresh process:
+   seconds per sampler step (classifier-free guidance included) and per VAE decode, per image, and the process's
+   peak memory; then the extrapolated cost of an explanation on this CPU.
 
 Prints images/s, seconds, peak memory (each process's own maximum resident set) and the ratios; ``--json`` keeps them.
 """
@@ -81,9 +81,9 @@ def child(way: str, n: int, steps: int, threads: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
-def sd15_child(batch: int, threads: int) -> dict:
-    """Full-size random SD 1.5 at 512 px: a pipeline call of 1 and of 3 steps (their difference / 2 is a step), and
-    the VAE decode alone."""
+def real_child(kind: str, batch: int, threads: int) -> dict:
+    """Full-size random SD 1.5 at 512 px (SDXL at 1024): a pipeline call of 1 and of 3 steps (their difference / 2
+    is a step), and the VAE decode alone."""
     import torch
 
     from finexl.architectures import build_pipeline, n_parameters
@@ -91,23 +91,24 @@ def sd15_child(batch: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    pipe = build_pipeline("sd15", width=1.0)
+    pipe = build_pipeline(kind, width=1.0)
     pipe.set_progress_bar_config(disable=True)
     build_s = time.perf_counter() - t0
+    size = 512 if kind == "sd15" else 1024
     prompts, seeds = ["a photo of a red car"] * batch, list(range(batch))
     seconds = {}
     for steps in (1, 3):
         t = time.perf_counter()
-        sample_images(pipe, prompts, seeds, SamplerConfig(num_inference_steps=steps, height=512, width=512,
+        sample_images(pipe, prompts, seeds, SamplerConfig(num_inference_steps=steps, height=size, width=size,
                                                           batch_size=batch))  # fmt: skip
         seconds[steps] = time.perf_counter() - t
-    latents = torch.randn(batch, 4, 64, 64)
+    latents = torch.randn(batch, 4, size // 8, size // 8)
     t = time.perf_counter()
     with torch.no_grad():
         pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
     decode_s = time.perf_counter() - t
     step_s = (seconds[3] - seconds[1]) / 2
-    return {"batch": batch, "unet_parameters": n_parameters(pipe.unet), "build_s": build_s,
+    return {"kind": kind, "size": size, "batch": batch, "unet_parameters": n_parameters(pipe.unet), "build_s": build_s,
             "step_s_per_image": step_s / batch, "decode_s_per_image": decode_s / batch,
             "one_step_call_s_per_image": seconds[1] / batch,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
@@ -154,12 +155,13 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--head-args", default="", help="extra flags for this commit's cold explain")
     ap.add_argument("--sd15", help="comma-separated batch sizes for the full-size SD 1.5 timing (e.g. 1,2)")
+    ap.add_argument("--sdxl", help="comma-separated batch sizes for the full-size SDXL timing (e.g. 1)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: sample, cold")
-    ap.add_argument("--child", choices=["finexl", "plain", "sd15"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["finexl", "plain", "sd15", "sdxl"], help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child == "sd15":
-        print(json.dumps(sd15_child(args.batch, args.threads)))
+    if args.child in ("sd15", "sdxl"):
+        print(json.dumps(real_child(args.child, args.batch, args.threads)))
         return
     if args.child:
         print(json.dumps(child(args.child, args.images, args.steps, args.threads)))
@@ -178,34 +180,36 @@ def main() -> None:
         print(f"sample + embed: finexl {ratio:.2f}x the plain way (target >= 3)")
     if "cold" not in skip:
         cold(args, record)
-    if args.sd15:
-        sd15(args, record)
+    for kind in ("sd15", "sdxl"):
+        if getattr(args, kind):
+            real_size(kind, getattr(args, kind), args.threads, record)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
 
-def sd15(args, record: dict) -> None:
+def real_size(kind: str, batches: str, threads: int, record: dict) -> None:
     rows = []
-    for batch in (int(b) for b in args.sd15.split(",")):
-        cmd = [sys.executable, __file__, "--child", "sd15", "--batch", str(batch), "--threads", str(args.threads)]
+    for batch in (int(b) for b in batches.split(",")):
+        cmd = [sys.executable, __file__, "--child", kind, "--batch", str(batch), "--threads", str(threads)]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if done.returncode != 0:
-            print(f"SD 1.5 batch {batch} failed: {done.stderr[-500:]}")
+            print(f"{kind} batch {batch} failed: {done.stderr[-500:]}")
             rows.append({"batch": batch, "failed": done.stderr[-500:]})
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"SD 1.5 (random, {row['unet_parameters'] / 1e6:.0f} M UNet) 512 px, batch {batch}: "
+        print(f"{kind} (random, {row['unet_parameters'] / 1e6:.0f} M UNet) {row['size']} px, batch {batch}: "
               f"{row['step_s_per_image']:.2f} s per image per step, decode {row['decode_s_per_image']:.2f} s per "
               f"image, peak {row['peak_rss_mb']:.0f} MB")  # fmt: skip
     ok = [r for r in rows if "failed" not in r]
     if ok:
         best = min(ok, key=lambda r: r["step_s_per_image"])
         per_image = {steps: steps * best["step_s_per_image"] + best["decode_s_per_image"] for steps in (25, 10)}
-        record["sd15"] = {"rows": rows, "seconds_per_image": per_image,
-                          "default_explanation_s": {"128 pairs, 25 steps": 384 * per_image[25]}}  # fmt: skip
-        print(f"SD 1.5 on this CPU: {per_image[25]:.0f} s per image at 25 steps, {per_image[10]:.0f} s at 10; a "
-              f"128-pair explanation (384 images) at 25 steps: {384 * per_image[25] / 3600:.1f} h")  # fmt: skip
+        record[kind] = {"rows": rows, "seconds_per_image": per_image,
+                        "explanation_s": {"384 images at 25 steps": 384 * per_image[25],
+                                          "384 images at 10 steps": 384 * per_image[10]}}  # fmt: skip
+        print(f"{kind} on this CPU: {per_image[25]:.0f} s per image at 25 steps, {per_image[10]:.0f} s at 10; 384 "
+              f"images (128 fixed pairs) at 25 steps: {384 * per_image[25] / 3600:.1f} h")  # fmt: skip
 
 
 def cold(args, record: dict) -> None:

@@ -125,8 +125,8 @@ def main() -> int:
     records = {(r["suite"], r["id"]): r for r in saved.get("records", [])}  # quick's ids recur in single
     truths = [t for t in load_truths(args.suites, names) if t["kind"] != "dreambooth"]
     for i, truth in enumerate(truths):
-        record = records.setdefault((truth["suite"], truth["id"]), {"id": truth["id"], "suite": truth["suite"], "kind": truth["kind"],
-                                                  "spec": truth["spec"], "runs": {}})  # fmt: skip
+        fresh = {"id": truth["id"], "suite": truth["suite"], "kind": truth["kind"], "spec": truth["spec"], "runs": {}}
+        record = records.setdefault((truth["suite"], truth["id"]), fresh)
         for name, pipe in pipes.items():
             if name.startswith("fast") and truth["suite"] not in args.fast_on.split(","):
                 continue
