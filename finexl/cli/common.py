@@ -62,18 +62,21 @@ def add_compute_arguments(p: argparse.ArgumentParser, device: bool = True) -> No
         p.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda or cuda:1 (default cpu)")
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
-    from finexl.sampling import SCHEDULERS
-    from finexl.sampling import SamplerConfig as Defaults  # the one place of the sampler's defaults
+def add_sampler_arguments(p: argparse.ArgumentParser, defaults=None) -> None:
+    """``--steps``, ``--guidance-scale``, ``--scheduler``, ``--batch-size``; their defaults from ``defaults`` (a
+    ``SamplerConfig``: explain's is ``finexl.explanation.pipeline.EXPLAIN_SAMPLER``), else ``SamplerConfig()``."""
+    from finexl.sampling import SCHEDULERS, SamplerConfig
 
-    p.add_argument("--steps", type=positive_int, default=Defaults.num_inference_steps,
+    defaults = defaults or SamplerConfig()  # the one place of the sampler's defaults
+    p.add_argument("--steps", type=positive_int, default=defaults.num_inference_steps,
                    help="sampler steps (default %(default)s)")  # fmt: skip
-    p.add_argument("--guidance-scale", type=nonnegative_float, default=Defaults.guidance_scale,
+    p.add_argument("--guidance-scale", type=nonnegative_float, default=defaults.guidance_scale,
                    help="classifier-free guidance (default %(default)s)")  # fmt: skip
-    p.add_argument("--scheduler", choices=("default", *SCHEDULERS), default=Defaults.scheduler,
-                   help="sampler: the pipeline's own (default), or a multistep solver that needs fewer steps "
-                        "(dpm++: DPM-Solver++ 2M; unipc) built from the pipeline's scheduler config")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=Defaults.batch_size,
+    p.add_argument("--scheduler", choices=("default", *SCHEDULERS), default=defaults.scheduler,
+                   help="sampler (default %(default)s): 'default' is the pipeline's own; dpm++ (DPM-Solver++ 2M) and "
+                        "unipc are multistep solvers for fewer steps, built from the pipeline's scheduler "
+                        "config")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help="images generated at once (default %(default)s; halved on out-of-memory)")  # fmt: skip
 
 

@@ -129,11 +129,11 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["toy"], help="take unset parts from a preset (default: toy without --base)")
     p.add_argument("--prompts", help="UTF-8 file, one prompt per line (the toy preset: its neutral prompts)")
     p.add_argument("--samples", type=samples_arg, default=Defaults.samples,
-                   help="image pairs (default %(default)s; prompts are cycled), or a number: that many fixed pairs. "
-                        "'auto' draws rounds of --auto-round pairs and stops when every verdict and the order of the "
-                        "CHANGED aspects is settled: each has at most --auto-error chance of differing from "
-                        "--auto-cap fixed pairs', and the false-positive rate stays within 1 / (1 - error) of theirs "
-                        "(docs/speed.md)")  # fmt: skip
+                   help="'auto' (the default) or a number of image pairs, pair i with seed --seed + i and the "
+                        "prompts cycled. 'auto' draws rounds of --auto-round pairs and stops when every verdict and "
+                        "the order of the CHANGED aspects is settled: each has at most --auto-error chance of "
+                        "differing from --auto-cap fixed pairs', and the false-positive rate stays within "
+                        "1 / (1 - error) of theirs (docs/speed.md)")  # fmt: skip
     p.add_argument("--auto-round", type=positive_int, default=Defaults.auto_round,
                    help="--samples auto: pairs per round (default %(default)s)")  # fmt: skip
     p.add_argument("--auto-cap", type=positive_int, default=Defaults.auto_cap,
@@ -159,7 +159,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
                    help="bootstrap resamples (default %(default)s)")  # fmt: skip
     p.add_argument("--no-null", action="store_true", help="skip the null calibration (no CHANGED verdicts)")
     p.add_argument("--cache", help="image and direction cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
-    add_sampler_arguments(p)
+    add_sampler_arguments(p, Defaults().sampler)
     p.add_argument("--height", type=positive_int, help="image height (default: the base's native size)")
     p.add_argument("--width", type=positive_int, help="image width (default: the base's native size)")
     p.add_argument("--dtype", default=Defaults.dtype, choices=["float32", "float16", "bfloat16"],

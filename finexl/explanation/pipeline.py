@@ -28,6 +28,10 @@ from finexl.sampling import SamplerConfig
 logger = logging.getLogger(__name__)
 
 NULL_SEED_OFFSET = 1_000_000
+# How explanations are sampled unless told otherwise: UniPC at 10 steps gave the same verdicts as the base's own
+# scheduler at 25 steps on the benchmark's quick and single suites (docs/speed.md). The benchmark, the toy world's
+# judge readings and training previews keep SamplerConfig()'s 25 steps of the pipeline's own scheduler.
+EXPLAIN_SAMPLER = SamplerConfig(num_inference_steps=10, scheduler="unipc")
 
 
 class PromptsError(ConfigError):
@@ -59,12 +63,12 @@ class ExplainConfig:
     # sampled on its instance prompt ("a sks dog"), the class prompt ("a dog"): the text encoder has no meaning for
     # the identifier
     direction_prompts: str | list[str] | None = field(default=None, metadata={"help": "file or list"})
-    samples: int | str = field(default=128, metadata={
+    samples: int | str = field(default="auto", metadata={
         "help": "image pairs (prompts cycled, pair i has seed + i), or 'auto': rounds of auto_round pairs until "
                 "every verdict is settled, up to auto_cap (see finexl/explanation/sequential.py)"})  # fmt: skip
     auto_round: int = field(default=32, metadata={"help": "samples='auto': pairs drawn per round"})
     auto_cap: int = field(default=128, metadata={"help": "samples='auto': the most pairs (the fixed rule it matches)"})
-    auto_error: float = field(default=0.01, metadata={
+    auto_error: float = field(default=0.05, metadata={
         "help": "samples='auto': largest accepted chance that a verdict differs from auto_cap pairs'"})  # fmt: skip
     method: str = DEFAULT_METHOD
     seed: int = 0
@@ -86,7 +90,7 @@ class ExplainConfig:
     api_key_env: str | None = field(
         default=None, metadata={"help": "environment variable holding the endpoints' API key (never stored)"}
     )
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sampler: SamplerConfig = field(default_factory=lambda: replace(EXPLAIN_SAMPLER))
     height: int | None = field(default=None, metadata={"help": "image size; default the base's native size"})
     width: int | None = None
     cache_dir: str | None = None
