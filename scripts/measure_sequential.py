@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", help="image cache folder (default finexl's)")
     parser.add_argument("--json", required=True, help="records and summary (resumed if it exists)")
+    parser.add_argument("--reverse", action="store_true", help="models in reverse order (a second process)")
+    parser.add_argument("--merge", nargs="*", default=[], help="record files of other processes to merge first")
     args = parser.parse_args()
 
     import torch
@@ -114,7 +116,7 @@ def main() -> int:
     pipes = {}
     for name, sampler in samplers.items():
         common = dict(preset="toy", report_pairs=0, cache_dir=args.cache, sampler=sampler)
-        pipes[name] = ExplainPipeline(ExplainConfig(**common))
+        pipes[name] = ExplainPipeline(ExplainConfig(**common, samples=128))
         for error in map(float, args.errors.split(",")):
             for size in map(int, args.rounds.split(",")):
                 auto = f"{'auto' if name == 'reference' else 'fast_auto'} e={error:g} r={size}"
@@ -123,7 +125,14 @@ def main() -> int:
     path = Path(args.json)
     saved = json.loads(path.read_text()) if path.is_file() else {}
     records = {(r["suite"], r["id"]): r for r in saved.get("records", [])}  # quick's ids recur in single
+    for other in args.merge:  # a second process's records, model by model, where this file lacks them
+        for r in json.loads(Path(other).read_text()).get("records", []):
+            mine = records.setdefault((r["suite"], r["id"]), r)
+            for name, run in r["runs"].items():
+                mine["runs"].setdefault(name, run)
     truths = [t for t in load_truths(args.suites, names) if t["kind"] != "dreambooth"]
+    if args.reverse:
+        truths = truths[::-1]
     for i, truth in enumerate(truths):
         fresh = {"id": truth["id"], "suite": truth["suite"], "kind": truth["kind"], "spec": truth["spec"], "runs": {}}
         record = records.setdefault((truth["suite"], truth["id"]), fresh)

@@ -105,7 +105,7 @@ def test_auto_draws_rounds_of_the_fixed_rules_pairs(tmp_path, tiny_pipeline_dir,
     auto = explain_(lora=str(tiny_lora_dir), config=config(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
                                                            samples="auto", auto_round=4, auto_cap=8))  # fmt: skip
     seq = auto.sequential
-    assert seq["rule"] == "stochastic curtailment" and seq["cap"] == 8 and seq["error"] == 0.01
+    assert seq["rule"] == "stochastic curtailment" and seq["cap"] == 8 and seq["error"] == 0.05  # the default
     ns = [look["n"] for look in seq["looks"]]
     assert ns == [4, 8][: len(ns)] and auto.divergence["n_pairs"] == ns[-1]
     assert seq["stopped"] == ("cap" if ns[-1] == 8 else "settled")
