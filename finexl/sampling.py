@@ -62,12 +62,25 @@ def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, oom) or "out of memory" in text or "can't allocate memory" in text
 
 
+def sampled_with(own: str, name: str) -> str:
+    """The scheduler class a pipeline whose own scheduler is class ``own`` is sampled with under ``name``: the
+    multistep solvers replace schedulers of the diffusion (DDPM) family; a flow-matching base (Flux) keeps its own,
+    whose sigmas and shift they do not take."""
+    if name == "default" or own.startswith("FlowMatch"):
+        return own
+    return SCHEDULERS[name][0]
+
+
 def use_scheduler(pipe, name: str):
     """Put scheduler ``name`` (see :data:`SCHEDULERS`) on ``pipe``, built from its own scheduler's config; returns
-    the scheduler it replaced (put it back with ``pipe.scheduler = old``), or None for ``"default"``."""
+    the scheduler it replaced (put it back with ``pipe.scheduler = old``), or None when the pipeline keeps its own
+    (``"default"``, or a flow-matching base: see :func:`sampled_with`)."""
     import diffusers
 
-    if name == "default":
+    own = type(pipe.scheduler).__name__ if hasattr(pipe, "scheduler") else ""
+    if sampled_with(own, name) == own:
+        if name != "default":
+            logger.info("%s is a flow-matching scheduler: sampling with it instead of %s", own, name)
         return None
     old = pipe.scheduler
     cls_name, overrides = SCHEDULERS[name]

@@ -397,15 +397,14 @@ class ExplainPipeline:
                 )
 
     def scheduler_class(self) -> str | None:
-        """The class of the scheduler the images are sampled with (the base's own, from its ``model_index.json``,
-        or the multistep solver the sampler names)."""
+        """The class of the scheduler the images are sampled with: the multistep solver the sampler names, or the
+        base's own (from its ``model_index.json``) with ``"default"`` or a flow-matching base."""
         from finexl.loading import _read_model_index
-        from finexl.sampling import SCHEDULERS
+        from finexl.sampling import sampled_with
 
-        if self.sampler.scheduler != "default":
-            return SCHEDULERS[self.sampler.scheduler][0]
         entry = _read_model_index(self.base_dir).get("scheduler")
-        return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+        own = entry[1] if isinstance(entry, list) and len(entry) == 2 else ""
+        return sampled_with(own, self.sampler.scheduler) or None
 
     @property
     def embedder(self):

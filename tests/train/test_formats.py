@@ -193,7 +193,7 @@ def test_an_sdxl_kohya_lora_explains_end_to_end(sdxl, tmp_path, tiny_clip_dir):
     e = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
     assert e["settings"]["sampler"]["height"] == 32 and e["settings"]["sampler"]["width"] == 32
-    assert e["settings"]["sampler"]["scheduler_class"] == "EulerDiscreteScheduler"  # the base's own
+    assert e["settings"]["sampler"]["scheduler_class"] == "UniPCMultistepScheduler"  # explain's default sampler
 
 
 def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front(sdxl, tmp_path, capsys):
@@ -286,6 +286,7 @@ def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_
     assert code == 0
     e = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
+    # a flow-matching base keeps its own scheduler under explain's default UniPC
     assert e["settings"]["sampler"]["scheduler_class"] == "FlowMatchEulerDiscreteScheduler"
 
 
