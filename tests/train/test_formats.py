@@ -46,6 +46,22 @@ def loaded_updates(pipe, file, component: str = "unet") -> dict[str, torch.Tenso
     return updates
 
 
+def explain_at_32_px(base, lora, tmp_path, tiny_clip_dir) -> dict:
+    """`finexl explain` of ``lora`` on the pipeline folder ``base``, 4 pairs at 32 px (the tiny CLIP reads 32 px);
+    the explanation's JSON."""
+    import json
+
+    from finexl.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na shape\n")
+    argv = ["explain", "--base", str(base), "--lora", str(lora), "--clip", str(tiny_clip_dir), "--concepts", "toy",
+            "--prompts", str(prompts), "--samples", "4", "--steps", "2", "--height", "32", "--width", "32",
+            "--bootstrap", "20", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((tmp_path / "out" / "explanation.json").read_text())
+
+
 # one module of each type the issue names; the SD 1.5 UNet's diffusers paths
 MODULE_TYPES = {
     "attention": "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -149,48 +165,12 @@ def test_an_sdxl_kohya_lora_explains_end_to_end(sdxl, tmp_path, tiny_clip_dir):
     """An SDXL pipeline folder (two text encoders, pooled embeddings, time ids) and a kohya file in sd-scripts'
     naming, through `finexl explain` at 32 px (the tiny CLIP reads 32 px): the LoRA changes the images, so the
     divergence is not zero."""
-    import json
-
-    from finexl.cli import main
 
     base = tmp_path / "sdxl"
     sdxl.save_pretrained(base)
     lora = tmp_path / "sdxl_kohya.safetensors"
     save_file(kohya_lora_state_dict(sdxl.unet, rank=4, alpha=4.0, seed=3, std=0.2, sdxl_names=True), str(lora))
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle\na shape\n")
-    code = main(
-        [
-            "explain",
-            "--base",
-            str(base),
-            "--lora",
-            str(lora),
-            "--clip",
-            str(tiny_clip_dir),
-            "--concepts",
-            "toy",
-            "--prompts",
-            str(prompts),
-            "--samples",
-            "4",
-            "--steps",
-            "2",
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--bootstrap",
-            "20",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--out",
-            str(tmp_path / "out"),
-            "-q",
-        ]
-    )
-    assert code == 0
-    e = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    e = explain_at_32_px(base, lora, tmp_path, tiny_clip_dir)
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
     assert e["settings"]["sampler"]["height"] == 32 and e["settings"]["sampler"]["width"] == 32
     assert e["settings"]["sampler"]["scheduler_class"] == "UniPCMultistepScheduler"  # explain's default sampler
@@ -234,11 +214,8 @@ def flux_lora(pipe, folder, rank=4, alpha=8.0):
 
 
 def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_path, tiny_clip_dir):
-    import json
 
     from safetensors.torch import load_file
-
-    from finexl.cli import main
 
     file = flux_lora(flux, tmp_path / "lora")
     state = load_file(str(file))
@@ -251,40 +228,7 @@ def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_
 
     base = tmp_path / "flux"
     flux.save_pretrained(base)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle\na shape\n")
-    code = main(
-        [
-            "explain",
-            "--base",
-            str(base),
-            "--lora",
-            str(file),
-            "--clip",
-            str(tiny_clip_dir),
-            "--concepts",
-            "toy",
-            "--prompts",
-            str(prompts),
-            "--samples",
-            "4",
-            "--steps",
-            "2",
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--bootstrap",
-            "20",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--out",
-            str(tmp_path / "out"),
-            "-q",
-        ]
-    )
-    assert code == 0
-    e = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    e = explain_at_32_px(base, file, tmp_path, tiny_clip_dir)
     assert e["divergence"]["n_pairs"] == 4 and e["divergence"]["mean_pair_distance"] > 0
     # a flow-matching base keeps its own scheduler under explain's default UniPC
     assert e["settings"]["sampler"]["scheduler_class"] == "FlowMatchEulerDiscreteScheduler"
