@@ -94,6 +94,7 @@ def main() -> int:
     parser.add_argument("--fast-on", default="quick,single", help="suites the fewer-step sampler runs on")
     parser.add_argument("--errors", default="0.01", help="comma-separated error rates of samples='auto' to run")
     parser.add_argument("--rounds", default="32", help="comma-separated round sizes of samples='auto' to run")
+    parser.add_argument("--verdicts", default="each", help="comma-separated auto_verdicts rules to run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", help="image cache folder (default finexl's)")
     parser.add_argument("--json", required=True, help="records and summary (resumed if it exists)")
@@ -119,9 +120,11 @@ def main() -> int:
         pipes[name] = ExplainPipeline(ExplainConfig(**common, samples=128))
         for error in map(float, args.errors.split(",")):
             for size in map(int, args.rounds.split(",")):
-                auto = f"{'auto' if name == 'reference' else 'fast_auto'} e={error:g} r={size}"
-                pipes[auto] = ExplainPipeline(ExplainConfig(**common, samples="auto", auto_error=error,
-                                                            auto_round=size))  # fmt: skip
+                for rule in args.verdicts.split(","):
+                    auto = f"{'auto' if name == 'reference' else 'fast_auto'} e={error:g} r={size}"
+                    auto += "" if rule == "each" else f" {rule}"  # "each" was the only rule of the first records
+                    pipes[auto] = ExplainPipeline(ExplainConfig(**common, samples="auto", auto_error=error,
+                                                                auto_round=size, auto_verdicts=rule))  # fmt: skip
     path = Path(args.json)
     saved = json.loads(path.read_text()) if path.is_file() else {}
     records = {(r["suite"], r["id"]): r for r in saved.get("records", [])}  # quick's ids recur in single

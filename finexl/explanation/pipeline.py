@@ -21,7 +21,7 @@ from finexl import __version__
 from finexl.errors import ConfigError, InputError, MissingInputError
 from finexl.explanation.decompose import DEFAULT_METHOD, ESTIMATORS
 from finexl.explanation.result import Explanation, Samples
-from finexl.explanation.sequential import Look, rounds, unsettled
+from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
 from finexl.loading import DTYPES
 from finexl.sampling import SamplerConfig
 
@@ -70,6 +70,9 @@ class ExplainConfig:
     auto_cap: int = field(default=128, metadata={"help": "samples='auto': the most pairs (the fixed rule it matches)"})
     auto_error: float = field(default=0.05, metadata={
         "help": "samples='auto': largest accepted chance that a verdict differs from auto_cap pairs'"})  # fmt: skip
+    auto_verdicts: str = field(default="each", metadata={
+        "help": "samples='auto': 'each' settles every unchanged verdict on its own; 'share' all together (expected "
+                "share that differ <= auto_error): fewer pairs, but it can miss a model's strongest change"})  # fmt: skip
     method: str = DEFAULT_METHOD
     seed: int = 0
     n_bootstrap: int = 200
@@ -115,6 +118,8 @@ class ExplainConfig:
         if not (2 <= self.auto_round <= self.auto_cap) or not 0 < self.auto_error < 0.5:
             raise ConfigError(f"auto_round must be in [2, auto_cap] and auto_error in (0, 0.5); got "
                               f"{self.auto_round}, {self.auto_cap} and {self.auto_error}")  # fmt: skip
+        if self.auto_verdicts not in VERDICT_RULES:
+            raise ConfigError(f"auto_verdicts must be one of {', '.join(VERDICT_RULES)}, got {self.auto_verdicts!r}")
         if self.samples == "auto" and not self.null:
             raise ConfigError("samples='auto' settles CHANGED verdicts, which need the null test; drop --no-null or "
                               "give a number of samples")  # fmt: skip
@@ -468,7 +473,7 @@ class ExplainPipeline:
             if auto:
                 score = {a["aspect"]: a["score"] for a in result["aspects"]}
                 left = unsettled(evidence, bank.aspects, np.array([score[a] for a in bank.aspects]), n,
-                                 cfg.auto_cap, cfg.auto_error)  # fmt: skip
+                                 cfg.auto_cap, cfg.auto_error, cfg.auto_verdicts)  # fmt: skip
                 looks.append(Look(n, left))
                 logger.info("samples auto: %d pairs, %s", n, f"not settled: {', '.join(left)}" if left else "settled")
                 if not left:
@@ -502,7 +507,7 @@ class ExplainPipeline:
                          "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "sequential": {"rule": "stochastic curtailment", "round": cfg.auto_round, "cap": cfg.auto_cap,
-                           "error": cfg.auto_error, "looks": [asdict(look) for look in looks],
+                           "error": cfg.auto_error, "verdicts": cfg.auto_verdicts, "looks": [asdict(look) for look in looks],
                            "stopped": "settled" if looks[-1].settled and looks[-1].n < cfg.auto_cap else "cap"}
             if auto else None,
             "finexl_version": __version__,

@@ -50,6 +50,29 @@ def test_the_rule_settles_clear_verdicts_and_waits_on_close_ones():
     assert unsettled(evidence([np.nan, np.nan]), names[:2], scores[:2], 32, 128, 0.01) == names[:2]
 
 
+def test_share_settles_unchanged_verdicts_together_but_never_one_more_likely_to_flip():
+    t = 0.25  # 32 of 128 pairs
+
+    def z_for(chance):  # the margin whose predictive chance of a CHANGED verdict at the cap is `chance`
+        return Z_CRIT * np.sqrt(t) + norm.ppf(chance) * np.sqrt(1 - t)
+
+    names = [f"a{i}" for i in range(10)]
+    scores = np.full(10, 0.1)
+    # one aspect at a 0.3 chance of flipping, nine settled far below: mean chance ~0.03 <= 0.05
+    z = [z_for(0.3)] + [z_for(1e-6)] * 9
+    assert unsettled(evidence(z), names, scores, 32, 128, 0.05, "each") == ["a0"]
+    assert unsettled(evidence(z), names, scores, 32, 128, 0.05, "share") == []
+    # a 0.6 chance is more likely than not to end CHANGED: it holds though the mean chance is 0.03 <= 0.05
+    z = [z_for(0.6)] + [z_for(1e-9)] * 19
+    names20, scores20 = [f"a{i}" for i in range(20)], np.full(20, 0.1)
+    assert unsettled(evidence(z), names20, scores20, 32, 128, 0.05, "share") == ["a0"]
+    # two aspects at 0.3: mean 0.06 > 0.05, both hold
+    z = [z_for(0.3), z_for(0.3)] + [z_for(1e-6)] * 8
+    assert unsettled(evidence(z), names, scores, 32, 128, 0.05, "share") == ["a0", "a1"]
+    with pytest.raises(ValueError, match="verdicts"):
+        unsettled(evidence(z), names, scores, 32, 128, 0.05, "some")
+
+
 def test_the_order_of_changed_aspects_must_be_settled_too():
     scores = np.array([0.5, 0.49])
     rng = np.random.default_rng(1)
@@ -140,6 +163,8 @@ def test_auto_settings_are_checked():
         ExplainConfig(samples="some")
     with pytest.raises(ConfigError, match="auto_round"):
         ExplainConfig(samples="auto", auto_round=200, auto_cap=128)
+    with pytest.raises(ConfigError, match="auto_verdicts"):
+        ExplainConfig(auto_verdicts="all")
 
 
 def test_cli_samples_auto_and_a_multistep_scheduler(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
@@ -150,11 +175,12 @@ def test_cli_samples_auto_and_a_multistep_scheduler(tmp_path, tiny_pipeline_dir,
     out = tmp_path / "out"
     code = main(["explain", "--base", str(tiny_pipeline_dir), "--preset", "toy", "--clip", str(tiny_clip_dir),
                  "--lora", str(tiny_lora_dir), "--samples", "auto", "--auto-round", "4", "--auto-cap", "8",
-                 "--auto-error", "0.05", "--scheduler", "unipc", "--steps", "3", "--bootstrap", "20",
+                 "--auto-error", "0.05", "--auto-verdicts", "share", "--scheduler", "unipc", "--steps", "3", "--bootstrap", "20",
                  "--report-pairs", "0", "--cache", str(tmp_path / "cache"), "--out", str(out), "-q"])  # fmt: skip
     assert code == 0
     e = json.loads((out / "explanation.json").read_text())
     assert e["sequential"]["cap"] == 8 and e["sequential"]["error"] == 0.05 and e["sequential"]["round"] == 4
+    assert e["sequential"]["verdicts"] == "share" and e["settings"]["auto_verdicts"] == "share"
     assert e["divergence"]["n_pairs"] == e["sequential"]["looks"][-1]["n"]
     assert e["settings"]["samples"] == "auto"
     assert e["settings"]["sampler"]["scheduler"] == "unipc" and e["settings"]["sampler"]["num_inference_steps"] == 3
