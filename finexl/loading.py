@@ -155,9 +155,12 @@ UNSUPPORTED_FORMATS = (
     ("boft_blocks", "BOFT"),
     ("on_input", "(IA)^3"),
     (".diff", "a full weight difference (LyCORIS diff)"),
-    ("dora_scale", "DoRA (dora_scale)"),
-    ("lora_magnitude_vector", "DoRA (lora_magnitude_vector)"),
 )
+
+# DoRA magnitudes: LyCORIS/kohya name them ``<module>.dora_scale``, peft and diffusers
+# ``<module>.lora_magnitude_vector[.default][.weight]``
+DORA_SCALE = ".dora_scale"
+_MAGNITUDE = re.compile(r"^(.*)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$")
 
 
 def check_lora_format(file: Path) -> None:
@@ -173,8 +176,8 @@ def check_lora_format(file: Path) -> None:
         return
     for suffix, name in UNSUPPORTED_FORMATS:
         if any(k.endswith(suffix) or f".{suffix}." in k for k in keys):
-            raise LoraError(f"{file.name} is {name}, which finexl does not load (LoRA and LoCon only); merge it "
-                            "into the model and pass --model")  # fmt: skip
+            raise LoraError(f"{file.name} is {name}, which finexl does not load (LoRA, LoCon and DoRA only); merge "
+                            "it into the model and pass --model")  # fmt: skip
 
 
 # The top-level modules of a UNet, by which a key without a component prefix is known to be the UNet's
@@ -217,8 +220,12 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
 
     components = {name: getattr(pipe, name, None) for name in LORA_COMPONENTS}
     pairs: dict[str, dict[str, tuple]] = {}
+    magnitudes = {}
     for key, tensor in state_dict.items():
         if key.endswith(".alpha"):
+            continue
+        if _MAGNITUDE.match(key):
+            magnitudes[_MAGNITUDE.match(key).group(1)] = tensor
             continue
         found = _module_and_role(key)
         if found is None:
@@ -267,6 +274,12 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
                 f"LoRA module {module} has kernels {tuple(down[2:])} and {tuple(up[2:])}; its convolution needs "
                 f"{tuple(base.kernel_size)} and (1, 1)"
             )
+        magnitude = magnitudes.pop(module, None)
+        if magnitude is not None and (magnitude.numel() != want_out or not torch.isfinite(magnitude).all()):
+            raise LoraError(f"the DoRA magnitude of {module} has {magnitude.numel()} values (finite: "
+                            f"{bool(torch.isfinite(magnitude).all())}); its layer has {want_out} outputs")  # fmt: skip
+    if magnitudes:
+        raise LoraError(f"DoRA magnitude for {next(iter(magnitudes))} has no LoRA matrices")
     return len(pairs)
 
 
@@ -295,7 +308,8 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         # the UNet's config lets diffusers renumber sd-scripts' SDXL blocks (input_blocks.4.1 -> down_blocks.1...)
         unet = getattr(pipe, "unet", None)
         extra = {"unet_config": unet.config} if unet is not None else {}
-        read = pipe.lora_state_dict(str(file), return_lora_metadata=True, **extra)
+        source, dora, dora_of = _without_dora_scales(file)
+        read = pipe.lora_state_dict(source, return_lora_metadata=True, **extra)
         # UNet pipelines give (state dict, kohya alphas, metadata); transformer ones (Flux) fold kohya alphas into
         # the matrices and give (state dict, metadata)
         state_dict, alphas, metadata = read if len(read) == 3 else (read[0], None, read[1])
@@ -303,10 +317,13 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         raise LoraError(f"could not read the LoRA file {file}: {err}") from err
     alphas = alphas or {}
     modules: dict[str, dict[str, str]] = {}
+    magnitudes: dict[str, object] = {}
     for key in state_dict:
         found = _module_and_role(key)
         if found is not None:
             modules.setdefault(found[0], {})[found[1]] = key
+        elif _MAGNITUDE.match(key):
+            magnitudes[_MAGNITUDE.match(key).group(1)] = state_dict[key]
     out = {}
     for module, keys in modules.items():
         if set(keys) != {"down", "up"}:
@@ -320,6 +337,10 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         # kohya alphas as diffusers names them: attention layers by their down key, every other layer (projections,
         # feed-forward, convolutions, embeddings) by its module
         alpha = alphas.get(keys["down"] + ".alpha", alphas.get(f"{module}.alpha", _alpha_for(module, metadata)))
+        # a DoRA magnitude: a kohya file's found by its down matrix (diffusers renames the matrices, not the scales)
+        magnitude = magnitudes.pop(module, None)
+        if magnitude is None and id(down) in dora_of:
+            magnitude = dora.pop(dora_of[id(down)])
         if module.split(".", 1)[0] in UNET_BLOCKS:  # diffusers' old attention-processor files name no component
             module = "unet." + module
         for name in ("text_encoder", "text_encoder_2"):  # transformers 5 encoders have no text_model level
@@ -329,10 +350,53 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
                 module = f"{name}." + module[len(prefix) :]
         out[f"{module}.lora_A.weight"] = down
         out[f"{module}.lora_B.weight"] = up * (float(alpha) / down.shape[0]) if alpha is not None else up
-    unknown = [k for k in state_dict if not k.endswith(".alpha") and _module_and_role(k) is None]
+        if magnitude is not None:
+            out[f"{module}.lora_magnitude_vector.weight"] = _peft_magnitude(magnitude, up, module, file)
+    unknown = [k for k in state_dict if not k.endswith(".alpha") and _module_and_role(k) is None
+               and not _MAGNITUDE.match(k)]  # fmt: skip
     if unknown:
         raise LoraError(f"unrecognised LoRA key {unknown[0]!r} in {file}")
+    left = next(iter(dora or magnitudes), None)
+    if left is not None:
+        raise LoraError(f"DoRA magnitude {left!r} in {file} has no LoRA matrices")
+    # peft makes a component's adapter DoRA or not as a whole: a magnitude for some of its modules only is refused
+    for component in {k.split(".", 1)[0] for k in out if k.endswith(".lora_magnitude_vector.weight")}:
+        plain = [k for k in out if k.startswith(component + ".") and k.endswith(".lora_A.weight")
+                 and k.replace(".lora_A.weight", ".lora_magnitude_vector.weight") not in out]  # fmt: skip
+        if plain:
+            raise LoraError(f"{file.name} has DoRA magnitudes for some {component} modules and not for "
+                            f"{len(plain)} others, e.g. {plain[0].removesuffix('.lora_A.weight')}; finexl loads a "
+                            "component's modules all DoRA or all plain")  # fmt: skip
     return out
+
+
+def _without_dora_scales(file: Path) -> tuple:
+    """What to hand diffusers' reader for ``file``, and the file's DoRA scales: ``(path or state dict, {prefix:
+    dora_scale}, {id(down matrix): prefix})``. diffusers drops a kohya/LyCORIS file's ``dora_scale`` keys (with a
+    warning) before converting the names; they are taken out here and found again by their down matrix, which its
+    converter passes on unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(file), framework="pt") as handle:
+        if not any(k.endswith(DORA_SCALE) for k in handle.keys()):
+            return str(file), {}, {}
+    state = load_file(str(file))
+    dora = {k[: -len(DORA_SCALE)]: state.pop(k) for k in list(state) if k.endswith(DORA_SCALE)}
+    dora_of = {id(state[f"{p}.lora_down.weight"]): p for p in dora if f"{p}.lora_down.weight" in state}
+    return state, dora, dora_of
+
+
+def _peft_magnitude(magnitude, up, module: str, file: Path):
+    """A DoRA magnitude in peft's shape for the layer ``up`` maps to: ``(out,)`` for a linear layer, ``(1, out, 1,
+    1)`` for a convolution. A LyCORIS magnitude taken over the output channels is ``(out, 1[, 1, 1])``; one taken over
+    the input channels (LyCORIS ``wd_on_out=False``) has no peft form and is refused."""
+    out_features = up.shape[0]
+    if magnitude.numel() != out_features:
+        raise LoraError(f"the DoRA magnitude of {module} in {file.name} has shape {tuple(magnitude.shape)}, not one "
+                        f"value per output ({out_features}): input-channel DoRA is not loaded")  # fmt: skip
+    flat = magnitude.reshape(-1).to(up.dtype)
+    return flat if up.ndim == 2 else flat.reshape(1, -1, 1, 1)
 
 
 def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = "finexl") -> str:

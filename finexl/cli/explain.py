@@ -176,7 +176,6 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     from finexl.explanation.pipeline import ExplainConfig as Defaults  # the one place of every default
-    from finexl.explanation.sequential import VERDICT_RULES
 
     p = sub.add_parser(
         "explain",

@@ -71,8 +71,8 @@ class ExplainConfig:
     auto_error: float = field(default=0.05, metadata={
         "help": "samples='auto': largest accepted chance that a verdict differs from auto_cap pairs'"})  # fmt: skip
     auto_verdicts: str = field(default="each", metadata={
-        "help": "samples='auto': 'each' settles every unchanged verdict on its own; 'share' all together (expected "
-                "share that differ <= auto_error): fewer pairs, but it can miss a model's strongest change"})  # fmt: skip
+        "help": "samples='auto': 'each' settles every unchanged verdict on its own; 'share' all together "
+                "(expected share that differ <= auto_error): fewer pairs, can miss the strongest change"})  # fmt: skip
     method: str = DEFAULT_METHOD
     seed: int = 0
     n_bootstrap: int = 200
@@ -507,7 +507,8 @@ class ExplainPipeline:
                          "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "sequential": {"rule": "stochastic curtailment", "round": cfg.auto_round, "cap": cfg.auto_cap,
-                           "error": cfg.auto_error, "verdicts": cfg.auto_verdicts, "looks": [asdict(look) for look in looks],
+                           "error": cfg.auto_error, "verdicts": cfg.auto_verdicts,
+                           "looks": [asdict(look) for look in looks],
                            "stopped": "settled" if looks[-1].settled and looks[-1].n < cfg.auto_cap else "cap"}
             if auto else None,
             "finexl_version": __version__,

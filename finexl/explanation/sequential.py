@@ -74,8 +74,9 @@ def rounds(first: int, step: int, cap: int) -> list[int]:
     return list(range(first, cap, step)) + [cap]
 
 
-def unsettled(evidence: dict, aspects: list[str], scores: np.ndarray, n: int, cap: int, error: float,
-              verdicts: str = "each") -> list[str]:
+def unsettled(
+    evidence: dict, aspects: list[str], scores: np.ndarray, n: int, cap: int, error: float, verdicts: str = "each"
+) -> list[str]:
     """What is not yet settled after ``n`` of ``cap`` pairs (see the module docstring).
 
     Args:

@@ -175,7 +175,8 @@ def test_cli_samples_auto_and_a_multistep_scheduler(tmp_path, tiny_pipeline_dir,
     out = tmp_path / "out"
     code = main(["explain", "--base", str(tiny_pipeline_dir), "--preset", "toy", "--clip", str(tiny_clip_dir),
                  "--lora", str(tiny_lora_dir), "--samples", "auto", "--auto-round", "4", "--auto-cap", "8",
-                 "--auto-error", "0.05", "--auto-verdicts", "share", "--scheduler", "unipc", "--steps", "3", "--bootstrap", "20",
+                 "--auto-error", "0.05", "--auto-verdicts", "share", "--scheduler", "unipc", "--steps", "3",
+                 "--bootstrap", "20",
                  "--report-pairs", "0", "--cache", str(tmp_path / "cache"), "--out", str(out), "-q"])  # fmt: skip
     assert code == 0
     e = json.loads((out / "explanation.json").read_text())

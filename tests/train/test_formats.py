@@ -120,7 +120,7 @@ def test_an_sdxl_kohya_file_in_sd_scripts_block_naming_loads_onto_the_right_modu
     (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"), "LyCORIS LoHa"),
     (("lokr_w1", "lokr_w2", "alpha"), "LyCORIS LoKr"),
     (("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"), "Tucker"),
-    (("lora_down.weight", "lora_up.weight", "dora_scale", "alpha"), "DoRA"),
+    (("oft_blocks", "alpha"), "OFT"),
 ])  # fmt: skip
 def test_an_adapter_format_finexl_does_not_load_is_refused_in_one_short_line(sd15, tmp_path, suffixes, name):
     from finexl.cli import main
@@ -136,6 +136,107 @@ def test_an_adapter_format_finexl_does_not_load_is_refused_in_one_short_line(sd1
     # finexl explain refuses it at its first stage, before any image, with exit 2
     assert main(["explain", "--lora", str(file), "--cache", str(tmp_path / "cache"), "-q"]) == 2
     assert not (tmp_path / "cache" / "images").exists()
+
+
+def dora_merged(weight: torch.Tensor, update: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """The DoRA weight: ``W + dW`` with each output row rescaled to its magnitude (LyCORIS, peft)."""
+    merged = weight + update
+    norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (merged.ndim - 1))
+    return merged * magnitude.reshape(norm.shape) / norm
+
+
+def test_a_lycoris_dora_file_loads_at_its_reference_strength_on_every_module_type(sd15, tmp_path):
+    """A kohya/LyCORIS LoCon with ``dora_scale`` (over the output channels, LyCORIS' default): each weight becomes
+    ``dora_scale * (W + dW) / ||W + dW||`` row by row, as LyCORIS merges it, not ``W + dW`` as diffusers' own loader
+    gives after dropping the scales."""
+    state = kohya_lora_state_dict(sd15.unet, rank=4, alpha=2.0, seed=5, std=0.05)
+    base = weights(sd15.unet)
+    generator = torch.Generator().manual_seed(6)
+    want = {}
+    for key in [k.removesuffix(".alpha") for k in state if k.endswith(".alpha")]:
+        module = next(name for name, _ in sd15.unet.named_modules() if "lora_unet_" + name.replace(".", "_") == key)
+        update = expected_update(state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"], 2.0)
+        merged = base[f"{module}.weight"] + update
+        norm = merged.reshape(merged.shape[0], -1).norm(dim=1)
+        magnitude = norm * (0.7 + 0.6 * torch.rand(norm.shape, generator=generator))
+        state[f"{key}.dora_scale"] = magnitude.reshape(-1, *[1] * (merged.ndim - 1))  # LyCORIS' (out, 1, ...)
+        want[module] = dora_merged(base[f"{module}.weight"], update, magnitude)
+    file = tmp_path / "dora.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(sd15, file)
+    assert len(updates) == len(want)
+    for module, weight in want.items():
+        torch.testing.assert_close(base[f"{module}.weight"] + updates[module], weight, rtol=1e-4, atol=1e-6)
+    for kind, module in MODULE_TYPES.items():
+        key = "lora_unet_" + module.replace(".", "_")
+        got = base[f"{module}.weight"] + updates[module]
+        torch.testing.assert_close(got, want[module], rtol=1e-4, atol=1e-6, msg=kind)
+        # and not the plain LoRA that dropping the magnitudes gives
+        plain = expected_update(state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"], 2.0)
+        assert (got - base[f"{module}.weight"] - plain).abs().max() > 1e-3, kind
+
+
+def test_a_peft_dora_adapter_saved_by_diffusers_loads_at_peft_strength(tmp_path):
+    """A DoRA adapter trained with peft and saved in diffusers' format (``lora_magnitude_vector`` keys, rank and
+    alpha in the metadata) merges to exactly the weights peft's own merge gives."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+
+    reference = build_pipeline("sd15", width=WIDTH, text_layers=1)
+    targets = ["to_q", "to_out.0", "proj_in", "ff.net.2", "conv1", "time_emb_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, use_dora=True, init_lora_weights="gaussian", target_modules=targets)
+    reference.unet.add_adapter(config, adapter_name="dora")
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in reference.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+            elif "lora_magnitude_vector" in name:
+                parameter.mul_(0.7 + 0.6 * torch.rand(parameter.shape, generator=generator))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(reference.unet, adapter_name="dora"))
+    assert any("lora_magnitude_vector" in k for k in state)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "dora", unet_lora_layers=state,
+                                              unet_lora_adapter_metadata=config.to_dict())  # fmt: skip
+    for module in reference.unet.modules():
+        if isinstance(module, LoraLayer):
+            module.merge(adapter_names=["dora"])
+    merged = weights(reference.unet)
+
+    pipe = build_pipeline("sd15", width=WIDTH, text_layers=1)  # the same seed: the same base weights
+    base = weights(pipe.unet)
+    updates = loaded_updates(pipe, tmp_path / "dora")
+    assert len(updates) == sum(k.endswith("lora_magnitude_vector") for k in state) > 50
+    for module, update in updates.items():
+        torch.testing.assert_close(base[f"{module}.weight"] + update, merged[f"{module}.weight"], rtol=1e-4,
+                                   atol=1e-6, msg=module)  # fmt: skip
+
+
+def test_dora_over_input_channels_is_refused_in_one_line(sd15, tmp_path):
+    from finexl.loading import LoraError
+
+    module = "lora_unet_" + MODULE_TYPES["attention"].replace(".", "_")
+    state = {k: v for k, v in kohya_lora_state_dict(sd15.unet, rank=2, seed=8).items() if k.startswith(module + ".")}
+    in_features = state[f"{module}.lora_down.weight"].shape[1]
+    out_features = state[f"{module}.lora_up.weight"].shape[0]
+    assert in_features != out_features or in_features > 1
+    state[f"{module}.dora_scale"] = torch.ones(
+        1, in_features + (in_features == out_features)
+    )  # LyCORIS wd_on_out=False
+    file = tmp_path / "dora_in.safetensors"
+    save_file(state, str(file))
+    with pytest.raises(LoraError, match="input-channel DoRA") as err:
+        load_lora(sd15, file)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+    # magnitudes for some modules of a component only: peft cannot make part of an adapter DoRA
+    mixed = kohya_lora_state_dict(sd15.unet, rank=2, seed=8)
+    mixed[f"{module}.dora_scale"] = torch.ones(out_features, 1)
+    save_file(mixed, str(file))
+    with pytest.raises(LoraError, match="all DoRA or all plain") as err:
+        load_lora(sd15, file)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
 
 
 def test_diffusers_old_attention_processor_files_load_onto_the_unet(sd15, tmp_path):
