@@ -86,7 +86,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated UNet module names that get a LoRA (default: attention, transformer projections and "
         "feed-forward, ResNet convolutions; diffusers' scripts use to_q,to_k,to_v,to_out.0)",
     )
-    g.add_argument("--train-text-encoder", action="store_true", help="also put a LoRA on the text encoder")
+    g.add_argument("--train-text-encoder", action="store_true",
+                   help="also put a LoRA on the text encoder (both of SDXL's; not for Flux)")  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=positive_float, help="learning rate (default 5e-3, for the toy model; 1e-4 is usual "
                    "for SD-size models)")  # fmt: skip

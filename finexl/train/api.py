@@ -41,7 +41,7 @@ def prepare_output(out: str | Path, resume: bool | str = False, overwrite: bool 
 
 
 # the pipeline classes the trainer knows (one text encoder, a UNet, epsilon or v prediction)
-TRAINABLE_PIPELINES = ("StableDiffusionPipeline",)
+TRAINABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline")
 
 
 def check_trainable(base: Path) -> None:
@@ -52,8 +52,8 @@ def check_trainable(base: Path) -> None:
         return  # load_pipeline names what is missing
     name = _read_model_index(base).get("_class_name")
     if name not in TRAINABLE_PIPELINES:
-        raise ConfigError(f"finexl trains {', '.join(TRAINABLE_PIPELINES)} bases (SD 1.x/2.x); {base} is a {name}, "
-                          "which it cannot train yet (SDXL and Flux training are not built)")  # fmt: skip
+        raise ConfigError(f"finexl trains {', '.join(TRAINABLE_PIPELINES)} bases; {base} is a {name}, which it "
+                          "cannot train")  # fmt: skip
 
 
 def run_training(

@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "finexl_train_config.json"
 METHODS = ("lora", "full")
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Flux: the guidance a guidance-distilled transformer (FLUX.1-dev) is conditioned on in training: the value
+# FluxPipeline samples at by default
+FLUX_TRAIN_GUIDANCE = 3.5
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # Settings that only decide what is written along the way; a run may be resumed with other values of these.
 OUTPUT_SETTINGS = ("validation_prompts", "validation_steps", "checkpointing_steps", "checkpoints_total_limit",
@@ -135,7 +138,7 @@ class TrainConfig:
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.method == "full" and self.train_text_encoder:
-            raise ConfigError("train_text_encoder is for LoRA; a full fine-tune trains the UNet only")
+            raise ConfigError("train_text_encoder is for LoRA; a full fine-tune trains the UNet (or transformer) only")
         if any(s < 1 or s > self.max_steps for s in self.snapshot_steps):
             raise ConfigError(f"snapshot steps must lie in [1, max_steps={self.max_steps}], got {self.snapshot_steps}")
         if self.snapshot_steps and self.method != "lora":
@@ -172,15 +175,36 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: to
     raise InputError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
 
 
+def denoiser(pipe):
+    """The network that is trained: the UNet, or a Flux pipeline's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
+def is_flow_matching(pipe) -> bool:
+    return getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None
+
+
 def native_resolution(pipe) -> int:
+    if is_flow_matching(pipe):
+        return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
+# Flux: the T5 tokens a training prompt is encoded to (short captions; the pipeline samples with up to 512)
+FLUX_MAX_SEQUENCE_LENGTH = 77
+
+
 def encode_conditioning(pipe, prompts: list[str], resolution: int) -> tuple[torch.Tensor, dict | None]:
-    """UNet conditioning for ``prompts``: text hidden states, and SDXL's pooled embeddings and size ids.
+    """Denoiser conditioning for ``prompts``: text hidden states, and SDXL's pooled embeddings and size ids, or
+    Flux's T5 states and pooled CLIP embedding.
 
     Gradients flow when enabled (a text encoder with a LoRA); wrap in ``torch.no_grad()`` otherwise.
     """
+    if is_flow_matching(pipe):  # Flux: T5 hidden states and the pooled CLIP embedding
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe.transformer.device,
+                                               max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH)  # fmt: skip
+        return embeds, {"pooled_projections": pooled}
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: two text encoders, pooled text, size ids
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
@@ -226,8 +250,9 @@ class _Run:
                     f"at their size, or resize them"
                 )
 
-        # 1. What is trained
-        unet, vae = pipe.unet, pipe.vae
+        # 1. What is trained: the UNet (or Flux's transformer), and with train_text_encoder every text encoder
+        unet, vae = denoiser(pipe), pipe.vae
+        self.flow = is_flow_matching(pipe)
         text_encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
         for module in (unet, vae, *text_encoders):
             module.requires_grad_(False)
@@ -243,9 +268,12 @@ class _Run:
             unet.add_adapter(self.lora_config)
         else:
             unet.requires_grad_(True)  # master weights float32; mixed precision by autocast
+        self.trained_encoders = []
         if cfg.train_text_encoder:
-            if len(text_encoders) != 1:
-                raise ConfigError("train_text_encoder supports pipelines with one text encoder (SD 1.x/2.x)")
+            if self.flow:
+                raise ConfigError("train_text_encoder: a Flux LoRA trains the transformer only (its T5 encoder is "
+                                  "4.7 B parameters); drop --train-text-encoder")  # fmt: skip
+            self.trained_encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None)]
             self.te_lora_config = LoraConfig(
                 r=cfg.rank,
                 lora_alpha=cfg.alpha,
@@ -254,18 +282,20 @@ class _Run:
             )
             # peft directly, not transformers' add_adapter: transformers 5.24 asks for peft >= 0.22 there, while the
             # same injection works on every peft this project supports
-            inject_adapter_in_model(self.te_lora_config, pipe.text_encoder)
-        self.params = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
-        if cfg.train_text_encoder:
+            for name in self.trained_encoders:
+                inject_adapter_in_model(self.te_lora_config, getattr(pipe, name))
+        part = "transformer" if self.flow else "unet"
+        self.params = {f"{part}.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+        for name in self.trained_encoders:
             self.params.update(
-                {f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad}
+                {f"{name}.{n}": p for n, p in getattr(pipe, name).named_parameters() if p.requires_grad}
             )
         for p in self.params.values():  # trainable parameters stay float32 whatever the frozen weights are in
             p.data = p.data.float()
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                pipe.text_encoder.gradient_checkpointing_enable()
+            for name in self.trained_encoders:
+                getattr(pipe, name).gradient_checkpointing_enable()
         logger.info("%s: %d trainable parameters", cfg.method, sum(p.numel() for p in self.params.values()))
 
         # 2. Latents (and prompt embeddings) once
@@ -277,7 +307,9 @@ class _Run:
                 self.cond = self._encode_unique(self.captions)
                 self.class_cond = self._encode_unique(self.class_captions) if class_data else None
                 self.empty_cond = encode_conditioning(pipe, [""], self.resolution)
-        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        # the training noise: DDPM's for a UNet; Flux's own flow-matching sigmas (uniform over its training steps)
+        scheduler_class = type(pipe.scheduler) if self.flow else DDPMScheduler
+        self.scheduler = scheduler_class.from_config(pipe.scheduler.config)
 
         # 3. Optimizer, schedule, random streams
         # Fused AdamW: one kernel over all (float32) trainable tensors instead of a loop over a hundred small ones.
@@ -304,9 +336,10 @@ class _Run:
     @torch.no_grad()
     def _encode_images(self, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
         vae, out = self.pipe.vae, []
+        shift = getattr(vae.config, "shift_factor", None) or 0.0  # Flux's VAE latents are shifted, then scaled
         for i in range(0, len(images), batch_size):
             pixels = images_to_tensor(images[i : i + batch_size]).to(self.device, vae.dtype)
-            out.append(vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor)
+            out.append((vae.encode(pixels).latent_dist.mean.float() - shift) * vae.config.scaling_factor)
         latents = torch.cat(out)
         if not torch.isfinite(latents).all():
             raise DataError("the VAE produced NaN latents for the training images")
@@ -341,6 +374,8 @@ class _Run:
         idx = torch.from_numpy(self.rng.choice(len(latents), size=min(n, len(latents)), replace=False))
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+        if self.flow:
+            return self._flow_loss(x0, noise, *self._conditioning(captions, cond, idx))
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(
             self.device
         )
@@ -351,10 +386,30 @@ class _Run:
             pred = self.pipe.unet(noisy, t, encoder_hidden_states=embeds, **kwargs).sample
         return F.mse_loss(pred.float(), training_target(self.scheduler, x0, noise, t).float())
 
+    def _flow_loss(self, x0, noise, embeds, added) -> torch.Tensor:
+        """Flux's rectified-flow loss: at sigma s the input is ``(1 - s) x0 + s noise`` and the transformer predicts
+        the velocity ``noise - x0``, on latents packed into 2x2 patches as the pipeline samples them."""
+        pipe, (b, c, h, w) = self.pipe, x0.shape
+        index = torch.randint(0, len(self.scheduler.sigmas) - 1, (b,), generator=self.gen)
+        sigma = self.scheduler.sigmas[index].to(self.device, x0.dtype).view(b, 1, 1, 1)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        transformer = pipe.transformer
+        guidance = (torch.full((b,), FLUX_TRAIN_GUIDANCE, device=self.device)
+                    if transformer.config.guidance_embeds else None)  # fmt: skip
+        with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32):
+            pred = transformer(
+                hidden_states=pipe._pack_latents(noisy, b, c, h, w), timestep=sigma.view(b), guidance=guidance,
+                pooled_projections=added["pooled_projections"], encoder_hidden_states=embeds,
+                txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=embeds.dtype),
+                img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, embeds.dtype),
+                return_dict=False,
+            )[0]  # fmt: skip
+        return F.mse_loss(pred.float(), pipe._pack_latents(noise - x0, b, c, h, w).float())
+
     def step(self) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
         cfg, total = self.cfg, 0.0
-        self.pipe.unet.train()
+        denoiser(self.pipe).train()
         for _ in range(cfg.gradient_accumulation_steps):
             loss = self._loss_on(self.latents, self.captions, self.cond, cfg.batch_size)
             if self.class_latents is not None:
@@ -425,11 +480,12 @@ def _lora_layers(run: _Run) -> dict:
     """
     from peft.utils import get_peft_model_state_dict
 
-    layers = {"unet_lora_layers": get_peft_model_state_dict(run.pipe.unet)}
-    meta = {"unet_lora_adapter_metadata": run.lora_config.to_dict()}
-    if run.cfg.train_text_encoder:
-        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(run.pipe.text_encoder)
-        meta["text_encoder_lora_adapter_metadata"] = run.te_lora_config.to_dict()
+    part = "transformer" if run.flow else "unet"
+    layers = {f"{part}_lora_layers": get_peft_model_state_dict(denoiser(run.pipe))}
+    meta = {f"{part}_lora_adapter_metadata": run.lora_config.to_dict()}
+    for name in run.trained_encoders:
+        layers[f"{name}_lora_layers"] = get_peft_model_state_dict(getattr(run.pipe, name))
+        meta[f"{name}_lora_adapter_metadata"] = run.te_lora_config.to_dict()
     return {**layers, **meta}
 
 
@@ -478,7 +534,7 @@ def _validate(run: _Run, out_dir: Path, step: int) -> None:
 
     from finexl.sampling import SamplerConfig, sample_images
 
-    run.pipe.unet.eval()
+    denoiser(run.pipe).eval()
     prompts = list(run.cfg.validation_prompts)
     sampler = SamplerConfig(height=run.resolution, width=run.resolution, batch_size=max(1, len(prompts)))
     with torch.no_grad():
@@ -569,7 +625,7 @@ def train(
                                 cfg.checkpoints_total_limit)  # fmt: skip
         if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_steps):
             _validate(run, out_dir, done)
-    pipe.unet.eval()
+    denoiser(pipe).eval()
     final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
     _save_result(run, out_dir, {**record, "steps_done": cfg.max_steps, "final_loss": final_loss,
                                 "resumed_from": start})  # fmt: skip

@@ -42,7 +42,8 @@ def loaded_updates(pipe, file, component: str = "unet") -> dict[str, torch.Tenso
     updates = {name.removesuffix(".weight"): weight - before[name] for name, weight in weights(model).items()
                if not torch.equal(weight, before[name])}  # fmt: skip
     unfuse_lora(pipe, saved)
-    assert all(torch.equal(weights(model)[k], v) for k, v in before.items())  # the base is back
+    after = weights(model)
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the base is back
     return updates
 
 
@@ -277,18 +278,96 @@ def test_an_sdxl_kohya_lora_explains_end_to_end(sdxl, tmp_path, tiny_clip_dir):
     assert e["settings"]["sampler"]["scheduler_class"] == "UniPCMultistepScheduler"  # explain's default sampler
 
 
-def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front(sdxl, tmp_path, capsys):
+def test_training_a_pipeline_class_the_trainer_does_not_know_is_refused_up_front(sd15, tmp_path, capsys):
+    import json
+
     from finexl.cli import main
 
-    base = tmp_path / "sdxl"
-    sdxl.save_pretrained(base)
+    base = tmp_path / "other"
+    sd15.save_pretrained(base)
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
     (tmp_path / "data").mkdir()
     capsys.readouterr()  # what saving the fixture printed
     code = main(["train", "lora", "--base", str(base), "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "lora")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "StableDiffusionXLPipeline" in err and "cannot train yet" in err
+    assert code == 2 and "StableDiffusion3Pipeline" in err and "cannot train" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "lora").exists()
+
+
+def train_tiny(pipe, out, **settings):
+    """Two LoRA steps on four random 32 px images; the saved LoRA's tensors by name."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from finexl.train.data import ImageSet
+    from finexl.train.trainer import TrainConfig, train
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    data = ImageSet(
+        images, ["a red circle", "a blue square", "a red circle", "a shape"], [f"{i}.png" for i in range(4)]
+    )
+    config = TrainConfig(rank=2, alpha=4.0, max_steps=2, batch_size=2, resolution=32, lr=1e-2, lr_warmup_steps=0,
+                         **settings)  # fmt: skip
+    result = train(pipe, data, config, out, progress=False)
+    assert result.steps == 2 and np.isfinite(result.loss)
+    return load_file(str(out / "pytorch_lora_weights.safetensors"))
+
+
+def trained_update(saved: dict, module: str, scale: float = 2.0) -> torch.Tensor:
+    down, up = saved[f"{module}.lora_A.weight"], saved[f"{module}.lora_B.weight"]
+    return scale * (torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) if down.ndim == 4 else up @ down)
+
+
+def test_train_lora_on_sdxl_trains_the_unet_and_both_text_encoders(tmp_path):
+    """`finexl train lora` on SDXL (two text encoders, pooled embeddings, size ids): the file holds the UNet's and
+    both encoders' LoRAs, and loads back onto a fresh SDXL at alpha / rank, module by module."""
+    from finexl.train.api import check_trainable
+
+    base = tmp_path / "sdxl"
+    build_pipeline("sdxl", width=WIDTH, text_layers=2).save_pretrained(base)
+    check_trainable(base)  # an SDXL base is accepted
+    from finexl.loading import load_pipeline
+
+    saved = train_tiny(load_pipeline(base), tmp_path / "lora", train_text_encoder=True)
+    components = {k.split(".", 1)[0] for k in saved}
+    assert components == {"unet", "text_encoder", "text_encoder_2"}
+    # every up matrix was trained but those of the first encoder's last layer: SDXL reads that encoder's
+    # penultimate hidden states (the second's last layer makes the pooled embedding)
+    untrained = {k for k in saved if ".lora_B." in k and saved[k].abs().max() == 0}
+    assert untrained == {f"text_encoder.encoder.layers.1.self_attn.{m}.lora_B.weight"
+                         for m in ("q_proj", "k_proj", "v_proj", "out_proj")}  # fmt: skip
+    fresh = load_pipeline(base)
+    for component, module in [("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"),
+                              ("unet", "up_blocks.0.resnets.1.conv1"),
+                              ("text_encoder", "encoder.layers.0.self_attn.q_proj"),
+                              ("text_encoder_2", "text_model.encoder.layers.0.self_attn.out_proj")]:  # fmt: skip
+        updates = loaded_updates(fresh, tmp_path / "lora", component)
+        torch.testing.assert_close(updates[module], trained_update(saved, f"{component}.{module}"), rtol=1e-4,
+                                   atol=1e-8, msg=f"{component}.{module}")  # fmt: skip
+
+
+def test_train_lora_on_flux_trains_the_transformer(tmp_path):
+    """`finexl train lora` on Flux: the rectified-flow loss on packed latents through the transformer; the file
+    holds transformer LoRAs only, which load back at alpha / rank; training its text encoders is refused."""
+    from finexl.errors import ConfigError
+    from finexl.loading import load_pipeline
+    from finexl.train.api import check_trainable
+
+    base = tmp_path / "flux"
+    build_pipeline("flux", width=WIDTH, text_layers=1).save_pretrained(base)
+    check_trainable(base)
+    saved = train_tiny(load_pipeline(base), tmp_path / "lora")
+    assert {k.split(".", 1)[0] for k in saved} == {"transformer"}
+    assert any(".single_transformer_blocks." in k for k in saved) and any(".ff.net.2." in k for k in saved)
+    assert all(saved[k].abs().max() > 0 for k in saved if ".lora_B." in k)
+    updates = loaded_updates(load_pipeline(base), tmp_path / "lora", "transformer")
+    for module in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_out"):
+        torch.testing.assert_close(updates[module], trained_update(saved, f"transformer.{module}"), rtol=1e-4,
+                                   atol=1e-8, msg=module)  # fmt: skip
+    with pytest.raises(ConfigError, match="transformer only"):
+        train_tiny(load_pipeline(base), tmp_path / "lora_te", train_text_encoder=True)
 
 
 @pytest.fixture(scope="module")
