@@ -142,12 +142,10 @@ def recorded_base(lora_file: str | Path) -> str | None:
 
 
 # Adapter formats finexl does not load, each told by a key suffix it alone has: (suffix, the format's name). Refused
-# in one line before any image (a file of these is otherwise either rejected key by key or, for DoRA, loaded with its
-# magnitudes silently dropped).
+# in one line before any image (a file of these is otherwise rejected key by key, naming no format).
 UNSUPPORTED_FORMATS = (
-    ("hada_w1_a", "LyCORIS LoHa"),
-    ("lokr_w1", "LyCORIS LoKr"),
-    ("lokr_w1_a", "LyCORIS LoKr"),
+    ("hada_t1", "LyCORIS LoHa with Tucker decomposition (hada_t1)"),
+    ("lokr_t2", "LyCORIS LoKr with Tucker decomposition (lokr_t2)"),
     ("lora_mid.weight", "LyCORIS LoCon with Tucker decomposition (lora_mid)"),
     ("a1.weight", "LyCORIS GLoRA"),
     ("oft_blocks", "OFT"),
@@ -176,8 +174,8 @@ def check_lora_format(file: Path) -> None:
         return
     for suffix, name in UNSUPPORTED_FORMATS:
         if any(k.endswith(suffix) or f".{suffix}." in k for k in keys):
-            raise LoraError(f"{file.name} is {name}, which finexl does not load (LoRA, LoCon and DoRA only); merge "
-                            "it into the model and pass --model")  # fmt: skip
+            raise LoraError(f"{file.name} is {name}, which finexl does not load (LoRA, LoCon, LoHa, LoKr, DoRA); "
+                            "merge it into the model and pass --model")  # fmt: skip
 
 
 # The top-level modules of a UNet, by which a key without a component prefix is known to be the UNet's
@@ -348,6 +346,7 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
             prefix = f"{name}.text_model."
             if module.startswith(prefix) and encoder is not None and not hasattr(encoder, "text_model"):
                 module = f"{name}." + module[len(prefix) :]
+        down, up = _as_conv(pipe, module, down, up)
         out[f"{module}.lora_A.weight"] = down
         out[f"{module}.lora_B.weight"] = up * (float(alpha) / down.shape[0]) if alpha is not None else up
         if magnitude is not None:
@@ -370,21 +369,95 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
     return out
 
 
+# LyCORIS LoHa and LoKr matrices, by key suffix; their modules are rewritten as exact LoRAs before diffusers reads them
+_LOHA = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
+_LOKR = (".lokr_w1", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2", ".lokr_w2_a", ".lokr_w2_b")
+
+
+def _low_rank(state: dict, prefix: str, name: str) -> tuple:
+    """LoKr factor ``name`` (``w1`` or ``w2``) of module ``prefix`` as ``(U, V, decomposed)`` with ``W = U V`` and
+    ``V`` flattened over its inputs (a convolution's ``w2`` carries the kernel): a full factor is ``I W``."""
+    import torch
+
+    full = state.pop(f"{prefix}.lokr_{name}", None)
+    if full is not None:
+        return torch.eye(full.shape[0], dtype=full.dtype), full.reshape(full.shape[0], -1), False
+    a, b = state.pop(f"{prefix}.lokr_{name}_a"), state.pop(f"{prefix}.lokr_{name}_b")
+    return a, b.reshape(b.shape[0], -1), True
+
+
+def lycoris_as_lora(state: dict, prefix: str) -> tuple:
+    """A LyCORIS LoHa or LoKr module rewritten as the LoRA ``(down, up)`` with exactly its update, the LyCORIS
+    scale folded into ``up`` (so its alpha is its rank). ``state`` loses the module's keys.
+
+    LoHa: ``dW = (w1a w1b) * (w2a w2b) * alpha / r`` (Hadamard product), a LoRA of rank ``r1 r2`` whose rank-one
+    terms are the products of the two factors' terms. LoKr: ``dW = kron(w1, w2) * scale`` (for a convolution ``w2``
+    carries the kernel), with ``kron(U1 V1, U2 V2) = kron(U1, U2) kron(V1, V2)``; scale is ``alpha / r`` with ``r``
+    the rank of a decomposed factor, 1 when both factors are full (as LyCORIS and ComfyUI apply it)."""
+    import torch
+
+    alpha = state.pop(f"{prefix}.alpha", None)
+    alpha = None if alpha is None else float(alpha)
+    if f"{prefix}.hada_w1_a" in state:
+        w1a, w1b, w2a, w2b = (state.pop(prefix + k) for k in _LOHA)
+        r = w1b.shape[0]
+        scale = alpha / r if alpha is not None else 1.0
+        up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], -1) * scale  # (out, r1 r2)
+        down = (w1b[:, None] * w2b[None, :]).reshape(-1, *w1b.shape[1:])  # (r1 r2, in[*k*k])
+        return down, up
+    u1, v1, split1 = _low_rank(state, prefix, "w1")
+    u2, v2, split2 = _low_rank(state, prefix, "w2")
+    rank = v1.shape[0] if split1 else v2.shape[0] if split2 else None
+    scale = alpha / rank if (alpha is not None and rank is not None) else 1.0
+    up = torch.kron(u1, u2) * scale  # (a c, r1 r2)
+    # kron(W1, W2)[(p, q), (s, t, kernel)] = W1[p, s] W2[q, (t, kernel)]: the down rows pair V1's and V2's
+    down = (v1[:, None, :, None] * v2[None, :, None, :]).reshape(v1.shape[0] * v2.shape[0], -1)
+    return down, up
+
+
 def _without_dora_scales(file: Path) -> tuple:
     """What to hand diffusers' reader for ``file``, and the file's DoRA scales: ``(path or state dict, {prefix:
     dora_scale}, {id(down matrix): prefix})``. diffusers drops a kohya/LyCORIS file's ``dora_scale`` keys (with a
     warning) before converting the names; they are taken out here and found again by their down matrix, which its
-    converter passes on unchanged."""
+    converter passes on unchanged. LoHa and LoKr modules are rewritten as LoRAs here (:func:`lycoris_as_lora`), so
+    that diffusers maps their names as it does a kohya LoRA's."""
+    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(file), framework="pt") as handle:
-        if not any(k.endswith(DORA_SCALE) for k in handle.keys()):
+        if not any(k.endswith((DORA_SCALE, *_LOHA, *_LOKR)) for k in handle.keys()):
             return str(file), {}, {}
     state = load_file(str(file))
+    for prefix in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a"))}):
+        try:
+            down, up = lycoris_as_lora(state, prefix)
+        except (KeyError, RuntimeError, ValueError) as err:  # a missing partner, shapes that do not multiply
+            raise LoraError(f"LyCORIS module {prefix} in {file.name} is incomplete or malformed ({err})") from None
+        state[f"{prefix}.lora_down.weight"] = down  # a convolution's is flat: reshaped once its layer is known
+        state[f"{prefix}.lora_up.weight"] = up
+        state[f"{prefix}.alpha"] = torch.tensor(float(down.shape[0]))
     dora = {k[: -len(DORA_SCALE)]: state.pop(k) for k in list(state) if k.endswith(DORA_SCALE)}
     dora_of = {id(state[f"{p}.lora_down.weight"]): p for p in dora if f"{p}.lora_down.weight" in state}
     return state, dora, dora_of
+
+
+def _as_conv(pipe, module: str, down, up) -> tuple:
+    """A LoRA whose matrices are flat (LoHa and LoKr rewritten as LoRAs) for a convolution of ``pipe``: the down
+    matrix as ``(rank, in, kh, kw)``, the up matrix as ``(out, rank, 1, 1)``. Anything else is returned as it is."""
+    import torch.nn as nn
+
+    if down.ndim != 2 or up.ndim != 2:
+        return down, up
+    component, _, rest = module.partition(".")
+    try:
+        layer = getattr(pipe, component).get_submodule(rest)
+    except AttributeError:
+        return down, up  # check_lora_fits names the module that is not there
+    layer = getattr(layer, "base_layer", layer)
+    if not isinstance(layer, nn.Conv2d) or down.shape[1] != layer.weight[0].numel():
+        return down, up
+    return down.reshape(down.shape[0], *layer.weight.shape[1:]), up.reshape(*up.shape, 1, 1)
 
 
 def _peft_magnitude(magnitude, up, module: str, file: Path):

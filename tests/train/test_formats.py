@@ -117,9 +117,67 @@ def test_an_sdxl_kohya_file_in_sd_scripts_block_naming_loads_onto_the_right_modu
         torch.testing.assert_close(updates[module], want, rtol=1e-4, atol=1e-7, msg=module)
 
 
+def smallest_factor(n: int) -> int:
+    return next(f for f in range(2, n + 1) if n % f == 0)
+
+
+def lycoris_file(unet, kind: str, seed: int) -> tuple[dict, dict]:
+    """A LyCORIS LoHa or LoKr file over every module of MODULE_TYPES, and each module's update computed straight from
+    the format's definition: LoHa ``(w1a w1b) * (w2a w2b) * alpha / r``; LoKr ``kron(w1, w2) * scale``, scale
+    ``alpha / r`` when a factor is decomposed (rank r), 1 when both are full. The LoKr modules cycle through full and
+    decomposed factors."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(shape, generator=generator) * 0.3
+
+    state, want = {}, {}
+    for i, module in enumerate(MODULE_TYPES.values()):
+        key = "lora_unet_" + module.replace(".", "_")
+        weight = unet.get_submodule(module).weight
+        out, inp, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
+        flat_in = inp * int(torch.tensor(kernel).prod()) if kernel else inp
+        if kind == "loha":
+            r, alpha = 3, 1.5
+            parts = {"hada_w1_a": rand(out, r), "hada_w1_b": rand(r, flat_in), "hada_w2_a": rand(out, r),
+                     "hada_w2_b": rand(r, flat_in)}  # fmt: skip
+            update = (parts["hada_w1_a"] @ parts["hada_w1_b"]) * (parts["hada_w2_a"] @ parts["hada_w2_b"]) * alpha / r
+        else:
+            a, b = smallest_factor(out), smallest_factor(inp)
+            c, d = out // a, inp // b
+            variant, alpha, r = i % 3, 4.0, 2
+            w1 = rand(a, b) if variant != 2 else None
+            parts = {"lokr_w1": w1} if w1 is not None else {"lokr_w1_a": rand(a, 1), "lokr_w1_b": rand(1, b)}
+            if variant == 0:  # both full: alpha is not applied
+                parts["lokr_w2"] = rand(c, d, *kernel)
+                scale = 1.0
+            else:  # w2 decomposed at rank 2 (variant 2: w1 too, at rank 1; the scale takes w1's rank, as LyCORIS)
+                parts["lokr_w2_a"], parts["lokr_w2_b"] = rand(c, r), rand(r, d * (flat_in // inp))
+                scale = alpha / (1 if variant == 2 else r)
+            w1 = parts["lokr_w1"] if "lokr_w1" in parts else parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+            w2 = parts["lokr_w2"] if "lokr_w2" in parts else (parts["lokr_w2_a"] @ parts["lokr_w2_b"]).reshape(
+                c, d, *kernel)  # fmt: skip
+            update = torch.kron(w1.reshape(a, b, *[1] * len(kernel)), w2) * scale
+        state.update({f"{key}.{name}": tensor for name, tensor in parts.items()})
+        state[f"{key}.alpha"] = torch.tensor(alpha)
+        want[module] = update.reshape(weight.shape)
+    return state, want
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_a_lycoris_loha_or_lokr_file_loads_at_its_definition_strength_on_every_module_type(sd15, tmp_path, kind):
+    state, want = lycoris_file(sd15.unet, kind, seed=9)
+    file = tmp_path / f"{kind}.safetensors"
+    save_file(state, str(file))
+    updates = loaded_updates(sd15, file)
+    assert set(updates) == set(want)
+    for kind_of_module, module in MODULE_TYPES.items():
+        torch.testing.assert_close(updates[module], want[module], rtol=1e-4, atol=1e-6, msg=kind_of_module)
+
+
 @pytest.mark.parametrize("suffixes, name", [
-    (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"), "LyCORIS LoHa"),
-    (("lokr_w1", "lokr_w2", "alpha"), "LyCORIS LoKr"),
+    (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "alpha"), "LoHa with Tucker"),
+    (("lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"), "LoKr with Tucker"),
     (("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"), "Tucker"),
     (("oft_blocks", "alpha"), "OFT"),
 ])  # fmt: skip
