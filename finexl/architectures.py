@@ -49,6 +49,10 @@ FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_
 T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
               relative_attention_num_buckets=32)  # fmt: skip
 KINDS = ("sd15", "sdxl", "flux")
+# openai/clip-vit-large-patch14: the vision tower of CLIP ViT-L/14 (the text tower is CLIP_L)
+VIT_L_14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+                image_size=224, projection_dim=768, hidden_act="quick_gelu")  # fmt: skip
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 def _scaled(channels, width: float, groups: int) -> tuple[int, ...]:
@@ -252,3 +256,38 @@ def _sgm_resnet(rest: list[str], kind: str) -> str:
     if kind != "resnets":
         return ".".join(rest)
     return ".".join([_SGM_RESNET.get(rest[0], rest[0]), *rest[1:]])
+
+
+def build_clip(folder, width: float = 1.0, text_layers: int | None = None, seed: int = 0):
+    """A CLIP ViT-L/14 with random weights, saved in ``folder`` as a transformers ``CLIPModel`` folder that ``--clip``
+    reads (the toy world's tokenizer, the published image preprocessing: shortest edge 224, centre crop, CLIP's
+    mean and std). ``width`` scales the hidden sizes as in :func:`build_pipeline`. For speed and plumbing only."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    from finexl.toyworld.tokenizer import build_tokenizer
+
+    if not 0 < width <= 1:
+        raise ConfigError(f"width must be in (0, 1], got {width}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(folder, seed=seed)
+    text = _text_config(CLIP_L, width, tokenizer, text_layers)
+    heads = max(1, int(round(VIT_L_14["num_attention_heads"] * width)))
+    hidden = heads * VIT_L_14["hidden_size"] // VIT_L_14["num_attention_heads"]
+    vision = CLIPVisionConfig(**{**VIT_L_14, "hidden_size": hidden, "num_attention_heads": heads,
+                                 "intermediate_size": 4 * hidden,
+                                 "num_hidden_layers": VIT_L_14["num_hidden_layers"] if width == 1 else 2})  # fmt: skip
+    projection = text.projection_dim
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection)
+    CLIPModel(config).save_pretrained(folder)
+    processor = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 224},
+                 "resample": 3, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
+                 "image_std": CLIP_STD, "do_convert_rgb": True}  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=1) + "\n")
+    return folder

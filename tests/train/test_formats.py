@@ -474,8 +474,7 @@ def test_a_flux_lora_loads_at_alpha_over_rank_and_explains_end_to_end(flux, tmp_
 
 def test_a_kohya_flux_lora_loads_at_alpha_over_rank(flux, tmp_path):
     """sd-scripts' Flux naming: fused q/k/v (``double_blocks_i_img_attn_qkv``) split onto to_q, to_k, to_v, each at
-    alpha / rank. (``single_blocks_i_linear1`` is left out: diffusers' converter splits it at FLUX.1-dev's full
-    widths, 3072 and 12288, which a reduced-width fixture does not have.)"""
+    alpha / rank. (``single_blocks_i_linear1`` is split at FLUX.1-dev's full widths only: the next test.)"""
     t = flux.transformer
     inner = t.config.num_attention_heads * t.config.attention_head_dim
     mlp = t.single_transformer_blocks[0].proj_mlp.out_features
@@ -502,3 +501,44 @@ def test_a_kohya_flux_lora_loads_at_alpha_over_rank(flux, tmp_path):
                                rtol=1e-4, atol=1e-8)  # fmt: skip
     torch.testing.assert_close(updates["single_transformer_blocks.1.proj_out"], want("single_blocks_1_linear2"),
                                rtol=1e-4, atol=1e-8)  # fmt: skip
+
+
+def test_a_kohya_flux_single_block_linear1_splits_onto_its_four_layers_at_full_width(flux, tmp_path):
+    """sd-scripts' ``single_blocks_i_linear1`` (q, k, v and the MLP input fused, 3072 -> 3 x 3072 + 12288) splits onto
+    ``attn.to_q``, ``to_k``, ``to_v`` and ``proj_mlp`` at alpha / rank. diffusers' converter knows only FLUX.1-dev's
+    widths, so this runs on a transformer of those widths with one double and one single block (the reduced
+    fixture's text encoders and VAE around it)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from finexl.architectures import FLUX_TRANSFORMER
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**{
+        **FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 1,
+        "joint_attention_dim": flux.text_encoder_2.config.d_model,
+        "pooled_projection_dim": flux.text_encoder.config.hidden_size,
+    })  # fmt: skip
+    pipe = FluxPipeline(scheduler=flux.scheduler, vae=flux.vae, text_encoder=flux.text_encoder,
+                        tokenizer=flux.tokenizer, text_encoder_2=flux.text_encoder_2, tokenizer_2=flux.tokenizer_2,
+                        transformer=transformer)  # fmt: skip
+    block = transformer.single_transformer_blocks[0]
+    parts = {"to_q": block.attn.to_q, "to_k": block.attn.to_k, "to_v": block.attn.to_v, "proj_mlp": block.proj_mlp}
+    assert [p.out_features for p in parts.values()] == [3072, 3072, 3072, 12288]
+    before = {name: layer.weight.detach().clone() for name, layer in parts.items()}
+    generator = torch.Generator().manual_seed(11)
+    rank, alpha, key = 4, 2.0, "lora_unet_single_blocks_0_linear1"
+    down, up = (
+        torch.randn(rank, 3072, generator=generator) * 0.1,
+        torch.randn(3 * 3072 + 12288, rank, generator=generator) * 0.1,
+    )
+    file = tmp_path / "flux_linear1.safetensors"
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)},
+              str(file))  # fmt: skip
+    load_lora(pipe, file)
+    saved = fuse_lora(pipe)
+    fused = [getattr(layer, "base_layer", layer).weight for layer in (block.attn.to_q, block.attn.to_k,
+                                                                       block.attn.to_v, block.proj_mlp)]  # fmt: skip
+    got = torch.cat(fused) - torch.cat(list(before.values()))
+    torch.testing.assert_close(got, alpha / rank * up @ down, rtol=1e-4, atol=1e-6)
+    unfuse_lora(pipe, saved)
+    assert all(torch.equal(parts[name].weight, weight) for name, weight in before.items())
