@@ -290,4 +290,9 @@ def build_clip(folder, width: float = 1.0, text_layers: int | None = None, seed:
                  "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
                  "image_std": CLIP_STD, "do_convert_rgb": True}  # fmt: skip
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=1) + "\n")
+    # the text window of CLIP's text tower (77 tokens), not the toy world's 40
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    window = text.max_position_embeddings
+    tokenizer_config.update(model_max_length=window, max_length=window)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1) + "\n")
     return folder

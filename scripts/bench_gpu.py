@@ -129,7 +129,7 @@ def main() -> int:
     record["unet_parameters"] = n_parameters(pipe.unet)
     flops = denoiser_flops_per_image_step(pipe, size, device, dtype)
     record["unet_gflops_per_image_step"] = flops / 1e9
-    print(f"{args.kind} UNet {record['unet_parameters'] / 1e6:.0f} M parameters, {flops / 1e9:.0f} GFLOPs per image "
+    print(f"{args.kind} UNet {record['unet_parameters'] / 1e6:.0f} M parameters, {flops / 1e9:.4g} GFLOPs per image "
           f"per step (guidance included) at {size} px", flush=True)  # fmt: skip
 
     # 3. sampling and embedding, per batch size

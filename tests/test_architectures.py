@@ -14,6 +14,7 @@ def test_build_clip_writes_a_folder_finexl_embeds_with_at_the_published_preproce
     width = embedder.model.config.projection_dim
     assert features.shape == (3, width) and np.allclose(np.linalg.norm(features, axis=1), 1.0)
     assert embedder.embed_texts(["a red car", "a dog"]).shape == (2, width)
+    assert embedder.text_window == 77  # CLIP's text window
     # ViT-L/14's patches and input size, CLIP's normalization: any image becomes 224 x 224 pixels
     vision = embedder.model.config.vision_config
     assert (vision.patch_size, vision.image_size) == (VIT_L_14["patch_size"], 224)
