@@ -311,6 +311,8 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         # UNet pipelines give (state dict, kohya alphas, metadata); transformer ones (Flux) fold kohya alphas into
         # the matrices and give (state dict, metadata)
         state_dict, alphas, metadata = read if len(read) == 3 else (read[0], None, read[1])
+    except LoraError:
+        raise
     except Exception as err:  # safetensors and diffusers raise several types for damaged or foreign files
         raise LoraError(f"could not read the LoRA file {file}: {err}") from err
     alphas = alphas or {}

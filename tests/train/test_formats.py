@@ -542,3 +542,21 @@ def test_a_kohya_flux_single_block_linear1_splits_onto_its_four_layers_at_full_w
     torch.testing.assert_close(got, alpha / rank * up @ down, rtol=1e-4, atol=1e-6)
     unfuse_lora(pipe, saved)
     assert all(torch.equal(parts[name].weight, weight) for name, weight in before.items())
+
+
+def test_a_malformed_lycoris_module_is_refused_in_one_line_naming_it(sd15, tmp_path):
+    from finexl.loading import LoraError
+
+    state, _ = lycoris_file(sd15.unet, "loha", seed=12)
+    key = "lora_unet_" + MODULE_TYPES["feed-forward"].replace(".", "_")
+    del state[f"{key}.hada_w2_b"]  # a factor missing
+    file = tmp_path / "broken_loha.safetensors"
+    save_file(state, str(file))
+    with pytest.raises(LoraError, match=f"{key} .*incomplete or malformed") as err:
+        load_lora(sd15, file)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+    state, _ = lycoris_file(sd15.unet, "lokr", seed=12)
+    state[f"{key}.lokr_w1"] = torch.full_like(state[f"{key}.lokr_w1"], float("nan"))  # NaN weights
+    save_file(state, str(file))
+    with pytest.raises(LoraError, match="NaN"):
+        load_lora(sd15, file)
