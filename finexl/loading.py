@@ -222,8 +222,8 @@ def check_lora_fits(pipe, state_dict: dict) -> int:
     for key, tensor in state_dict.items():
         if key.endswith(".alpha"):
             continue
-        if _MAGNITUDE.match(key):
-            magnitudes[_MAGNITUDE.match(key).group(1)] = tensor
+        if hit := _MAGNITUDE.match(key):
+            magnitudes[hit.group(1)] = tensor
             continue
         found = _module_and_role(key)
         if found is None:
@@ -306,7 +306,7 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         # the UNet's config lets diffusers renumber sd-scripts' SDXL blocks (input_blocks.4.1 -> down_blocks.1...)
         unet = getattr(pipe, "unet", None)
         extra = {"unet_config": unet.config} if unet is not None else {}
-        source, dora, dora_of = _without_dora_scales(file)
+        source, dora, dora_of = _prepared_for_diffusers(file)
         read = pipe.lora_state_dict(source, return_lora_metadata=True, **extra)
         # UNet pipelines give (state dict, kohya alphas, metadata); transformer ones (Flux) fold kohya alphas into
         # the matrices and give (state dict, metadata)
@@ -322,8 +322,8 @@ def normalized_lora_state_dict(pipe, file: Path) -> dict:
         found = _module_and_role(key)
         if found is not None:
             modules.setdefault(found[0], {})[found[1]] = key
-        elif _MAGNITUDE.match(key):
-            magnitudes[_MAGNITUDE.match(key).group(1)] = state_dict[key]
+        elif hit := _MAGNITUDE.match(key):
+            magnitudes[hit.group(1)] = state_dict[key]
     out = {}
     for module, keys in modules.items():
         if set(keys) != {"down", "up"}:
@@ -417,9 +417,10 @@ def lycoris_as_lora(state: dict, prefix: str) -> tuple:
     return down, up
 
 
-def _without_dora_scales(file: Path) -> tuple:
-    """What to hand diffusers' reader for ``file``, and the file's DoRA scales: ``(path or state dict, {prefix:
-    dora_scale}, {id(down matrix): prefix})``. diffusers drops a kohya/LyCORIS file's ``dora_scale`` keys (with a
+def _prepared_for_diffusers(file: Path) -> tuple:
+    """What to hand diffusers' reader for ``file`` (its path, or its tensors with LoHa and LoKr rewritten as LoRAs
+    and DoRA scales taken out), and the DoRA scales: ``(path or state dict, {prefix: dora_scale}, {id(down matrix):
+    prefix})``. diffusers drops a kohya/LyCORIS file's ``dora_scale`` keys (with a
     warning) before converting the names; they are taken out here and found again by their down matrix, which its
     converter passes on unchanged. LoHa and LoKr modules are rewritten as LoRAs here (:func:`lycoris_as_lora`), so
     that diffusers maps their names as it does a kohya LoRA's."""
