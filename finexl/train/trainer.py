@@ -284,8 +284,8 @@ class _Run:
             # same injection works on every peft this project supports
             for name in self.trained_encoders:
                 inject_adapter_in_model(self.te_lora_config, getattr(pipe, name))
-        part = "transformer" if self.flow else "unet"
-        self.params = {f"{part}.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+        self.part = "transformer" if self.flow else "unet"  # the denoiser's component name
+        self.params = {f"{self.part}.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
         for name in self.trained_encoders:
             self.params.update(
                 {f"{name}.{n}": p for n, p in getattr(pipe, name).named_parameters() if p.requires_grad}
@@ -480,9 +480,8 @@ def _lora_layers(run: _Run) -> dict:
     """
     from peft.utils import get_peft_model_state_dict
 
-    part = "transformer" if run.flow else "unet"
-    layers = {f"{part}_lora_layers": get_peft_model_state_dict(denoiser(run.pipe))}
-    meta = {f"{part}_lora_adapter_metadata": run.lora_config.to_dict()}
+    layers = {f"{run.part}_lora_layers": get_peft_model_state_dict(denoiser(run.pipe))}
+    meta = {f"{run.part}_lora_adapter_metadata": run.lora_config.to_dict()}
     for name in run.trained_encoders:
         layers[f"{name}_lora_layers"] = get_peft_model_state_dict(getattr(run.pipe, name))
         meta[f"{name}_lora_adapter_metadata"] = run.te_lora_config.to_dict()
