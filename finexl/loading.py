@@ -50,10 +50,12 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
+def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32", compile: bool = False):
     """A diffusers text-to-image pipeline from a local folder, moved to ``device`` in ``dtype``.
 
-    ``path`` defaults to the toy preset's base (:func:`finexl.presets.toy_base`).
+    ``path`` defaults to the toy preset's base (:func:`finexl.presets.toy_base`). ``compile``: the denoiser runs
+    through ``torch.compile`` (compiled at its first call; weights changed in place later, as a fused LoRA's are,
+    need no new compile).
     """
     from diffusers import DiffusionPipeline
 
@@ -77,7 +79,17 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
         raise InputError(f"could not load the diffusers pipeline in {path}: {err}") from err
     pipe.to(check_device(device))
     pipe.set_progress_bar_config(disable=True)
+    if compile:
+        logger.info("%s: the denoiser is compiled at its first batch (slow once; see docs/speed.md)", path)
+        # frozen as a loaded LoRA leaves it (peft freezes the base), so one graph serves the base and any LoRA
+        denoiser(pipe).requires_grad_(False).compile()
     return pipe
+
+
+def denoiser(pipe):
+    """The network a sampler step runs and training trains: the UNet, or a Flux pipeline's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
 
 
 def _read_model_index(path: Path) -> dict:
@@ -505,34 +517,66 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = "f
 LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
 
-def fuse_lora(pipe, adapter_name: str = "finexl") -> dict:
-    """Merge the loaded LoRA into the weights, so sampling runs at the base's speed (an unfused LoRA adds two small
-    matmuls per layer). Returns copies (on the CPU) of the weights it changed, for :func:`unfuse_lora` to restore
-    them exactly: subtracting the update again would leave the base off by rounding."""
+class FusedLora:
+    """A LoRA merged into a pipeline's weights, its adapter layers taken out again (see :func:`fuse_lora`).
+
+    The pipeline keeps its plain modules, so it samples at the base's speed and a compiled denoiser stays valid;
+    ``base`` and ``tuned`` hold CPU copies of every parameter the LoRA changed, before and after, so that
+    :meth:`restore` puts the base back exactly (subtracting the update again would leave it off by rounding) and
+    :meth:`apply` puts the personalized weights back without reading the file again (the rounds of
+    ``samples='auto'`` switch between the two).
+    """
+
+    def __init__(self, base: dict, tuned: dict):
+        self.base, self.tuned = base, tuned
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def apply(self, pipe) -> None:
+        """The personalized weights."""
+        _copy_into(pipe, self.tuned)
+
+    def restore(self, pipe) -> None:
+        """The base's exact weights."""
+        _copy_into(pipe, self.base)
+
+
+def _lora_parameters(pipe) -> dict:
+    """The parameters (weight and any bias) of the layers a loaded LoRA wraps, by (component, parameter path)."""
     from peft.tuners.lora import LoraLayer
 
-    saved = {}
+    found = {}
     for component in LORA_COMPONENTS:
         model = getattr(pipe, component, None)
         if model is None:
             continue
         for name, module in model.named_modules():
             if isinstance(module, LoraLayer):
-                saved[(component, name)] = module.get_base_layer().weight.detach().to("cpu", copy=True)
-    pipe.fuse_lora(adapter_names=[adapter_name])
-    return saved
+                for key, param in module.get_base_layer().named_parameters(recurse=False):
+                    found[(component, f"{name}.{key}")] = param
+    return found
 
 
-def unfuse_lora(pipe, saved: dict) -> None:
-    """Take a LoRA merged by :func:`fuse_lora` off again and put back the base's exact weights."""
+def _copy_into(pipe, values: dict) -> None:
     import torch
 
-    pipe.unfuse_lora()
-    pipe.unload_lora_weights()
     with torch.no_grad():
-        for (component, name), weight in saved.items():
-            target = getattr(pipe, component).get_submodule(name).weight
-            target.copy_(weight.to(target.device, target.dtype))
+        for (component, path), value in values.items():
+            target = getattr(pipe, component).get_parameter(path)
+            target.copy_(value.to(target.device, target.dtype))
+
+
+def fuse_lora(pipe, adapter_name: str = "finexl") -> FusedLora:
+    """Merge the loaded LoRA into the weights and take its adapter layers out (an unfused LoRA adds two small
+    matmuls per layer); the pipeline is left with the personalized weights. Returns the :class:`FusedLora` that
+    switches it back to the base and forth again."""
+    params = _lora_parameters(pipe)
+    base = {key: p.detach().to("cpu", copy=True) for key, p in params.items()}
+    pipe.fuse_lora(adapter_names=[adapter_name])
+    tuned = {key: p.detach().to("cpu", copy=True) for key, p in params.items()}
+    pipe.unload_lora_weights()  # the merged weights stay; the layers are the base's own modules again
+    return FusedLora(base, tuned)
 
 
 # the files of a model folder that make the model: configs, tokenizers and weights in every format

@@ -54,6 +54,16 @@ class BadImagesError(NumericalError, ValueError):
     """A pipeline produced NaN or blank images."""
 
 
+def _compile_failed(err: RuntimeError) -> bool:
+    """A failure of ``torch.compile`` (dynamo or its backend: no C++ compiler, an unsupported operation)."""
+    if not type(err).__module__.startswith("torch."):
+        return False
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    return isinstance(err, TorchDynamoException | CppCompileError | InvalidCxxCompiler)
+
+
 def _out_of_memory(err: BaseException) -> bool:
     import torch
 
@@ -144,6 +154,10 @@ def _sample_into(out: np.ndarray, pipe, prompts: list[str], seeds: list[int], co
                     output_type="np",
                 ).images  # (b, h, w, 3) float in [0, 1]
         except RuntimeError as err:  # torch's OutOfMemoryError is one
+            if _compile_failed(err):
+                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                raise BackendError(f"torch.compile could not compile the denoiser ({reason}); run without "
+                                   f"--compile") from err  # fmt: skip
             if not _out_of_memory(err):
                 raise
             if batch == 1:

@@ -10,7 +10,10 @@
    commit and at ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their
    CHANGED aspects; ``--head-args`` adds flags to this commit's run (e.g. ``"--samples 128 --scheduler default
    --steps 25"`` for the old defaults).
-3. With ``--sd15 1,2`` (``--sdxl 1``): SD 1.5 (SDXL) at its published size with random weights
+3. ``--compile`` against eager, each in a fresh process with an empty image cache: the same cold explain, and an
+   `finexl explain-many` of four models (the shipped red and darker LoRAs at strengths 1 and 0.5, no reports);
+   compiled first with torch's compile cache empty (a fresh ``TORCHINDUCTOR_CACHE_DIR``), then with it warm.
+4. With ``--sd15 1,2`` (``--sdxl 1``): SD 1.5 (SDXL) at its published size with random weights
    (`finexl.architectures`; speed only, never results), 512 px (1024 px), each batch size in a fresh process:
    seconds per sampler step (classifier-free guidance included) and per VAE decode, per image, and the process's
    peak memory; then the extrapolated cost of an explanation on this CPU.
@@ -121,29 +124,81 @@ def run_child(way: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cold_explain(code_root: Path, work: Path, name: str, threads: int, extra: list[str] | None = None) -> dict:
-    """``finexl explain`` of the red LoRA from ``code_root`` (its own finexl on PYTHONPATH), empty cache."""
-    out, cache = work / f"out-{name}", work / f"cache-{name}"
+def run_finexl(code_root: Path, argv: list[str], env: dict | None = None) -> dict:
+    """``finexl ARGV`` in a fresh process from ``code_root`` (its own finexl on PYTHONPATH): wall seconds, seconds
+    inside Python (imports included), the process's peak memory."""
     code = (
         "import resource, runpy, sys, time\n"
-        f"sys.argv = ['finexl', 'explain', '--lora', 'data/toy_loras/red', '--cache', {str(cache)!r}, '--out', "
-        f"{str(out)!r}, '--threads', '{threads}', '-q', *{extra or []!r}]\n"
+        f"sys.argv = ['finexl', *{argv!r}]\n"
         "t0 = time.perf_counter()\n"
-        "try:\n    runpy.run_module('finexl.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "try:\n    runpy.run_module('finexl.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    if e.code:\n        raise\n"
         "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(code_root), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code_root), "HF_HUB_OFFLINE": "1", **(env or {})}
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], cwd=code_root, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    if done.returncode != 0 or not (out / "explanation.json").is_file():
-        sys.exit(f"explain at {code_root} failed:\n{done.stderr[-2000:]}")
+    if done.returncode != 0:
+        sys.exit(f"finexl {' '.join(argv)} at {code_root} failed:\n{done.stderr[-2000:]}")
     inner, rss = map(float, done.stderr.strip().splitlines()[-1].split())
+    return {"wall_s": wall, "inside_s": inner, "peak_rss_mb": rss}
+
+
+def cold_explain(code_root: Path, work: Path, name: str, threads: int, extra: list[str] | None = None,
+                 env: dict | None = None) -> dict:  # fmt: skip
+    """``finexl explain`` of the red LoRA from ``code_root``, empty cache."""
+    out, cache = work / f"out-{name}", work / f"cache-{name}"
+    argv = ["explain", "--lora", "data/toy_loras/red", "--cache", str(cache), "--out", str(out), "--threads",
+            str(threads), "-q", *(extra or [])]  # fmt: skip
+    timing = run_finexl(code_root, argv, env)
     expl = json.loads((out / "explanation.json").read_text())
-    return {"code": name, "args": extra or [], "wall_s": wall, "inside_s": inner, "peak_rss_mb": rss,
-            "pairs": expl["divergence"]["n_pairs"], "seconds": expl.get("seconds"),
-            "changed": [a["aspect"] for a in expl["aspects"] if a["changed"]],
+    return {"code": name, "args": extra or [], **timing, "pairs": expl["divergence"]["n_pairs"],
+            "seconds": expl.get("seconds"), "changed": [a["aspect"] for a in expl["aspects"] if a["changed"]],
             "scores": {a["aspect"]: round(a["score"], 4) for a in expl["aspects"]}}  # fmt: skip
+
+
+# explain-many of the shipped toy LoRAs at two strengths: the case a compiled denoiser is for
+MANY = [("red", "red", 1.0), ("red-half", "red", 0.5), ("darker", "darker", 1.0), ("darker-half", "darker", 0.5)]
+
+
+def many_explain(work: Path, name: str, threads: int, extra: list[str], env: dict | None = None) -> dict:
+    """``finexl explain-many`` of :data:`MANY` (no reports), empty image cache."""
+    manifest = work / "many.jsonl"
+    manifest.write_text("".join(json.dumps({"id": i, "path": str(ROOT / "data" / "toy_loras" / lora), "scale": scale})
+                                + "\n" for i, lora, scale in MANY))  # fmt: skip
+    out, cache = work / f"many-{name}", work / f"cache-many-{name}"
+    argv = ["explain-many", str(manifest), "--out", str(out), "--cache", str(cache), "--no-report", "--report-pairs",
+            "0", "--threads", str(threads), "-q", *extra]  # fmt: skip
+    timing = run_finexl(ROOT, argv, env)
+    models = {i: json.loads((out / "models" / i / "explanation.json").read_text()) for i, _, _ in MANY}
+    changed = {i: [a["aspect"] for a in e["aspects"] if a["changed"]] for i, e in models.items()}
+    pairs = {i: e["divergence"]["n_pairs"] for i, e in models.items()}
+    return {"code": name, "args": extra, **timing, "models": len(models), "pairs": pairs, "changed": changed}
+
+
+def compiled(args, record: dict) -> None:
+    """``--compile`` against eager, side by side: a cold explain, and an explain-many of four models; compiled once
+    with torch's compile cache empty (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and once with it warm."""
+    work = Path(tempfile.mkdtemp(prefix="bench_compile-"))
+    rows = {}
+    for kind in ("explain", "explain-many"):
+        compile_cache = {"TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{kind}")}
+        for name, extra, env in (("eager", [], None), ("compiled, empty compile cache", ["--compile"], compile_cache),
+                                 ("compiled, warm compile cache", ["--compile"], compile_cache)):  # fmt: skip
+            tag = f"{kind}-{len(rows)}"
+            if kind == "explain":
+                row = cold_explain(ROOT, work, tag, args.threads, extra, env)
+            else:
+                row = many_explain(work, tag, args.threads, extra, env)
+            rows[f"{kind}, {name}"] = row
+            pairs = row["pairs"] if kind == "explain" else sum(row["pairs"].values())
+            print(f"{kind:<12} {name:<30} {row['wall_s']:6.1f} s, {pairs} pairs, peak {row['peak_rss_mb']:.0f} MB, "
+                  f"CHANGED {row['changed']}", flush=True)  # fmt: skip
+        eager = rows[f"{kind}, eager"]["wall_s"]
+        for name in ("compiled, empty compile cache", "compiled, warm compile cache"):
+            print(f"{kind}: {name}: {eager / rows[f'{kind}, {name}']['wall_s']:.2f}x eager")
+    record["compile"] = rows
 
 
 def main() -> None:
@@ -156,7 +211,7 @@ def main() -> None:
     ap.add_argument("--head-args", default="", help="extra flags for this commit's cold explain")
     ap.add_argument("--sd15", help="comma-separated batch sizes for the full-size SD 1.5 timing (e.g. 1,2)")
     ap.add_argument("--sdxl", help="comma-separated batch sizes for the full-size SDXL timing (e.g. 1)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: sample, cold")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: sample, cold, compile")
     ap.add_argument("--child", choices=["finexl", "plain", "sd15", "sdxl"], help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -180,6 +235,8 @@ def main() -> None:
         print(f"sample + embed: finexl {ratio:.2f}x the plain way (target >= 3)")
     if "cold" not in skip:
         cold(args, record)
+    if "compile" not in skip:
+        compiled(args, record)
     for kind in ("sd15", "sdxl"):
         if getattr(args, kind):
             real_size(kind, getattr(args, kind), args.threads, record)

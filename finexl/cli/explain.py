@@ -32,7 +32,7 @@ def config_from_args(args: argparse.Namespace, **more):
         auto_verdicts=args.auto_verdicts,
         n_bootstrap=args.bootstrap, null=not args.no_null, allow_other_base=args.allow_other_base,
         cache_dir=args.cache, height=args.height, width=args.width, device=args.device, dtype=args.dtype,
-        sampler=sampler_config(args), **more,
+        compile=args.compile, sampler=sampler_config(args), **more,
     )  # fmt: skip
 
 
@@ -171,6 +171,10 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=positive_int, help="image width (default: the base's native size)")
     p.add_argument("--dtype", default=Defaults.dtype, choices=["float32", "float16", "bfloat16"],
                    help="dtype of the diffusion pipelines (default float32; float16/bfloat16 on a GPU)")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser: the first batch waits for the compile (most of a minute on a "
+                        "CPU, seconds once torch's compile cache holds it), later batches sample faster; pays over "
+                        "many images or explain-many (docs/speed.md). On a CPU it needs a C++ compiler")  # fmt: skip
     add_compute_arguments(p)
 
 

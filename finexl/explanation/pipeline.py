@@ -99,6 +99,9 @@ class ExplainConfig:
     cache_dir: str | None = None
     device: str = field(default="cpu", metadata={"help": "torch device of every model"})
     dtype: str = field(default="float32", metadata={"help": "dtype of the diffusion pipelines"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the denoiser: a slow first batch, then faster sampling (pays over many images or "
+                "models, see docs/speed.md)"})  # fmt: skip
 
     @property
     def n_pairs(self) -> int:
@@ -267,8 +270,8 @@ class ExplainPipeline:
             raise InputError(f"cache folder {self.cache.root} is a file; give a folder (--cache)")
         self._embedder = None
         self._base_pipe = None
-        self._lora_on_base = False
-        self._fused_weights: dict | None = None
+        self._lora_on_base = False  # the base pipeline holds a LoRA's weights
+        self._fused: tuple[str, object] | None = None  # (fingerprint, FusedLora) of the last LoRA sampled
         self._base_embeddings: dict[tuple, np.ndarray] = {}
         self._directions: dict[tuple, object] = {}
 
@@ -555,24 +558,32 @@ class ExplainPipeline:
     # ------------------------------------------------------------------------------------------------------------
 
     def _base(self):
-        """The base pipeline, with any LoRA of an earlier stage taken off again (its exact weights restored)."""
-        from finexl.loading import load_pipeline, unfuse_lora
+        """The base pipeline, with the base's exact weights (a LoRA of an earlier stage switched off)."""
+        from finexl.loading import load_pipeline
 
         if self._base_pipe is None:
-            self._base_pipe = load_pipeline(self.base_dir, device=self.config.device, dtype=self.config.dtype)
+            cfg = self.config
+            self._base_pipe = load_pipeline(self.base_dir, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
         if self._lora_on_base:
-            unfuse_lora(self._base_pipe, self._fused_weights)
-            self._lora_on_base, self._fused_weights = False, None
+            self._fused[1].restore(self._base_pipe)
+            self._lora_on_base = False
         return self._base_pipe
 
     def _tuned_pipe(self, target: Personalization, checked: dict):
+        """The personalized pipeline: a fine-tuned folder, or the base with the LoRA fused in (read and checked once
+        per LoRA; later rounds switch the fused weights back in)."""
         from finexl.loading import fuse_lora, load_lora, load_pipeline
 
+        cfg = self.config
         if target.model:
-            return load_pipeline(target.model, device=self.config.device, dtype=self.config.dtype)
+            return load_pipeline(target.model, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
         pipe = self._base()
-        name = load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base
-        self._fused_weights = fuse_lora(pipe, name)  # sampled at the base's speed
+        if self._fused is not None and self._fused[0] == checked["fingerprint"]:
+            self._fused[1].apply(pipe)
+        else:
+            self._fused = None  # another LoRA's weights are not kept
+            name = load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base
+            self._fused = (checked["fingerprint"], fuse_lora(pipe, name))  # sampled at the base's speed
         self._lora_on_base = True
         return pipe
 

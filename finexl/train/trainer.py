@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finexl.errors import ConfigError, InputError, NumericalError
-from finexl.loading import LORA_WEIGHTS_NAME
+from finexl.loading import LORA_WEIGHTS_NAME, denoiser
 from finexl.train.checkpoint import (
     CheckpointError,
     check_same_run,
@@ -173,12 +173,6 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: to
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
     raise InputError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
-
-
-def denoiser(pipe):
-    """The network that is trained: the UNet, or a Flux pipeline's transformer."""
-    unet = getattr(pipe, "unet", None)
-    return unet if unet is not None else pipe.transformer
 
 
 def is_flow_matching(pipe) -> bool:

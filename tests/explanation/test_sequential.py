@@ -147,6 +147,26 @@ def test_auto_draws_rounds_of_the_fixed_rules_pairs(tmp_path, tiny_pipeline_dir,
     assert result["aspects"] == auto.to_dict()["aspects"]
 
 
+def test_rounds_switch_the_fused_lora_on_and_off_without_reading_it_again(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                                         tiny_lora_dir, monkeypatch):  # fmt: skip
+    """Round two of one pipeline (LoRA weights switched back in, then the base's restored) makes the images a fresh
+    pipeline makes in one go; the LoRA file is read once."""
+    import finexl.loading
+
+    reads = []
+    load_lora = finexl.loading.load_lora
+    monkeypatch.setattr(finexl.loading, "load_lora", lambda *a, **k: reads.append(a[1]) or load_lora(*a, **k))
+    target = Personalization(lora=str(tiny_lora_dir))
+    rounds = ExplainPipeline(config(tmp_path / "a", tiny_pipeline_dir, tiny_clip_dir, samples=8))
+    rounds.sample(target, n=4)
+    two = rounds.sample(target, n=8)
+    assert len(reads) == 1
+    one = ExplainPipeline(config(tmp_path / "b", tiny_pipeline_dir, tiny_clip_dir, samples=8)).sample(target, n=8)
+    assert np.array_equal(two.tuned, one.tuned) and np.array_equal(two.base, one.base)
+    assert np.array_equal(two.null, one.null)
+    assert np.abs(two.tuned.astype(int) - two.base.astype(int)).max() > 5  # the LoRA did change the images
+
+
 def test_auto_settles_early_when_every_verdict_is_clear(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
     """The base against itself: no aspect moves, every verdict is settled 'unchanged' at the first look."""
     cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, samples="auto", auto_round=8, auto_cap=64)
@@ -187,3 +207,12 @@ def test_cli_samples_auto_and_a_multistep_scheduler(tmp_path, tiny_pipeline_dir,
     assert e["settings"]["sampler"]["scheduler"] == "unipc" and e["settings"]["sampler"]["num_inference_steps"] == 3
     assert e["settings"]["sampler"]["scheduler_class"] == "UniPCMultistepScheduler"
     assert main(["explain", "--samples", "some", "--cache", str(tmp_path / "cache")]) == 2
+
+
+def test_cli_compile_reaches_the_config():
+    from finexl.cli import build_parser
+    from finexl.cli.explain import config_from_args
+
+    for command in (["explain", "--lora", "x"], ["explain-many", "manifest.json", "--out", "x"]):
+        assert config_from_args(build_parser().parse_args([*command, "--compile"])).compile is True
+        assert config_from_args(build_parser().parse_args(command)).compile is False

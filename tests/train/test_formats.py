@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from finexl.architectures import build_pipeline, kohya_lora_state_dict, sgm_name
-from finexl.loading import fuse_lora, load_lora, unfuse_lora
+from finexl.loading import fuse_lora, load_lora
 
 WIDTH = 1 / 16
 
@@ -41,7 +41,7 @@ def loaded_updates(pipe, file, component: str = "unet") -> dict[str, torch.Tenso
     saved = fuse_lora(pipe)
     updates = {name.removesuffix(".weight"): weight - before[name] for name, weight in weights(model).items()
                if not torch.equal(weight, before[name])}  # fmt: skip
-    unfuse_lora(pipe, saved)
+    saved.restore(pipe)
     after = weights(model)
     assert all(torch.equal(after[k], v) for k, v in before.items())  # the base is back
     return updates
@@ -540,7 +540,7 @@ def test_a_kohya_flux_single_block_linear1_splits_onto_its_four_layers_at_full_w
                                                                        block.attn.to_v, block.proj_mlp)]  # fmt: skip
     got = torch.cat(fused) - torch.cat(list(before.values()))
     torch.testing.assert_close(got, alpha / rank * up @ down, rtol=1e-4, atol=1e-6)
-    unfuse_lora(pipe, saved)
+    saved.restore(pipe)
     assert all(torch.equal(parts[name].weight, weight) for name, weight in before.items())
 
 

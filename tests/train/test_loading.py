@@ -1,6 +1,8 @@
 """LoRA files in the kohya/A1111 format load onto a base with the right scale; a LoRA for another base is named."""
 
+import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -126,7 +128,7 @@ def test_a_fused_lora_samples_like_the_unfused_one_and_unfusing_restores_the_bas
                                                                                           tiny_lora_dir):  # fmt: skip
     import numpy as np
 
-    from finexl.loading import fuse_lora, unfuse_lora
+    from finexl.loading import fuse_lora
     from finexl.sampling import SamplerConfig, sample_images
 
     pipe = load_pipeline(tiny_pipeline_dir)
@@ -137,14 +139,17 @@ def test_a_fused_lora_samples_like_the_unfused_one_and_unfusing_restores_the_bas
     name = load_lora(pipe, tiny_lora_dir, scale=0.7)
     unfused = sample_images(pipe, prompts, seeds, cfg)
     saved = fuse_lora(pipe, name)
-    assert saved  # the LoRA's layers were merged
+    assert len(saved) > 0  # the LoRA's layers were merged
+    assert pipe.unet.state_dict().keys() == weights.keys()  # and taken out again: the base's own modules
     fused = sample_images(pipe, prompts, seeds, cfg)
     assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1  # the same model, up to rounding
     assert np.abs(unfused.astype(int) - base.astype(int)).max() > 5  # and not the base
-    unfuse_lora(pipe, saved)
+    saved.restore(pipe)
     after = pipe.unet.state_dict()
     assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
     assert (sample_images(pipe, prompts, seeds, cfg) == base).all()
+    saved.apply(pipe)  # the personalized weights again, without the file
+    assert (sample_images(pipe, prompts, seeds, cfg) == fused).all()
 
 
 def test_checkpoints_of_any_suffix_fingerprint_by_their_bytes(tmp_path):
@@ -208,3 +213,53 @@ def test_large_weights_are_hashed_once_per_size_and_modification_time(tmp_path, 
     assert changed != uncached
     monkeypatch.setattr(loading, "FINGERPRINT_CACHE_BYTES", 1 << 40)
     assert fingerprint_folder(folder) == changed  # what hashing from scratch gives
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs g++")
+def test_a_compiled_denoiser_samples_like_the_eager_one_base_and_fused_lora_alike(tiny_pipeline_dir, tiny_lora_dir):
+    """``compile=True`` runs the UNet through torch.compile; the fused LoRA's weights, copied in place, are seen by
+    the compiled graph (the LoRA's images, not the base's), with no second compile."""
+    import numpy as np
+    from torch._dynamo.utils import counters
+
+    from finexl.loading import fuse_lora
+    from finexl.sampling import SamplerConfig, sample_images
+
+    cfg = SamplerConfig(num_inference_steps=2)
+    prompts, seeds = ["a shape", "a red thing"], [0, 1]
+    eager = load_pipeline(tiny_pipeline_dir)
+    base = sample_images(eager, prompts, seeds, cfg)
+    fuse_lora(eager, load_lora(eager, tiny_lora_dir))
+    tuned = sample_images(eager, prompts, seeds, cfg)
+
+    torch._dynamo.reset()
+    counters.clear()
+    pipe = load_pipeline(tiny_pipeline_dir, compile=True)
+    assert pipe.unet._compiled_call_impl is not None
+    compiled_base = sample_images(pipe, prompts, seeds, cfg)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1  # the UNet did run compiled
+    fused = fuse_lora(pipe, load_lora(pipe, tiny_lora_dir))
+    compiled_tuned = sample_images(pipe, prompts, seeds, cfg)
+    fused.restore(pipe)
+    again = sample_images(pipe, prompts, seeds, cfg)
+    assert counters["stats"]["unique_graphs"] == graphs  # weights changed in place: no new compile
+    assert np.abs(tuned.astype(int) - base.astype(int)).max() > 5
+    for got, want in ((compiled_base, base), (compiled_tuned, tuned), (again, base)):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # the same images, up to float rounding
+
+
+def test_a_failed_compile_is_one_line_naming_the_way_out(tiny_pipeline_dir, monkeypatch):
+    import torch._inductor.config as inductor
+
+    from finexl.errors import BackendError
+    from finexl.sampling import SamplerConfig, sample_images
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached compile would need no compiler
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/g++"))
+    pipe = load_pipeline(tiny_pipeline_dir, compile=True)
+    with pytest.raises(BackendError, match="could not compile the denoiser") as info:
+        sample_images(pipe, ["a shape"], [0], SamplerConfig(num_inference_steps=1))
+    assert "--compile" in str(info.value) and "\n" not in str(info.value)
+    torch._dynamo.reset()
