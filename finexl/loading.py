@@ -82,7 +82,7 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
     if compile:
         logger.info("%s: the denoiser is compiled at its first batch (slow once; see docs/speed.md)", path)
         # frozen as a loaded LoRA leaves it (peft freezes the base), so one graph serves the base and any LoRA
-        denoiser(pipe).requires_grad_(False).compile()
+        denoiser(pipe).requires_grad_(False).compile(dynamic=False)
     return pipe
 
 

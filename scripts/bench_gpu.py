@@ -2,6 +2,8 @@
 
     python scripts/bench_gpu.py --kind sd15 --device cuda --dtype bfloat16 --batches 16,32,64 --json FILE
     python scripts/bench_gpu.py --kind sdxl --device cuda --dtype bfloat16 --batches 8,16 --json FILE
+    python scripts/bench_gpu.py --kind sd15 --device cuda --dtype bfloat16 --batches 32 --compile --json FILE
+    python scripts/bench_gpu.py --kind sd15 --device cpu --dtype float32 --flops-only --json FILE  # FLOPs only
     # a dry run of every part on this CPU, at toy sizes:
     python scripts/bench_gpu.py --kind sd15 --device cpu --dtype float32 --width 0.0625 --size 64 --images 8 \
         --batches 4 --explain --json /tmp/dry.json
@@ -9,11 +11,14 @@
 In one process, printed and kept with ``--json``:
 
 1. matmul throughput: a square ``--gemm`` matmul in the dtype, the roofline the rest is compared with;
-2. the denoiser's FLOPs per image per sampler step (classifier-free guidance: two UNet rows), counted by
-   ``torch.utils.flop_counter`` on one forward;
+2. the denoiser's FLOPs per image per sampler step (classifier-free guidance: two UNet rows), the VAE decode's and
+   the CLIP image embedding's per image, counted by ``torch.utils.flop_counter`` on one forward each, and the
+   embedding's share of an image's work (the most that overlapping generation with embedding could hide);
+   ``--flops-only`` stops here, so it runs at full size on a CPU;
 3. per batch size: ``--images`` images through finexl's sampler (explain's default: UniPC, ``--steps`` 10) and
    finexl's CLIP embedder: images/s of generation, of embedding and end to end, peak accelerator memory, and the
-   fraction of the roofline the sampling reaches (FLOPs per image x images/s over the matmul throughput);
+   fraction of the roofline the sampling reaches (FLOPs per image x images/s over the matmul throughput); with
+   ``--compile`` the denoiser is compiled first (each batch size's warm-up, timed as ``warm_up_s``, waits for it);
 4. with ``--explain``: a whole cold ``finexl explain`` (its defaults but the device and dtype) of a random LoRA on
    the saved random base, and again at 128 fixed pairs: seconds, pairs used and the explanation's own timings.
 
@@ -81,6 +86,24 @@ def denoiser_flops_per_image_step(pipe, size: int, device, dtype) -> float:
     return float(counter.get_total_flops())
 
 
+def image_flops(pipe, embedder, size: int, device, dtype) -> dict:
+    """FLOPs per image of the other parts: the VAE decode, and the CLIP image embedding (at its own 224 px input,
+    float32 as finexl embeds); what overlapping generation with embedding could hide at most is the latter's
+    share."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    latent = torch.randn(1, pipe.vae.config.latent_channels, size // pipe.vae_scale_factor,
+                         size // pipe.vae_scale_factor, device=device, dtype=dtype)  # fmt: skip
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        pipe.vae.decode(latent)
+    decode = float(counter.get_total_flops())
+    pixels = torch.rand(1, 3, 224, 224, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        embedder.model.get_image_features(pixel_values=pixels)
+    return {"vae_decode_gflops_per_image": decode / 1e9, "clip_gflops_per_image": counter.get_total_flops() / 1e9}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["sd15", "sdxl"], default="sd15")
@@ -94,6 +117,12 @@ def main() -> int:
     parser.add_argument("--gemm", type=int, default=8192, help="side of the matmul for the roofline")
     parser.add_argument("--explain", action="store_true", help="also time whole cold explanations")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser, as explain --compile")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count the FLOPs of each part only (no timing): runs on a CPU at full size",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -110,14 +139,16 @@ def main() -> int:
     device, dtype = torch.device(args.device), torch_dtype(args.dtype)
     size = args.size or (512 if args.kind == "sd15" else 1024)
     record: dict = {"kind": args.kind, "device": str(device), "dtype": args.dtype, "width": args.width, "size": size,
-                    "steps": args.steps, "scheduler": "unipc", "images": args.images}  # fmt: skip
+                    "steps": args.steps, "scheduler": "unipc", "images": args.images,
+                    "compile": args.compile}  # fmt: skip
     if device.type == "cuda":
         record["device_name"] = torch.cuda.get_device_name(device)
     work = Path(tempfile.mkdtemp(prefix="bench_gpu-"))
 
     # 1. the roofline
-    record["matmul_tflops"] = matmul_tflops(args.gemm, dtype, device)
-    print(f"matmul {args.gemm}^3 in {args.dtype}: {record['matmul_tflops']:.1f} TFLOP/s", flush=True)
+    if not args.flops_only:
+        record["matmul_tflops"] = matmul_tflops(args.gemm, dtype, device)
+        print(f"matmul {args.gemm}^3 in {args.dtype}: {record['matmul_tflops']:.1f} TFLOP/s", flush=True)
 
     # 2. the models, and the denoiser's FLOPs per image per step
     t = time.perf_counter()
@@ -131,15 +162,32 @@ def main() -> int:
     record["unet_gflops_per_image_step"] = flops / 1e9
     print(f"{args.kind} UNet {record['unet_parameters'] / 1e6:.0f} M parameters, {flops / 1e9:.4g} GFLOPs per image "
           f"per step (guidance included) at {size} px", flush=True)  # fmt: skip
+    record.update(image_flops(pipe, embedder, size, device, dtype))
+    sampling = flops * args.steps / 1e9 + record["vae_decode_gflops_per_image"]
+    record["clip_share_of_flops"] = record["clip_gflops_per_image"] / (sampling + record["clip_gflops_per_image"])
+    print(f"per image: sampling {sampling:.4g} GFLOPs ({args.steps} steps and the VAE decode, "
+          f"{record['vae_decode_gflops_per_image']:.4g}), CLIP image embedding {record['clip_gflops_per_image']:.4g} "
+          f"GFLOPs: {100 * record['clip_share_of_flops']:.2f} % of the work", flush=True)  # fmt: skip
+    if args.flops_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        return 0
 
     # 3. sampling and embedding, per batch size
+    if args.compile:
+        from finexl.loading import denoiser
+
+        denoiser(pipe).requires_grad_(False).compile(dynamic=False)  # as load_pipeline(compile=True) does
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         sampler = SamplerConfig(num_inference_steps=args.steps, scheduler="unipc", height=size, width=size,
                                 batch_size=batch)  # fmt: skip
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
         seeds = list(range(args.images))
-        sample_images(pipe, prompts[:batch], seeds[:batch], sampler, progress=False)  # warm-up
+        t = time.perf_counter()
+        sample_images(pipe, prompts[:batch], seeds[:batch], sampler, progress=False)  # warm-up (and compile)
+        sync(device)
+        warm_up_s = time.perf_counter() - t
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
@@ -153,6 +201,7 @@ def main() -> int:
         embed_s = time.perf_counter() - t
         row = {
             "batch": batch,
+            "warm_up_s": warm_up_s,
             "generate_s": generate_s,
             "embed_s": embed_s,
             "generate_images_per_s": args.images / generate_s,
@@ -187,7 +236,7 @@ def main() -> int:
             config = ExplainConfig(base=str(base), clip=str(clip_dir), concepts="real", samples=samples,
                                    prompts=str(work / "prompts.txt"), device=args.device, dtype=args.dtype,
                                    height=size, width=size, cache_dir=str(work / f"cache-{samples}"),
-                                   report_pairs=0)  # fmt: skip
+                                   report_pairs=0, compile=args.compile)  # fmt: skip
             config.sampler.batch_size = best
             t = time.perf_counter()
             explanation = ExplainPipeline(config)(lora=str(work / "lora.safetensors"))
