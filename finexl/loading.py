@@ -524,10 +524,11 @@ class FusedLora:
     ``base`` and ``tuned`` hold CPU copies of every parameter the LoRA changed, before and after, so that
     :meth:`restore` puts the base back exactly (subtracting the update again would leave it off by rounding) and
     :meth:`apply` puts the personalized weights back without reading the file again (the rounds of
-    ``samples='auto'`` switch between the two).
+    ``samples='auto'`` switch between the two). ``tuned`` is None when it was not kept (a second copy of the
+    changed weights: gigabytes for an SDXL LoRA on every attention layer).
     """
 
-    def __init__(self, base: dict, tuned: dict):
+    def __init__(self, base: dict, tuned: dict | None):
         self.base, self.tuned = base, tuned
 
     def __len__(self) -> int:
@@ -535,6 +536,8 @@ class FusedLora:
 
     def apply(self, pipe) -> None:
         """The personalized weights."""
+        if self.tuned is None:
+            raise RuntimeError("the personalized weights were not kept (fuse_lora(keep_tuned=False))")
         _copy_into(pipe, self.tuned)
 
     def restore(self, pipe) -> None:
@@ -567,14 +570,14 @@ def _copy_into(pipe, values: dict) -> None:
             target.copy_(value.to(target.device, target.dtype))
 
 
-def fuse_lora(pipe, adapter_name: str = "finexl") -> FusedLora:
+def fuse_lora(pipe, adapter_name: str = "finexl", keep_tuned: bool = True) -> FusedLora:
     """Merge the loaded LoRA into the weights and take its adapter layers out (an unfused LoRA adds two small
     matmuls per layer); the pipeline is left with the personalized weights. Returns the :class:`FusedLora` that
-    switches it back to the base and forth again."""
+    switches it back to the base and (with ``keep_tuned``) forth again."""
     params = _lora_parameters(pipe)
     base = {key: p.detach().to("cpu", copy=True) for key, p in params.items()}
     pipe.fuse_lora(adapter_names=[adapter_name])
-    tuned = {key: p.detach().to("cpu", copy=True) for key, p in params.items()}
+    tuned = {key: p.detach().to("cpu", copy=True) for key, p in params.items()} if keep_tuned else None
     pipe.unload_lora_weights()  # the merged weights stay; the layers are the base's own modules again
     return FusedLora(base, tuned)
 

@@ -578,12 +578,13 @@ class ExplainPipeline:
         if target.model:
             return load_pipeline(target.model, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
         pipe = self._base()
-        if self._fused is not None and self._fused[0] == checked["fingerprint"]:
+        if self._fused is not None and self._fused[0] == checked["fingerprint"] and self._fused[1].tuned is not None:
             self._fused[1].apply(pipe)
         else:
             self._fused = None  # another LoRA's weights are not kept
             name = load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base
-            self._fused = (checked["fingerprint"], fuse_lora(pipe, name))  # sampled at the base's speed
+            # sampled at the base's speed; the personalized weights kept only for the rounds of samples='auto'
+            self._fused = (checked["fingerprint"], fuse_lora(pipe, name, keep_tuned=cfg.samples == "auto"))
         self._lora_on_base = True
         return pipe
 

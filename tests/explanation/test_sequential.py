@@ -157,7 +157,8 @@ def test_rounds_switch_the_fused_lora_on_and_off_without_reading_it_again(tmp_pa
     load_lora = finexl.loading.load_lora
     monkeypatch.setattr(finexl.loading, "load_lora", lambda *a, **k: reads.append(a[1]) or load_lora(*a, **k))
     target = Personalization(lora=str(tiny_lora_dir))
-    rounds = ExplainPipeline(config(tmp_path / "a", tiny_pipeline_dir, tiny_clip_dir, samples=8))
+    rounds = ExplainPipeline(config(tmp_path / "a", tiny_pipeline_dir, tiny_clip_dir, samples="auto", auto_round=4,
+                                    auto_cap=8))  # fmt: skip
     rounds.sample(target, n=4)
     two = rounds.sample(target, n=8)
     assert len(reads) == 1

@@ -150,6 +150,11 @@ def test_a_fused_lora_samples_like_the_unfused_one_and_unfusing_restores_the_bas
     assert (sample_images(pipe, prompts, seeds, cfg) == base).all()
     saved.apply(pipe)  # the personalized weights again, without the file
     assert (sample_images(pipe, prompts, seeds, cfg) == fused).all()
+    saved.restore(pipe)
+    once = fuse_lora(pipe, load_lora(pipe, tiny_lora_dir, scale=0.7), keep_tuned=False)
+    assert once.tuned is None and (sample_images(pipe, prompts, seeds, cfg) == fused).all()
+    with pytest.raises(RuntimeError, match="not kept"):
+        once.apply(pipe)
 
 
 def test_checkpoints_of_any_suffix_fingerprint_by_their_bytes(tmp_path):
