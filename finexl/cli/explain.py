@@ -173,8 +173,9 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
                    help="dtype of the diffusion pipelines (default float32; float16/bfloat16 on a GPU)")  # fmt: skip
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the denoiser: the first batch waits for the compile (most of a minute on a "
-                        "CPU, seconds once torch's compile cache holds it), later batches sample faster; pays over "
-                        "many images or explain-many (docs/speed.md). On a CPU it needs a C++ compiler")  # fmt: skip
+                        "CPU, seconds once torch's compile cache holds it), later batches sample faster. Meant for "
+                        "long runs on a GPU: on 2 CPU cores it made explain and explain-many slower "
+                        "(docs/speed.md). On a CPU it needs a C++ compiler")  # fmt: skip
     add_compute_arguments(p)
 
 

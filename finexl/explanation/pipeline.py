@@ -100,8 +100,8 @@ class ExplainConfig:
     device: str = field(default="cpu", metadata={"help": "torch device of every model"})
     dtype: str = field(default="float32", metadata={"help": "dtype of the diffusion pipelines"})
     compile: bool = field(default=False, metadata={
-        "help": "torch.compile the denoiser: a slow first batch, then faster sampling (pays over many images or "
-                "models, see docs/speed.md)"})  # fmt: skip
+        "help": "torch.compile the denoiser: a slow first batch, then faster sampling; meant for long runs on a "
+                "GPU (slower on a small CPU, docs/speed.md)"})  # fmt: skip
 
     @property
     def n_pairs(self) -> int:
