@@ -10,7 +10,7 @@
    commit and at ``--old`` (a `git worktree` of that commit, run with the same interpreter and packages), with their
    CHANGED aspects; ``--head-args`` adds flags to this commit's run (e.g. ``"--samples 128 --scheduler default
    --steps 25"`` for the old defaults).
-3. ``--compile`` against eager, each in a fresh process with an empty image cache: the same cold explain, and an
+3. ``--compile`` against eager, each in a fresh process with an empty image cache: the same cold explain, and a
    `finexl explain-many` of four models (the shipped red and darker LoRAs at strengths 1 and 0.5, no reports);
    compiled first with torch's compile cache empty (a fresh ``TORCHINDUCTOR_CACHE_DIR``), then with it warm.
 4. With ``--sd15 1,2`` (``--sdxl 1``): SD 1.5 (SDXL) at its published size with random weights
