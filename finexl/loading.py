@@ -59,6 +59,7 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
     """
     from diffusers import DiffusionPipeline
 
+    from finexl.logs import honour_hub_progress_switch
     from finexl.presets import toy_base
 
     path = Path(path) if path is not None else toy_base()
@@ -74,6 +75,7 @@ def load_pipeline(path: str | Path | None = None, device: str = "cpu", dtype: st
     try:
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; older know only this
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            honour_hub_progress_switch()
             pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype(dtype), **extra)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"could not load the diffusers pipeline in {path}: {err}") from err
@@ -126,8 +128,32 @@ def native_size(path: str | Path) -> int:
     return int(sample) * 2 ** (len(blocks) - 1)
 
 
+TOY_PREFIX = "toy:"  # a LoRA shipped with the toy world, by name: toy:red
+
+
+def shipped_loras() -> list[str]:
+    """The toy world's shipped LoRAs, as they are named on the command line (``toy:red``)."""
+    from finexl.utils import data_dir
+
+    folder = data_dir() / "toy_loras"
+    return sorted(TOY_PREFIX + p.name for p in folder.iterdir() if (p / LORA_WEIGHTS_NAME).is_file())
+
+
+def shipped_lora_path(name: str) -> Path:
+    """The folder of a shipped LoRA named ``toy:NAME``; one line listing the names if there is none."""
+    from finexl.utils import data_dir
+
+    path = data_dir() / "toy_loras" / name[len(TOY_PREFIX) :]
+    if not name[len(TOY_PREFIX) :].isidentifier() or not path.is_dir():
+        raise LoraError(f"no shipped LoRA {name!r}; the toy world ships {', '.join(shipped_loras())}")
+    return path
+
+
 def resolve_lora_file(path: str | Path) -> Path:
-    """A LoRA ``.safetensors`` file, given the file or a folder holding ``pytorch_lora_weights.safetensors``."""
+    """A LoRA ``.safetensors`` file, given the file, a folder holding ``pytorch_lora_weights.safetensors``, or a
+    shipped toy LoRA's name (``toy:red``)."""
+    if str(path).startswith(TOY_PREFIX):
+        path = shipped_lora_path(str(path))
     path = Path(path)
     if path.is_dir():
         path = path / LORA_WEIGHTS_NAME
@@ -142,15 +168,11 @@ def resolve_lora_file(path: str | Path) -> Path:
 def recorded_base(lora_file: str | Path) -> str | None:
     """The fingerprint (:func:`fingerprint_folder`) of the base a LoRA was trained on, as ``finexl train`` records it
     in ``finexl_train_config.json`` beside the weights; ``None`` for LoRAs trained elsewhere."""
-    import json
 
-    config = Path(lora_file).parent / "finexl_train_config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text()).get("identity", {}).get("base")
-    except (json.JSONDecodeError, AttributeError):
-        return None
+    from finexl.utils import read_train_record
+
+    record = read_train_record(Path(lora_file).parent)
+    return None if record is None else (record.get("identity") or {}).get("base")
 
 
 # Adapter formats finexl does not load, each told by a key suffix it alone has: (suffix, the format's name). Refused
@@ -609,8 +631,9 @@ def fingerprint_folder(path: str | Path) -> str:
     key = str(path.resolve())
     signature = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
     cached = _fingerprint_cache() if size >= FINGERPRINT_CACHE_BYTES else None
-    if cached is not None and cached.get(key, {}).get("files") == signature:
-        return cached[key]["digest"]
+    entry = cached.get(key) if cached is not None else None
+    if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("digest"), str):
+        return entry["digest"]
     digest = hashlib.sha256()
     for f, (name, _) in zip(files, stats, strict=True):
         digest.update(name.encode())
@@ -632,11 +655,20 @@ def _fingerprint_cache_path() -> Path:
 def _fingerprint_cache() -> dict:
     import json
 
-    try:
-        cached = json.loads(_fingerprint_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or damaged: hash again
+    from finexl.utils import CACHE_READ_ERRORS
+
+    path = _fingerprint_cache_path()
+    if not path.is_file():
         return {}
-    return cached if isinstance(cached, dict) else {}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except CACHE_READ_ERRORS as err:  # damaged: every fingerprint is hashed again and the file written anew
+        logger.warning("ignoring the damaged fingerprint cache %s: %s", path, err)
+        return {}
+    if not isinstance(cached, dict):
+        logger.warning("ignoring the damaged fingerprint cache %s: not a JSON object", path)
+        return {}
+    return cached
 
 
 def _store_fingerprint(key: str, entry: dict) -> None:

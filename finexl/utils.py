@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,10 @@ from pathlib import Path
 from finexl.errors import MissingInputError, OutputError
 
 logger = logging.getLogger(__name__)
+
+# what reading a damaged cache file raises (a truncated .npz: BadZipFile or EOFError; bad JSON: ValueError): such an
+# entry is recomputed with a warning, never fatal
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
 def data_dir() -> Path:
@@ -45,15 +50,31 @@ def give_default_mode(path: str | Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+def _write_failure(err: BaseException) -> str | None:
+    """What went wrong, when ``err`` is a failed write: an ``OSError``, or the errors safetensors and torch's file
+    writer raise for one (a full disk surfaces as these, not as ``OSError``); None for anything else."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    kind = type(err).__name__
+    if kind == "SafetensorError" or (isinstance(err, RuntimeError) and "inline_container" in str(err)):
+        text = str(err).splitlines()[0] if str(err) else kind
+        return text if kind == "SafetensorError" else f"the file writer failed ({text}; is the disk full?)"
+    return None
+
+
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an operating-system error while writing ``path`` into one line naming it (:class:`OutputError`)."""
+def writing(path: str | Path, advice: str = "") -> Iterator[None]:
+    """Turn a failed write of ``path`` (see :func:`_write_failure`) into one line naming it (:class:`OutputError`),
+    followed by ``advice``."""
     try:
         yield
     except OutputError:
         raise
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
+    except Exception as err:
+        reason = _write_failure(err)
+        if reason is None:
+            raise
+        raise OutputError(f"cannot write {path}: {reason}{advice}") from err
 
 
 def read_text(path: str | Path, what: str, error: type[Exception]) -> str:
@@ -154,11 +175,14 @@ def train_record(cfg, steps_done: int, seconds: float, continued_from: dict | No
 
 
 def read_train_record(folder: str | Path | None) -> dict | None:
-    """The ``finexl_train_config.json`` of a model folder, or None (no folder given, or none recorded)."""
+    """The ``finexl_train_config.json`` of a model folder, checked against its schema; None (no folder given, or
+    none recorded). A damaged record is an error naming the file."""
+    from finexl.validation import read_json
+
     if folder is None:
         return None
     path = Path(folder) / TRAIN_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "train_record", "training record") if path.is_file() else None
 
 
 def seed_everything(seed: int) -> None:

@@ -96,3 +96,23 @@ def tiny_lora_dir(tmp_path_factory, tiny_pipeline_dir):
     train(pipe, ImageSet(np.ascontiguousarray(images), list(data.captions), [str(i) for i in range(8)]),
           TrainConfig(max_steps=3, batch_size=4, lr=5e-2), out, progress=False)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One image cache for the tests that run the toy world's defaults (the README's commands): made once."""
+    return tmp_path_factory.mktemp("finexl-cache")
+
+
+# the README's command, with every default: the pages and the README's screenshot are of what a user gets
+EXPLAIN = ["explain", "--lora", "toy:red", "--threads", "2", "-q"]
+
+
+@pytest.fixture(scope="session")
+def red_folder(tmp_path_factory, shared_cache):
+    """``finexl explain --lora toy:red --out DIR``, the README's command, made once: the tests only read it."""
+    from finexl.cli import main
+
+    root = tmp_path_factory.mktemp("red")
+    assert main([*EXPLAIN, "--cache", str(shared_cache), "--out", str(root / "red")]) == 0
+    return root / "red"

@@ -101,3 +101,40 @@ def test_personalization_snapshots_train_the_toy_lora(tmp_path, capsys):
 def test_measure_needs_one_model(capsys):
     assert main(["toyworld", "measure", "-q"]) == 2
     assert "exactly one of --lora FILE and --model DIR" in capsys.readouterr().err
+
+
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # every file past 1500 bytes fails, as on a full disk
+from finexl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_resume_saves_with_the_umasks_mode(
+    red_data, tiny_pipeline_dir, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "lora"
+    argv = train_argv(red_data, tiny_pipeline_dir, out, "--checkpointing-steps", "2")
+    old = os.umask(0o022)
+    try:
+        assert main(argv) == 0
+        (out / LORA_WEIGHTS_NAME).unlink()  # the final save is made again on resume: now on a full disk
+        done = subprocess.run([sys.executable, "-c", LIMITED, *argv, "--resume"], capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        err = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(err) == 1, done.stderr[-3000:]
+        assert err[0].startswith("finexl: error: cannot write") and "File too large" in err[0]
+        assert "the last checkpoint (checkpoint-000003) is kept" in err[0] and "--resume" in err[0]
+        assert (out / "checkpoints" / "checkpoint-000003" / "state.json").is_file()
+        assert not (out / LORA_WEIGHTS_NAME).exists() and not list(out.glob(".*tmp"))
+        assert main([*argv, "--resume"]) == 0  # with room again: the result, from the last checkpoint
+    finally:
+        os.umask(old)
+    for name in (LORA_WEIGHTS_NAME, "finexl_train_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name

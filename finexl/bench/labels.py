@@ -21,6 +21,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from finexl.errors import InputError, MissingInputError
+from finexl.validation import SchemaError, validate
 
 DIRECTIONS = ("increase", "decrease", "none")
 FIELDS = {"model", "aspect", "direction", "level", "text"}
@@ -61,12 +62,12 @@ def read_labels(path: str | Path, aspects: list[str] | None = None) -> list[Labe
             raise LabelError(f"{where}: needs the fields model, aspect, direction, level (and optional text)")
         if set(obj) - FIELDS:
             raise LabelError(f"{where}: unknown field(s) {sorted(set(obj) - FIELDS)}")
+        try:
+            validate(obj, "label", where)
+        except SchemaError as err:
+            raise LabelError(str(err)) from err
         if aspects is not None and obj["aspect"] not in aspects:
             raise LabelError(f"{where}: unknown aspect {obj['aspect']!r}; the concept bank has {sorted(aspects)}")
-        if obj["direction"] not in DIRECTIONS:
-            raise LabelError(f"{where}: direction must be one of {DIRECTIONS}, got {obj['direction']!r}")
-        if not isinstance(obj["level"], int) or not 0 <= obj["level"] <= 3:
-            raise LabelError(f"{where}: level must be an integer from 0 to 3, got {obj['level']!r}")
         if (obj["level"] == 0) != (obj["direction"] == "none"):
             raise LabelError(f"{where}: level 0 goes with direction 'none' and only with it")
         key = (obj["model"], obj["aspect"])
@@ -152,22 +153,13 @@ def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
 def score_explanations(labels: str | Path, explanations: list[str | Path]) -> dict:
     """Score explanation files (or folders holding ``explanation.json``; the model id is the folder name, or the
     file's stem) against a JSONL label file. Two explanations with the same model id are refused."""
-    import json
+    from finexl.explanation.result import Explanation
 
     loaded: dict[str, dict] = {}
     for path in explanations:
         p = Path(path)
         file = p / "explanation.json" if p.is_dir() else p
-        try:
-            expl = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read explanation {file}: {err}") from err
-        aspects = expl.get("aspects") if isinstance(expl, dict) else None
-        needed = {"aspect": str, "changed": bool, "direction": str, "score": (int, float)}
-        if not isinstance(aspects, list) or not all(
-            isinstance(a, dict) and all(isinstance(a.get(k), t) for k, t in needed.items()) for a in aspects
-        ):
-            raise InputError(f"{file} is not an explanation: it needs an 'aspects' list of records of {list(needed)}")
+        expl = Explanation.from_json(file).to_dict()  # checked against the explanation schema
         model = file.parent.name if file.name == "explanation.json" else file.stem
         if model in loaded:
             raise InputError(f"two explanations are for model {model!r} ({file} and an earlier one); each model once")

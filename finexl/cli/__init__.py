@@ -4,6 +4,7 @@ into one call of the public API (:mod:`finexl`); output is printed here, never i
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ import traceback
 from finexl.cli import bench, collection, env, explain, report, toyworld, train
 from finexl.cli.common import common_parser
 from finexl.errors import FinexlError
+from finexl.logs import quiet_library_warnings
 
 GROUPS = (env, explain, collection, report, train, bench, toyworld)
 
@@ -40,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.quiet:  # the loaders' bars too (diffusers, transformers, the hub), not only finexl's
+    if not args.verbose:  # the loaders' bars (diffusers, transformers, the hub) only with -v; finexl's own unless -q
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["DIFFUSERS_VERBOSITY"] = os.environ["TRANSFORMERS_VERBOSITY"] = "error"
         os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+        _loading_bars_off()  # in case they are imported already (a second command in one process)
+    if args.quiet:
+        os.environ["DIFFUSERS_VERBOSITY"] = os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    quiet_library_warnings()
     try:
         return args.func(args)
     except FinexlError as err:  # a user's error: one line; anything else is a bug and keeps its traceback
@@ -51,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
         print(f"finexl: error: {err}", file=sys.stderr)
         return 2
+
+
+def _loading_bars_off() -> None:
+    """The hub's switch, read when diffusers and transformers first import; if they are imported already (a second
+    call in one process), their own switches."""
+    for name in ("diffusers", "transformers"):
+        if name in sys.modules:
+            importlib.import_module(f"{name}.utils.logging").disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ def cmd_env(args: argparse.Namespace) -> int:
     rows.append(("device", f"cpu by default ({cuda}; choose with --device)"))
     rows.append(("torch threads", str(torch.get_num_threads())))
     try:
+        from finexl.loading import shipped_loras
         from finexl.utils import data_dir
 
         rows.append(("data", str(data_dir())))
+        rows.append(("toy LoRAs", ", ".join(shipped_loras()) + "  (name them as --lora toy:NAME)"))
     except MissingInputError as err:
         rows.append(("data", f"missing ({err})"))
     width = max(len(k) for k, _ in rows)

@@ -190,12 +190,14 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         "fingerprint, prompt, seed and sampler settings), embed the images with CLIP, decompose the mean paired "
         "difference onto the text directions of a concept bank, and score every aspect in [0, 1] with a bootstrap "
         "interval; an aspect is CHANGED when its interval lies above what the base reaches against itself with "
-        "other seeds. Without --base it uses the toy world (preset 'toy'); a base of your own needs --clip, "
+        "other seeds and the joint fit's interval lies above its own such null (the joint fit needs the aspect). "
+        "Without --base it uses the toy world (preset 'toy'); a base of your own needs --clip, "
         "--concepts and --prompts. Prints a table; with --out writes OUT/explanation.json, the kept image pairs "
         "with where-it-changed maps (OUT/samples/) and OUT/report.html.",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--lora", help="LoRA file (.safetensors) or a folder holding pytorch_lora_weights.safetensors")
+    what.add_argument("--lora", help="LoRA file (.safetensors), a folder holding pytorch_lora_weights.safetensors, or "
+                      "a shipped toy LoRA by name (toy:red, toy:darker; finexl env lists them)")  # fmt: skip
     what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
     p.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument(

@@ -39,7 +39,11 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("folder", help="an explanation folder written by finexl explain --out")
     p.add_argument("--out", help="HTML file to write (default FOLDER/report.html)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (FOLDER/report.html, the folder's own page, is always made again)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

@@ -188,11 +188,10 @@ def record_failure(out: Path, entry: dict, error: str | None) -> None:
 
 
 def read_failures(out: Path) -> dict:
+    from finexl.validation import read_json
+
     path = out / FAILURES_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path} is damaged: {err}") from err
+    return read_json(path, "failures") if path.is_file() else {}
 
 
 def rebuild_index(folder: str | Path) -> int:

@@ -5,16 +5,17 @@ Columns: ``id`` (a name for the model's folder), ``path`` (a LoRA file, a folder
 pipeline folder; default the run's), ``scale`` (LoRA strength, default 1) and ``tags`` (a list in JSONL; in CSV,
 separated by ``;``). Relative paths are read from the manifest's own folder, so a manifest moves with its models.
 
-A duplicate id or an unknown column stops the run before any work, naming the line. A row that cannot be explained
-(no path, a path that does not exist, a bad scale or id) is returned with its ``problem`` set: the run records it as
-failed and goes on.
+Every row is checked against ``finexl/schemas/manifest.schema.json``: a wrong type, a non-finite scale, an id that
+cannot be a folder name, an unknown column or a duplicate id stops the run before any work, naming the line. A row
+without an id takes its path's name (``my_style.safetensors`` -> ``my_style``), checked against every other id. A
+row that cannot be explained (no path, a path that does not exist) is returned with its ``problem`` set: the run
+records it as failed and goes on.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,51 +54,64 @@ def read_manifest(path: str | Path) -> list[Entry]:
         rows = _jsonl_rows(text, path)
     else:
         raise ManifestError(f"manifest {path}: expected a .jsonl or .csv file")
+    from finexl.validation import SchemaError, validate
+
     entries, seen = [], {}
     for line, row in rows:
         unknown = sorted(set(row) - set(COLUMNS))
         if unknown:
             raise ManifestError(f"{path} line {line}: unknown column(s) {unknown}; known: {', '.join(COLUMNS)}")
-        model_id = str(row.get("id") or "").strip()
+        try:
+            validate(row, "manifest", f"{path} line {line}")
+        except SchemaError as err:
+            raise ManifestError(str(err)) from err
+        model_id = (row.get("id") or "").strip() or derived_id(row.get("path"), path, line)
         if model_id in seen:
-            raise ManifestError(f"{path} line {line}: id {model_id!r} already on line {seen[model_id]}")
-        if model_id:
-            seen[model_id] = line
+            how = "" if row.get("id") else " (derived from the path: give each row an id)"
+            raise ManifestError(f"{path} line {line}: id {model_id!r} already on line {seen[model_id]}{how}")
+        seen[model_id] = line
         entries.append(_entry(row, model_id, line, path.parent))
     if not entries:
         raise ManifestError(f"manifest {path} has no rows")
     return entries
 
 
-def _entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
-    def problem(text: str) -> Entry:
-        return Entry(model_id or f"line-{line}", row.get("path"), line=line, problem=text)
-
+def derived_id(model_path: str | None, manifest: Path, line: int) -> str:
+    """The id of a row without one: its path's file or folder name, without ``.safetensors``, with any character
+    a folder name cannot hold as ``-``. A row with neither is refused."""
+    if not model_path or not str(model_path).strip():
+        raise ManifestError(f"{manifest} line {line}: no id and no path")
+    name = Path(str(model_path).strip().replace("toy:", "toy-")).name.removesuffix(".safetensors")
+    model_id = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-")[:128]
     if not SAFE_ID.match(model_id):
-        return problem(f"line {line}: id {model_id!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+        raise ManifestError(f"{manifest} line {line}: no id, and none can be made from the path {model_path!r}")
+    return model_id
+
+
+def _entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
     raw_path = row.get("path")
     if not raw_path or not str(raw_path).strip():
-        return problem(f"line {line}: no path")
+        return Entry(model_id, None, line=line, problem=f"line {line}: no path")
     target = _resolve(str(raw_path).strip(), root)
     base = _resolve(str(row["base"]).strip(), root) if row.get("base") not in (None, "") else None
-    try:
-        scale = float(row["scale"]) if row.get("scale") not in (None, "") else 1.0
-    except (TypeError, ValueError):
-        return problem(f"line {line}: scale {row.get('scale')!r} is not a number")
-    if not math.isfinite(scale):
-        return problem(f"line {line}: scale must be finite, got {scale}")
-    tags = row.get("tags") or ()
-    if isinstance(tags, str):
-        tags = [t.strip() for t in tags.split(";") if t.strip()]
-    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
-        return problem(f"line {line}: tags must be a list of strings")
+    scale = float(row["scale"]) if row.get("scale") is not None else 1.0  # a finite number (the schema)
+    tags = tuple(row.get("tags") or ())
     if not Path(target).exists():
-        return Entry(model_id, target, base, scale, tuple(tags), line, f"{target} does not exist")
+        return Entry(model_id, target, base, scale, tags, line, f"{target} does not exist")
     kind = "model" if (Path(target) / "model_index.json").is_file() else "lora"
-    return Entry(model_id, target, base, scale, tuple(tags), line, None, kind)
+    return Entry(model_id, target, base, scale, tags, line, None, kind)
 
 
 def _resolve(value: str, root: Path) -> str:
+    from finexl.loading import TOY_PREFIX, shipped_lora_path
+
+    if value.startswith(TOY_PREFIX):  # a shipped toy LoRA: toy:red
+        from finexl.loading import LoraError
+
+        try:
+            return str(shipped_lora_path(value))
+        except LoraError:
+            return value  # recorded as this row's failure: it does not exist
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else root / p)
 
@@ -117,6 +131,20 @@ def _jsonl_rows(text: str, path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _typed(row: dict) -> dict:
+    """A CSV row's text as the schema's types: empty cells are absent, ``scale`` a number where it reads as one (a
+    cell that does not stays text, and the schema names it), ``tags`` split at ``;``."""
+    out = {k: v for k, v in row.items() if v not in (None, "")}
+    if "scale" in out:
+        try:
+            out["scale"] = float(out["scale"])
+        except ValueError:
+            pass
+    if "tags" in out:
+        out["tags"] = [t.strip() for t in out["tags"].split(";") if t.strip()]
+    return out
+
+
 def _csv_rows(text: str, path: Path) -> list[tuple[int, dict]]:
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames:
@@ -129,5 +157,5 @@ def _csv_rows(text: str, path: Path) -> list[tuple[int, dict]]:
     for i, row in enumerate(reader, start=2):
         if None in row:
             raise ManifestError(f"{path} line {i}: more fields than the header has")
-        rows.append((i, {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}))
+        rows.append((i, _typed({k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()})))
     return rows

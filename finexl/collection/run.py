@@ -31,7 +31,7 @@ import numpy as np
 from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, INDEX_FILE, MODELS_DIR, connect, digests, reconcile
 from finexl.collection.manifest import Entry, read_manifest
 from finexl.errors import ConfigError, FinexlError, InputError
-from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization, requests
+from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization
 from finexl.utils import writing
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,24 @@ def _record_failure(conn, out: Path, entry: Entry, error: str, result: ManyResul
     result.failed[entry.id] = error
 
 
+def _stored_seeds(path: Path) -> list[int]:
+    """The seeds of the pairs in a base's embeddings file; none when it is missing or damaged (it is then written
+    again, with a warning for a damaged one)."""
+    from finexl.utils import CACHE_READ_ERRORS
+
+    if not path.is_file():
+        return []
+    try:
+        with np.load(path) as saved:
+            seeds = [int(s) for s in saved["seeds"]]
+            if len(saved["base"]) != len(seeds):
+                raise ValueError(f"{len(saved['base'])} embeddings for {len(seeds)} seeds")
+            return seeds
+    except CACHE_READ_ERRORS as err:
+        logger.warning("writing again the damaged %s: %s", path, err)
+        return []
+
+
 def _entry_record(entry: Entry) -> dict:
     return {"id": entry.id, "path": entry.path, "base": entry.base, "scale": entry.scale, "tags": list(entry.tags),
             "kind": entry.kind}  # fmt: skip
@@ -266,14 +284,16 @@ def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: s
     vdiv = (emb.tuned - emb.base).mean(axis=0)
     explanation.settings["collection"] = {"entry": _entry_record(entry), "digest": digest}
     base_file = out / BASES_DIR / explanation.models["base"]["fingerprint"] / EMBEDDINGS_FILE
-    if not base_file.is_file():
+    wanted = list(range(pipe.config.seed, pipe.config.seed + pipe.config.n_pairs))
+    if _stored_seeds(base_file)[: len(wanted)] != wanted:
+        # every pair the run may draw (samples='auto' stops each model at its own count; search takes the first n)
         import io
 
-        prompts, seeds = requests(pipe.prompts, len(emb.base), pipe.config.seed)  # samples auto: the pairs drawn
+        prompts, seeds, base, null = pipe.base_embeddings()
         buffer = io.BytesIO()
-        arrays = {"base": emb.base.astype(np.float32), "prompts": np.array(prompts), "seeds": np.array(seeds)}
-        if emb.null is not None:
-            arrays["null"] = emb.null.astype(np.float32)
+        arrays = {"base": base.astype(np.float32), "prompts": np.array(prompts), "seeds": np.array(seeds)}
+        if null is not None:
+            arrays["null"] = null.astype(np.float32)
         np.savez(buffer, **arrays)
         atomic_write_bytes(base_file, buffer.getvalue())
     folder = out / MODELS_DIR / entry.id

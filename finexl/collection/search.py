@@ -20,6 +20,7 @@ import numpy as np
 
 from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, MODELS_DIR, connect, open_existing
 from finexl.errors import ConfigError, InputError, MissingInputError
+from finexl.utils import CACHE_READ_ERRORS
 
 FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<)\s*(.+?))?\s*$")
 
@@ -45,6 +46,15 @@ def query_direction(embedder, query: str, prompts: list[str]) -> np.ndarray:
     if not query:
         raise ConfigError("the search query is empty")
     used = direction_prompts(prompts)
+    window = embedder.text_window
+    if window is not None and embedder.count_tokens("a") is not None:
+        longest = max(used, key=lambda p: embedder.count_tokens(compose(p, query)))
+        n = embedder.count_tokens(compose(longest, query))
+        if n > window:  # a query cut at the window would search for part of what was asked
+            raise ConfigError(
+                f"the query is {embedder.count_tokens(query)} tokens; after the prompt {longest[:40]!r} it needs {n} "
+                f"of the {window} the CLIP text encoder reads: shorten it"
+            )
     d = (embedder.embed_texts([compose(p, query) for p in used]) - embedder.embed_texts(used)).mean(axis=0)
     norm = np.linalg.norm(d)
     if norm == 0:
@@ -67,6 +77,9 @@ def move_along(
     (``finexl.explanation.scoring``) for a single direction."""  # fmt: skip
     from finexl.explanation.scoring import interval, spreads
 
+    if len(base) != len(tuned) or (null is not None and len(null) != len(base)):
+        raise ValueError(f"unpaired embeddings: {len(base)} base, {len(tuned)} personalized, "
+                         f"{None if null is None else len(null)} null")  # fmt: skip
     spread = spreads(np.concatenate([base, tuned]), u[None, :])[0]
     d = tuned @ u - base @ u
     rng = np.random.default_rng(seed)
@@ -157,9 +170,27 @@ def search(folder: str | Path, query: str, top: int = 10, filters: list[str] | N
         try:
             with np.load(tuned_file) as saved:
                 tuned = saved["tuned"].astype(np.float64)
-        except (OSError, KeyError, ValueError) as err:
-            raise InputError(f"{tuned_file} is missing or damaged ({err}); run finexl index rebuild") from err
-        moved = move_along(base["base"], tuned, base.get("null"), base["u"], seed=seed)
+        except CACHE_READ_ERRORS as err:
+            raise InputError(f"{tuned_file} is missing or damaged ({err}); rerun finexl explain-many") from err
+        # models stop at different pair counts (samples='auto'): pair i is the same (prompt, seed) for every model,
+        # so a model with n pairs is compared with the base's first n
+        n = len(tuned)
+        if tuned.ndim != 2 or n > len(base["base"]) or tuned.shape[1] != base["base"].shape[1]:
+            raise InputError(
+                f"{tuned_file} holds {tuned.shape} embeddings; the base's file holds {base['base'].shape}: the "
+                "index is inconsistent, rerun finexl explain-many"
+            )
+        s = json.loads(settings_json)
+        if "seeds" in base and list(base["seeds"][:n]) != list(range(s.get("seed", 0), s.get("seed", 0) + n)):
+            raise InputError(
+                f"{model_id} was explained with seeds from {s.get('seed')}, the stored base images with seeds from "
+                f"{base['seeds'][0]}: rerun finexl explain-many with one --seed for the whole collection"
+            )
+        null = base.get("null")
+        moved = move_along(base["base"][:n], tuned, None if null is None else null[:n], base["u"],
+                           n_bootstrap=s.get("n_bootstrap", 200), n_null=s.get("n_null", 200),
+                           confidence=s.get("confidence", 0.9), null_quantile=s.get("null_quantile", 0.95),
+                           seed=seed)  # fmt: skip
         hits.append(Hit(model_id, moved["score"], moved["interval"], moved["threshold"], moved["match"],
                         json.loads(changed or "[]"), sentences, model_path, json.loads(tags or "[]")))  # fmt: skip
     hits.sort(key=lambda h: (not h.match, -h.score))
@@ -171,12 +202,14 @@ def _load_base(folder: Path, fingerprint: str) -> dict:
     try:
         with np.load(path) as saved:
             out = {"base": saved["base"].astype(np.float64), "prompts": [str(p) for p in saved["prompts"]]}
+            if "seeds" in saved.files:
+                out["seeds"] = [int(x) for x in saved["seeds"]]
             if "null" in saved.files:
                 out["null"] = saved["null"].astype(np.float64)
     except FileNotFoundError as err:
         raise MissingInputError(f"{path} is missing: the base's embeddings were not written") from err
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(f"{path} is damaged: {err}") from err
+    except CACHE_READ_ERRORS as err:
+        raise InputError(f"{path} is damaged ({err}); rerun finexl explain-many to write it again") from err
     return out
 
 

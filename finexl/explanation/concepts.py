@@ -88,7 +88,15 @@ def _key(phrase: str) -> str:
 
 
 def parse_concept_bank(obj, source: str = "<bank>") -> ConceptBank:
-    """Validate a decoded bank (see the module docstring); errors name the aspect and entry."""
+    """Validate a decoded bank (see the module docstring and ``finexl/schemas/concept_bank.schema.json``); errors
+    name the aspect and entry."""
+    from finexl.validation import SchemaError, validate
+
+    if isinstance(obj, dict) and obj.get("format", FORMAT) == FORMAT:
+        try:
+            validate(obj, "concept_bank", source)
+        except SchemaError as err:
+            raise ConceptBankError(str(err)) from err
     if not isinstance(obj, dict) or not isinstance(obj.get("aspects"), dict):
         raise ConceptBankError(f"{source}: a concept bank is a JSON object with an 'aspects' object")
     if obj.get("format", FORMAT) != FORMAT:
@@ -247,7 +255,7 @@ def compose(prompt: str, phrase: str) -> str:
 def text_directions(embedder, bank: ConceptBank, prompts: list[str], cache_dir: str | Path | None = None
                     ) -> ConceptDirections:  # fmt: skip
     """f(C) for every phrase and antonym of ``bank`` over ``prompts``; cached by embedder, bank and prompts."""
-    from finexl.utils import atomic_write_bytes
+    from finexl.utils import CACHE_READ_ERRORS, atomic_write_bytes
 
     used = direction_prompts(prompts)
     phrases = bank.phrases()
@@ -257,10 +265,11 @@ def text_directions(embedder, bank: ConceptBank, prompts: list[str], cache_dir: 
         try:
             with np.load(path) as saved:
                 anchors, neutral = saved["anchors"], saved["neutral"]
-            if anchors.shape[0] == len(phrases):
+            if anchors.ndim == 2 and anchors.shape[0] == len(phrases) and neutral.shape == anchors.shape[1:]:
                 return ConceptDirections(bank, phrases, anchors - neutral, used, anchors, neutral)
-        except (OSError, ValueError, KeyError) as err:
-            logger.warning("ignoring unreadable cached directions %s: %s", path, err)
+            logger.warning("recomputing cached directions %s: they do not fit this bank", path)
+        except CACHE_READ_ERRORS as err:
+            logger.warning("recomputing unreadable cached directions %s: %s", path, err)
     base = embedder.embed_texts(used)  # (m, d)
     texts = [compose(p, phrase) for phrase in phrases for p in used]
     anchors = embedder.embed_texts(texts).reshape(len(phrases), len(used), -1).mean(axis=1)

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from finexl.sampling import SamplerConfig, sample_images
-from finexl.utils import atomic_write_bytes
+from finexl.utils import CACHE_READ_ERRORS, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ class ImageCache:
             try:
                 with Image.open(path) as im:
                     array = np.asarray(im.convert("RGB"))
-            except OSError as err:
-                logger.warning("ignoring unreadable cached image %s: %s", path, err)
+            except (*CACHE_READ_ERRORS, SyntaxError) as err:  # PIL raises SyntaxError for some broken PNGs
+                logger.warning("making again an unreadable cached image %s: %s", path, err)
                 continue
             if array.shape != images.shape[1:]:
+                logger.warning("making again a cached image of the wrong size %s: %s", path, array.shape)
                 continue
             images[i], missing[i] = array, False
         return images, missing

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from finexl import __version__
 from finexl.errors import ConfigError, InputError, MissingInputError
@@ -241,6 +242,7 @@ class ExplainPipeline:
 
         self.config = cfg = config or ExplainConfig()
         self.progress = progress
+        self._batch_bars = progress  # a bar per batch of images; explaining shows one bar over its rounds instead
         # 0. defaults: the preset fills what is unset; a base of one's own must name its parts
         self.preset = resolve_preset(cfg.preset, cfg.base)
         if self.preset is None:
@@ -312,7 +314,7 @@ class ExplainPipeline:
         prompts, default_seeds = requests(self.prompts, n or cfg.n_pairs, cfg.seed)
         seeds = seeds or default_seeds
         tuned = cached_samples(lambda: self._tuned_pipe(target, checked), checked["fingerprint"], prompts, seeds,
-                               self.sampler, self.cache, "personalized", self.progress)  # fmt: skip
+                               self.sampler, self.cache, "personalized", self._batch_bars)  # fmt: skip
         base, null_images = self.base_images(prompts, seeds, cfg.null if null is None else null)
         return PairedImages(prompts, seeds, base, tuned, null_images)
 
@@ -322,12 +324,12 @@ class ExplainPipeline:
         from finexl.explanation.paired import cached_samples
 
         base = cached_samples(self._base, self.base_fingerprint, prompts, seeds, self.sampler, self.cache, "base",
-                              self.progress)  # fmt: skip
+                              self._batch_bars)  # fmt: skip
         if not null:
             return base, None
         null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
         return base, cached_samples(self._base, self.base_fingerprint, prompts, null_seeds, self.sampler, self.cache,
-                                    "base (null)", self.progress)  # fmt: skip
+                                    "base (null)", self._batch_bars)  # fmt: skip
 
     def prepare_base(self) -> None:
         """Make the base's part of every explanation now (images into the cache, their embeddings, the text
@@ -339,6 +341,14 @@ class ExplainPipeline:
         if null is not None:
             self._embed_base("null", prompts, seeds, null)
         self.directions(prompts)
+
+    def base_embeddings(self) -> tuple[list[str], list[int], np.ndarray, np.ndarray | None]:
+        """The prompts, seeds and embeddings of the base (and null) images of every pair the run may draw
+        (``n_pairs``), made now where missing; what a collection stores for search."""
+        prompts, seeds = requests(self.prompts, self.config.n_pairs, self.config.seed)
+        base, null = self.base_images(prompts, seeds, self.config.null)
+        null_e = self._embed_base("null", prompts, seeds, null) if null is not None else None
+        return prompts, seeds, self._embed_base("base", prompts, seeds, base), null_e
 
     def embed(self, images: PairedImages, previous: PairedEmbeddings | None = None) -> PairedEmbeddings:
         """Stage 4: CLIP image embeddings. The base's are computed once per (prompt, seed); ``previous``: the
@@ -441,8 +451,14 @@ class ExplainPipeline:
         cfg = self.config
         auto = cfg.samples == "auto"
         plan = rounds(cfg.auto_round, cfg.auto_round, cfg.auto_cap) if auto else [cfg.samples]
+        bar = tqdm(total=plan[-1], desc="explain", unit="pair", disable=not self.progress, dynamic_ncols=True)
+        bar.set_postfix_str(f"round 1 of at most {len(plan)}" if auto else "sampling")
+        self._batch_bars = False
         t = time.perf_counter()
-        images = self.sample(target, checked, n=plan[0])
+        try:
+            images = self.sample(target, checked, n=plan[0])
+        finally:
+            self._batch_bars = self.progress
         timings["sample"] = time.perf_counter() - t
 
         # 3. optional concept proposals by a vision-language model shown the pairs
@@ -464,7 +480,11 @@ class ExplainPipeline:
         for k, n in enumerate(plan):
             if k:
                 t = time.perf_counter()
-                images = self.sample(target, checked, n=n)
+                self._batch_bars = False
+                try:
+                    images = self.sample(target, checked, n=n)
+                finally:
+                    self._batch_bars = self.progress
                 timings["sample"] += time.perf_counter() - t
                 t = time.perf_counter()
                 embeddings = self.embed(images, previous=embeddings)
@@ -479,14 +499,26 @@ class ExplainPipeline:
                                  cfg.auto_cap, cfg.auto_error, cfg.auto_verdicts)  # fmt: skip
                 looks.append(Look(n, left))
                 logger.info("samples auto: %d pairs, %s", n, f"not settled: {', '.join(left)}" if left else "settled")
+            bar.update(n - bar.n)
+            if auto:
+                status = (f"{len(left)} verdict{'s' * (len(left) != 1)} to settle" if left
+                          else "the cap" if n == cfg.auto_cap else "every verdict settled")  # fmt: skip
+                bar.set_postfix_str(f"after round {k + 1} of at most {len(plan)}: {status}")
                 if not left:
+                    bar.total = n  # stopped early: the bar ends full
+                    bar.refresh()
                     break
+        bar.close()
 
         # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
         samples = None
         if self.config.report_pairs:
             t = time.perf_counter()
-            samples = self.where_changed(images, embeddings, directions, result["aspects"])
+            n_changed = sum(a["changed"] for a in result["aspects"])
+            with tqdm(total=1, desc=f"maps of {n_changed} CHANGED aspect{'s' * (n_changed != 1)}",
+                      disable=not self.progress, bar_format="{desc}: {elapsed}") as maps_bar:  # fmt: skip
+                samples = self.where_changed(images, embeddings, directions, result["aspects"])
+                maps_bar.update()
             timings["maps"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
 

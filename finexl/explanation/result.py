@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -28,6 +29,15 @@ class AspectScore:
     threshold: float | None  # what the base reaches against itself; None without the null test
     changed: bool
     joint_score: float | None = None  # two-part methods (finexl): the joint fit's score
+    joint_interval: list[float] | None = None  # its interval, [low, high]
+    joint_threshold: float | None = None  # its own null threshold: CHANGED needs joint_interval[0] above it too
+    # not CHANGED but above its null: the share of its score each CHANGED aspect's part of the joint fit accounts for
+    accounted_for: dict[str, float] | None = None
+
+    @property
+    def above_null(self) -> bool:
+        """The projection's interval lies above its null threshold (the first half of the CHANGED rule)."""
+        return self.threshold is not None and self.interval[0] > self.threshold
 
 
 @dataclass
@@ -74,15 +84,14 @@ class Samples:
         """Read a folder written by :meth:`save`; a missing or damaged file is named in the error."""
         from PIL import Image, UnidentifiedImageError
 
+        from finexl.validation import read_json
+
         folder = Path(folder)
         meta_path = folder / "samples.json"
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            index, prompts, seeds = list(meta["index"]), list(meta["prompts"]), list(meta["seeds"])
-        except FileNotFoundError as err:
-            raise MissingInputError(f"{meta_path} is missing: the sample pairs were not all written") from err
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise InputError(f"{meta_path} is damaged: {err}") from err
+        if not meta_path.is_file():
+            raise MissingInputError(f"{meta_path} is missing: the sample pairs were not all written")
+        meta = read_json(meta_path, "samples")
+        index, prompts, seeds = list(meta["index"]), list(meta["prompts"]), list(meta["seeds"])
         if not (len(index) == len(prompts) == len(seeds)):
             raise InputError(f"{meta_path} is damaged: index, prompts and seeds differ in length")
         images = {"base": [], "tuned": []}
@@ -201,55 +210,102 @@ class Explanation:
 
     @classmethod
     def from_dict(cls, obj: dict, source: str = "<explanation>") -> Explanation:
-        if not isinstance(obj, dict) or not isinstance(obj.get("aspects"), list):
-            raise InputError(f"{source} is not an explanation (no 'aspects' list)")
-        if obj.get("schema", SCHEMA) != SCHEMA:
+        """An explanation from its decoded JSON, checked against ``finexl/schemas/explanation.schema.json``."""
+        from finexl.validation import validate
+
+        if isinstance(obj, dict) and obj.get("schema", SCHEMA) != SCHEMA:
             raise InputError(f"{source} has schema {obj.get('schema')!r}; this finexl reads {SCHEMA!r}")
+        validate(obj, "explanation", source)
         known = {f.name for f in fields(cls)}
         aspect_keys = {f.name for f in fields(AspectScore)}
-        try:
-            aspects = [AspectScore(**{k: v for k, v in a.items() if k in aspect_keys}) for a in obj["aspects"]]
-            return cls(**{k: v for k, v in obj.items() if k in known and k != "aspects"}, aspects=aspects)
-        except (TypeError, AttributeError) as err:
-            raise InputError(f"{source} is not a complete explanation: {err}") from err
+        aspects = [AspectScore(**{k: v for k, v in a.items() if k in aspect_keys}) for a in obj["aspects"]]
+        return cls(**{k: v for k, v in obj.items() if k in known and k != "aspects"}, aspects=aspects)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Explanation:
-        """Read an ``explanation.json`` (or a folder holding one)."""
+        """Read an ``explanation.json`` (or a folder holding one), checked against its schema."""
+        from finexl.validation import load_json
+
         path = Path(path)
         if path.is_dir():
             path = path / "explanation.json"
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise MissingInputError(f"explanation file {path} does not exist") from err
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"{path} is not an explanation JSON file: {err}") from err
-        return cls.from_dict(obj, str(path))
+        return cls.from_dict(load_json(path, "explanation file"), str(path))  # the version, then the schema
+
+
+def changed_rule(confidence: float, joint: bool) -> str:
+    """The CHANGED rule as :func:`~finexl.explanation.scoring.decompose_divergence` computes it, in words."""
+    first = (f"An aspect is CHANGED when its {int(round(confidence * 100))}% interval lies wholly above its null "
+             "threshold (what the base reaches against itself with other seeds)")  # fmt: skip
+    if not joint:
+        return f"{first}."
+    return f"{first}, and the joint fit's interval lies wholly above the joint fit's own null: the fit needs it too."
+
+
+def accounted_text(a: dict) -> str:
+    """Which CHANGED aspects account for an aspect's score: 'colour accounts for 0.10 of its 0.21'."""
+    shares = {k: v for k, v in (a.get("accounted_for") or {}).items() if v >= 0.005}
+    if not shares:
+        return "no CHANGED aspect accounts for it"
+    names = " and ".join(shares)
+    parts = f" ({', '.join(f'{v:.2f}' for v in shares.values())})" if len(shares) > 1 else ""
+    verb = "accounts" if len(shares) == 1 else "account"
+    return f"{names} {verb} for {sum(shares.values()):.2f} of its {a['score']:.2f}{parts}"
+
+
+def not_changed_reason(a: dict | AspectScore) -> str:
+    """Why an aspect is not CHANGED, true for that aspect: within its null, or above it but not needed by the
+    joint fit (and which CHANGED aspects account for its score)."""
+    a = a if isinstance(a, dict) else asdict(a)
+    if a["changed"]:
+        raise ValueError(f"{a['aspect']} is CHANGED")
+    if a["threshold"] is None:
+        return "not tested (no null)"
+    low = a["interval"][0]
+    if low <= a["threshold"]:
+        return f"within what the base varies with other seeds (low {low:.3f} <= null {a['threshold']:.3f})"
+    joint = a.get("joint_interval")
+    if joint is None:
+        return f"above its null (low {low:.3f} > {a['threshold']:.3f}); {accounted_text(a)}"
+    return (f"above its null (low {low:.3f} > {a['threshold']:.3f}), not needed by the joint fit (low "
+            f"{joint[0]:.3f} <= {a['joint_threshold']:.3f}); {accounted_text(a)}")  # fmt: skip
 
 
 def format_explanation(expl: dict, top: int | None = None) -> str:
-    """A readable table of an explanation dict: one row per aspect, in the explanation's order."""
+    """A readable table of an explanation dict: one row per aspect, in the explanation's order; the CHANGED rule
+    and, for each aspect above its null but not CHANGED, why."""
     conf = expl.get("settings", {}).get("confidence", 0.9)
     joint = any(a.get("joint_score") is not None for a in expl["aspects"])  # two-part methods (finexl)
     lines = [f"{'aspect':<12} {'group':<12} {'score':>6}  {int(conf * 100)}% interval   {'null':>5}  "
-             + ("joint  " if joint else "") + f"{'change':<8} toward"]  # fmt: skip
+             + ("joint  j-low  j-null  " if joint else "") + f"{'change':<8} toward"]  # fmt: skip
     for row in expl["aspects"][:top]:
         lo, hi = row["interval"]
         thr = "" if row["threshold"] is None else f"{row['threshold']:.3f}"
         change = "CHANGED" if row["changed"] else ("-" if row["threshold"] is not None else "?")
-        joint_cell = f"{row['joint_score']:.3f}  " if joint else ""
+        joint_cell = ""
+        if joint:
+            j_low = "" if row.get("joint_interval") is None else f"{row['joint_interval'][0]:.3f}"
+            j_thr = "" if row.get("joint_threshold") is None else f"{row['joint_threshold']:.3f}"
+            joint_cell = f"{row['joint_score']:.3f}  {j_low:>5}  {j_thr:>6}  "
         lines.append(f"{row['aspect']:<12} {row['group']:<12} {row['score']:6.3f}  [{lo:.3f}, {hi:.3f}]   {thr:>5}  "
                      f"{joint_cell}{change:<8} {row['toward']}")  # fmt: skip
+    tested = any(a["threshold"] is not None for a in expl["aspects"])
+    if tested:
+        lines.extend(textwrap.wrap(changed_rule(conf, joint), 119))
     if joint:
-        lines.append("joint: the joint fit's score; an aspect is CHANGED only if that fit needs it too")
+        lines.append("joint: the joint fit's score; j-low: its interval's low end; j-null: its null threshold")
+    above = [a for a in expl["aspects"][:top] if not a["changed"] and a["threshold"] is not None
+             and a["interval"][0] > a["threshold"]]  # fmt: skip
+    if above:
+        lines.append("above their null but not CHANGED, as the joint fit does not need them (j-low <= j-null):"
+                     if joint else "above their null but not CHANGED:")  # fmt: skip
+        lines.extend(f"  {a['aspect']:<12} {accounted_text(a)}" for a in above)
     res = expl["residual"]
     lines.append("")
     changed = [a["aspect"] for a in expl["aspects"] if a["changed"]]
     if changed:
         lines.append(f"changed: {', '.join(changed)}")
-    elif any(a["threshold"] is not None for a in expl["aspects"]):
-        lines.append("no significant change: no aspect's interval lies above what the base reaches against itself")
+    elif tested:
+        lines.append("no significant change: no aspect passes the rule above")
     low, high = res["interval"]
     n_pairs = expl["divergence"]["n_pairs"]
     seq = expl.get("sequential")

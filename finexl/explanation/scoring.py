@@ -153,6 +153,40 @@ def _finite(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def accounted_for(
+    joint: np.ndarray,
+    point: np.ndarray,
+    agg: Aggregated,
+    design: Design,
+    bank: ConceptBank,
+    spread: np.ndarray,
+    changed: np.ndarray,
+    above: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """For each aspect whose projection clears its null but that is not CHANGED: how much of its score each
+    CHANGED aspect's part of the joint fit accounts for.
+
+    The joint fit reconstructs V_div as ``sum_r w_r F_r``; the part of CHANGED aspect ``c`` is the sum over its
+    rows. Projected on the row behind aspect ``a``'s score, in the same units as that score (over the spread, signed
+    so that positive pushes the way ``a`` moved), it says how far ``a``'s own score is ``c``'s change seen along
+    ``a``. Returns ``{a: {c: share of score}}`` for the CHANGED aspects that push ``a`` its way.
+    """
+    weights = joint * spread / np.maximum(np.linalg.norm(design.rows, axis=1), 1e-12)  # row scores -> weights
+    member = np.array([bank.aspects.index(bank.concepts[c].aspect) for c in design.concept_index])
+    parts = {c: weights[member == c] @ design.rows[member == c] for c in np.flatnonzero(changed)}  # (d,) each
+    out = {}
+    for a, name in enumerate(bank.aspects):
+        if changed[a] or not above[a] or not parts:
+            continue
+        rows = np.flatnonzero(design.concept_index == agg.aspect_concept[0, a])
+        r = rows[np.argmax(np.abs(point[rows]))]
+        unit = design.rows[r] / max(float(np.linalg.norm(design.rows[r])), 1e-12)
+        sign = design.polarity[r] * agg.aspect_sign[0, a]
+        shares = {bank.aspects[c]: float(sign * (part @ unit) / spread[r]) for c, part in parts.items()}
+        out[name] = {c: round(v, 4) for c, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v > 0}
+    return out
+
+
 def decompose_divergence(
     base: np.ndarray,
     tuned: np.ndarray,
@@ -194,6 +228,7 @@ def decompose_divergence(
     threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
     z_crit = float(norm.ppf(1 - (1 - confidence) / 2))
     z = np.full(n_aspects, np.nan)
+    j_low = j_high = j_threshold = None
     if null_base is not None:
         null, null_joint = null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1)
         threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
@@ -201,7 +236,7 @@ def decompose_divergence(
         z = z_crit + _margin(a_low - threshold, agg_boot.aspect.std(axis=0))
         if joint is not None:  # the joint fit must see the change too
             joint_boot = aggregate(boot_joint, design, bank).aspect
-            j_low, _ = interval(joint_boot, confidence)
+            j_low, j_high = interval(joint_boot, confidence)
             j_threshold = np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
             changed &= j_low > j_threshold
             z = np.minimum(z, z_crit + _margin(j_low - j_threshold, joint_boot.std(axis=0)))
@@ -209,6 +244,8 @@ def decompose_divergence(
         evidence.update(z=z, z_crit=z_crit, boot=agg_boot.aspect)
     # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
     agg_joint = aggregate(joint, design, bank) if joint is not None else None
+    accounted = (accounted_for(joint, point, agg, design, bank, spread, changed, a_low > threshold)
+                 if joint is not None and null_base is not None else {})  # fmt: skip
     aspects = []
     for a, name in enumerate(bank.aspects):
         source = agg_joint if agg_joint is not None and agg_joint.aspect[0, a] > 0 else agg
@@ -225,6 +262,9 @@ def decompose_divergence(
             "threshold": None if np.isnan(threshold[a]) else float(threshold[a]),
             "changed": bool(changed[a]),
             "joint_score": None if agg_joint is None else float(agg_joint.aspect[0, a]),
+            "joint_interval": None if j_low is None else [float(j_low[a]), float(j_high[a])],
+            "joint_threshold": None if j_threshold is None else float(j_threshold[a]),
+            "accounted_for": accounted.get(name),
         })  # fmt: skip
     # the aspects reported as changed first, then the rest, each by score: a concept that only correlates with the
     # change (the joint fit gives it no weight) can outscore it when the images spread less along it

@@ -66,9 +66,12 @@ class ChatBackend:
         path = self.cache_dir / "llm" / f"{key[:32]}.json" if self.cache_dir else None
         if path is not None and path.is_file():
             try:
-                return json.loads(path.read_text(encoding="utf-8"))["reply"]
-            except (OSError, ValueError, KeyError) as err:
-                logger.warning("ignoring unreadable cached reply %s: %s", path, err)
+                reply = json.loads(path.read_text(encoding="utf-8"))["reply"]
+                if isinstance(reply, str):
+                    return reply
+                logger.warning("asking again: the cached reply %s is not text", path)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.warning("asking again: unreadable cached reply %s: %s", path, err)
         reply = self._generate(messages)
         if not reply.strip():
             raise LLMError(f"{self.identity} returned an empty reply")

@@ -9,11 +9,20 @@ charts as inline SVG, no script and no request to anywhere.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from finexl.errors import InputError, MissingInputError, OutputError
-from finexl.explanation.result import SAMPLES_DIR, Explanation, Samples
+from finexl.explanation.result import (
+    SAMPLES_DIR,
+    AspectScore,
+    Explanation,
+    Samples,
+    accounted_text,
+    changed_rule,
+    not_changed_reason,
+)
 
 REPORT_FILE = "report.html"
 CARD_FILE = "card.md"
@@ -43,11 +52,33 @@ def load_folder(folder: str | Path) -> Loaded:
     return Loaded(folder, explanation, samples)
 
 
-def _environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+def _environment(markdown: bool = False):
+    """The pages' templates. HTML ones (``*.html.j2``) are autoescaped; with ``markdown`` (the card) every printed
+    value goes through :func:`markdown_text`. No value a user or a file supplied becomes markup in either."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    return Environment(loader=PackageLoader("finexl.report", "templates"), autoescape=select_autoescape(["html"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    loader = PackageLoader("finexl.report", "templates")
+    if markdown:
+        return Environment(loader=loader, autoescape=False, finalize=markdown_text, undefined=StrictUndefined,
+                           trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    return Environment(loader=loader, autoescape=True, undefined=StrictUndefined, trim_blocks=True,
+                       lstrip_blocks=True)  # fmt: skip
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
+
+
+def markdown_text(value) -> str:
+    """``value`` as Markdown text that renders as itself: HTML's ``& < >`` as entities (Markdown passes raw HTML
+    through), Markdown's own punctuation backslash-escaped, line breaks as spaces (a value is one table cell)."""
+    import html
+
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):  # finexl's own text (a file name it chose): as it is
+        return str(value)
+    text = html.escape(str(value), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
 
 
 def _write(path: Path, text: str, overwrite: bool) -> Path:
@@ -99,9 +130,33 @@ def chart_rows(e: Explanation) -> list[dict]:
         {"aspect": a.aspect, "group": a.group, "score": a.score, "low": a.interval[0], "high": a.interval[1],
          "threshold": a.threshold, "changed": a.changed, "toward": a.toward, "direction": a.direction,
          "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]), "x_high": axis_x(a.interval[1]),
-         "x_threshold": None if a.threshold is None else axis_x(a.threshold)}
+         "x_threshold": None if a.threshold is None else axis_x(a.threshold), "joint": a.joint_score,
+         "joint_low": a.joint_interval[0] if a.joint_interval else None,
+         "joint_high": a.joint_interval[1] if a.joint_interval else None, "joint_threshold": a.joint_threshold,
+         "why": "" if a.changed else not_changed_reason(a)}
         for a in e.aspects
     ]  # fmt: skip
+
+
+def rule(e: Explanation) -> str:
+    """The CHANGED rule of this explanation, as computed."""
+    return changed_rule(e.settings.get("confidence", 0.9), any(a.joint_score is not None for a in e.aspects))
+
+
+def accounted_line(a: AspectScore) -> str:
+    """An aspect above its null but not CHANGED, with the CHANGED aspects that account for its score."""
+    return f"{a.aspect} ({accounted_text(asdict(a))})"
+
+
+_UNKNOWN = {"path": "unknown", "fingerprint": "unknown", "lora": None, "model": None, "scale": 1.0, "name": "unknown"}
+
+
+def provenance(e: Explanation) -> tuple[dict, dict]:
+    """The models and the concept bank as the pages show them, every part present (an explanation written by
+    another tool, or an old one, may lack some: they show as unknown)."""
+    models = {part: {**_UNKNOWN, **(e.models.get(part) or {})} for part in ("base", "personalized", "clip")}
+    bank = {"name": "unknown", "n_concepts": "?", "digest": "unknown", **e.concept_bank}
+    return models, bank
 
 
 def residual_line(e: Explanation) -> str:
@@ -147,21 +202,26 @@ def render_report(e: Explanation, samples: Samples | None) -> str:
 
     return _environment().get_template("report.html.j2").render(
         title=model_name(e), verdict=verdict(e), sentences=sentences(e), rows=chart_rows(e), width=CHART_WIDTH,
+        rule=rule(e), joint=any(a.joint_score is not None for a in e.aspects),
         residual=residual_line(e), method=e.method, divergence=e.divergence,
         pairs=_pairs(samples) if samples is not None else [], in_view=PAIRS_IN_VIEW,
         maps=_maps(e, samples) if samples is not None else [],
         settings=json.dumps(e.settings, indent=1, sort_keys=True, default=str),
-        models=e.models, seconds=e.seconds, bank=e.concept_bank,
+        models=provenance(e)[0], seconds=e.seconds, bank=provenance(e)[1],
         made_with=e.finexl_version or "unknown", version=__version__,
         confidence=int(round(100 * e.settings.get("confidence", 0.9))),
     )  # fmt: skip
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write the report of an explanation folder (default ``folder/report.html``); returns its path."""
+    """Write the report of an explanation folder; returns its path. The folder's own page (``folder/report.html``,
+    no ``out``) is made from the folder's files and is always made again; another ``out`` that exists is replaced
+    only with ``overwrite``."""
     loaded = load_folder(folder)
-    path = Path(out) if out else loaded.folder / REPORT_FILE
-    return _write(path, render_report(loaded.explanation, loaded.samples), overwrite)
+    own = loaded.folder / REPORT_FILE
+    path = Path(out) if out else own
+    own_page = path.resolve() == own.resolve() and out is None
+    return _write(path, render_report(loaded.explanation, loaded.samples), overwrite or own_page)
 
 
 COLOURS = ("#c2410c", "#1d4ed8", "#15803d", "#7e22ce", "#b45309", "#0e7490", "#be185d", "#4d7c0f")
@@ -203,12 +263,15 @@ def render_compare(loaded: list[Loaded]) -> str:
                 continue
             entries.append({"model": i, "colour": models[i]["colour"], "score": a.score, "low": a.interval[0],
                             "high": a.interval[1], "changed": a.changed, "threshold": a.threshold,
-                            "toward": a.toward, "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]),
+                            "toward": a.toward, "joint": a.joint_score, "joint_threshold": a.joint_threshold,
+                            "joint_low": a.joint_interval[0] if a.joint_interval else None,
+                            "why": "" if a.changed or not a.above_null else not_changed_reason(a),
+                            "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]),
                             "x_high": axis_x(a.interval[1])})  # fmt: skip
         order.append({"aspect": name, "entries": entries})
     return _environment().get_template("compare.html.j2").render(
-        models=models, aspects=order, width=CHART_WIDTH, version=__version__,
-        bank=loaded[0].explanation.concept_bank, clip=loaded[0].explanation.models.get("clip", {}),
+        models=models, aspects=order, width=CHART_WIDTH, version=__version__, rule=rule(loaded[0].explanation),
+        bank=provenance(loaded[0].explanation)[1], clip=provenance(loaded[0].explanation)[0]["clip"],
     )  # fmt: skip
 
 
@@ -227,6 +290,8 @@ def write_compare(folders: list[str | Path], out: str | Path, overwrite: bool = 
 
 def model_card(folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``folder/card.md`` (a section to paste into a model card) and its image strip ``card_strip.png``."""
+    from markupsafe import Markup
+
     from finexl import __version__
     from finexl.report.images import png_bytes, strip
     from finexl.utils import atomic_write_bytes
@@ -241,9 +306,11 @@ def model_card(folder: str | Path, overwrite: bool = False) -> Path:
         k = min(4, len(samples.index))
         atomic_write_bytes(loaded.folder / CARD_STRIP, png_bytes(strip(samples.base[:k], samples.tuned[:k]), 1024))
     n_prompts = len(dict.fromkeys(samples.prompts)) if samples is not None else None
-    text = _environment().get_template("card.md.j2").render(
+    text = _environment(markdown=True).get_template("card.md.j2").render(
         name=model_name(e), verdict=verdict(e), changed=[a for a in e.aspects if a.changed],
-        unchanged=[a.aspect for a in e.aspects if not a.changed], e=e, strip=CARD_STRIP if has_strip else None,
+        within=[a.aspect for a in e.aspects if not a.changed and not a.above_null],
+        accounted=[accounted_line(a) for a in e.aspects if not a.changed and a.above_null], rule=rule(e), e=e,
+        strip=Markup(CARD_STRIP) if has_strip else None, models=provenance(e)[0], bank=provenance(e)[1],
         strip_pairs=min(4, len(samples.index)) if has_strip else 0, n_prompts=n_prompts, version=__version__,
         confidence=int(round(100 * e.settings.get("confidence", 0.9))), residual=residual_line(e),
     )  # fmt: skip

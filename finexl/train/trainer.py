@@ -40,6 +40,7 @@ from finexl.train.checkpoint import (
     CheckpointError,
     check_same_run,
     find_resume_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
@@ -504,7 +505,10 @@ def _publish(tmp: Path, out_dir: Path, names: list[str]) -> None:
 
 
 def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
-    with writing(out_dir):
+    checkpoints = list_checkpoints(out_dir)
+    advice = (f"; the last checkpoint ({checkpoints[-1][1].name}) is kept: free space and run again with --resume"
+              if checkpoints else "")  # fmt: skip
+    with writing(out_dir, advice):
         _write_result(run, out_dir, record)
 
 
@@ -593,7 +597,7 @@ def train(
         start = int(info["step"])
         logger.info("resuming from %s (step %d)", path, start)
         if start >= cfg.max_steps:
-            logger.warning("checkpoint %s is already at max_steps=%d", path, cfg.max_steps)
+            logger.info("checkpoint %s is already at max_steps=%d: saving the result again", path, cfg.max_steps)
 
     record = {**cfg.to_json(), "identity": identity}
     losses: list[float] = []

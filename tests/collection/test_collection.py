@@ -35,11 +35,13 @@ def test_manifests_stop_on_duplicates_and_unknown_columns_and_mark_bad_rows(tmp_
     m = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "path": "a.safetensors", "strength": 1}])
     with pytest.raises(ManifestError, match=r"line 1: unknown column\(s\) \['strength'\]"):
         read_manifest(m)
-    (tmp_path / "m.csv").write_text("id,path,scale,tags\na,a.safetensors,0.5,red;bold\nb,,1,\nc,nope,1,\nd/x,a,1,\n")
-    a, b, c, d = read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("id,path,scale,tags\na,a.safetensors,0.5,red;bold\nb,,1,\nc,nope,1,\n")
+    a, b, c = read_manifest(tmp_path / "m.csv")
     assert (a.path, a.scale, a.tags, a.problem) == (str(tmp_path / "a.safetensors"), 0.5, ("red", "bold"), None)
     assert b.problem == "line 3: no path" and c.problem.endswith("nope does not exist")
-    assert "must be letters" in d.problem
+    (tmp_path / "bad-id.csv").write_text("id,path\nd/x,a\n")  # an id that cannot be a folder name: the schema's
+    with pytest.raises(ManifestError, match=r"line 2: field id: 'd/x' does not match"):
+        read_manifest(tmp_path / "bad-id.csv")
     (tmp_path / "bad.csv").write_text("id,path,weight\n")
     with pytest.raises(ManifestError, match="line 1: unknown column"):
         read_manifest(tmp_path / "bad.csv")
@@ -173,3 +175,43 @@ def test_move_along_scores_a_known_shift_and_its_null():
     assert moved["threshold"] < moved["score"] and moved["match"]
     still = move_along(base, base + 0.5 * np.eye(8)[1], base[::-1].copy(), u)  # moved along another axis
     assert still["score"] == pytest.approx(0.0) and not still["match"]
+
+
+def test_a_collection_made_with_the_defaults_is_searchable(tmp_path):
+    """Every setting at its default (samples='auto', the toy world): the shipped red LoRA runs to more pairs than
+    the same LoRA at scale 0 (no change, settled early), and search still pairs each model with its own pairs."""
+    from finexl.utils import data_dir
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "red", "path": str(data_dir() / "toy_loras" / "red")},
+        {"id": "off", "path": str(data_dir() / "toy_loras" / "red"), "scale": 0.0},
+    ])  # fmt: skip
+    out = tmp_path / "many"
+    result = explain_many(manifest, out, ExplainConfig(cache_dir=str(tmp_path / "cache")), report=False)
+    assert sorted(result.explained) == ["off", "red"], result.failed
+    with sqlite3.connect(out / "index.sqlite") as conn:
+        pairs = dict(conn.execute("SELECT id, n_pairs FROM models").fetchall())
+    assert pairs["off"] < pairs["red"], pairs  # the case that crashed search
+    hits = search(out, "red")
+    assert [h.id for h in hits] == ["red", "off"]
+    red, off = hits
+    assert red.match and red.score > 0.3 and red.interval[0] > red.threshold
+    assert not off.match and abs(off.score) < 0.05
+    # the same numbers as scoring the red model's own pairs directly
+    with np.load(out / "models" / "red" / "embeddings.npz") as saved:
+        tuned = saved["tuned"].astype(np.float64)
+    fp = next((out / "bases").iterdir()).name
+    with np.load(out / "bases" / fp / "embeddings.npz") as saved:
+        base, null = saved["base"].astype(np.float64), saved["null"].astype(np.float64)
+    assert len(base) == ExplainConfig().auto_cap
+    from finexl.collection.search import move_along, query_direction
+    from finexl.explanation.embed import load_embedder
+    from finexl.presets import get_preset
+
+    u = query_direction(load_embedder(get_preset("toy").clip), "red", [str(p) for p in np.load(
+        out / "bases" / fp / "embeddings.npz")["prompts"]])  # fmt: skip
+    n = len(tuned)
+    direct = move_along(base[:n], tuned, null[:n], u)
+    assert red.score == pytest.approx(direct["score"]) and red.interval == pytest.approx(direct["interval"])
+    with pytest.raises(ConfigError, match="tokens"):
+        search(out, " ".join(["red"] * 80))

@@ -117,3 +117,31 @@ def test_aspects_reported_as_changed_come_first_even_when_a_correlated_one_score
     assert by["saturation"]["score"] > by["brightness"]["score"] and not by["saturation"]["changed"]
     assert [a["aspect"] for a in res["aspects"]] == ["brightness", "saturation", "size"]
     assert format_explanation({**res, "method": "finexl"}).splitlines()[1].split()[0] == "brightness"
+
+
+def test_the_changed_rule_is_the_one_stated_and_a_correlated_aspect_is_accounted_for_by_the_change():
+    # a pure brightness shift: saturation ("vivid" lies close to "bright") clears its own null, but the joint fit
+    # explains the shift with brightness alone, and brightness's part of the fit accounts for saturation's score
+    rng = np.random.default_rng(3)
+    d, n = 24, 96
+    directions, unit, vivid = _vivid_near_bright(rng, d)
+    base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
+    tuned = base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
+    res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
+    for a in res["aspects"]:  # CHANGED is exactly: interval above the null, and the joint interval above its own
+        both = a["interval"][0] > a["threshold"] and a["joint_interval"][0] > a["joint_threshold"]
+        assert a["changed"] == both and a["joint_interval"][0] <= a["joint_score"] <= a["joint_interval"][1]
+    by = {a["aspect"]: a for a in res["aspects"]}
+    sat = by["saturation"]
+    assert sat["interval"][0] > sat["threshold"] and not sat["changed"]  # above its null, not CHANGED
+    assert list(sat["accounted_for"]) == ["brightness"]
+    # brightness's part of the joint fit is (nearly) the whole mean shift, so seen along vivid it is the score
+    assert abs(sat["accounted_for"]["brightness"] - sat["score"]) < 0.1 * sat["score"]
+    assert by["brightness"]["accounted_for"] is None and by["size"]["accounted_for"] in ({}, None)
+    table = format_explanation({**res, "method": "finexl"})
+    assert "saturation   brightness accounts for" in table and "j-null" in table.splitlines()[0]
+    # the interval width follows the confidence asked for
+    wide = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50,
+                                confidence=0.99)  # fmt: skip
+    low, high = {a["aspect"]: a for a in wide["aspects"]}["brightness"]["interval"]
+    assert high - low > by["brightness"]["interval"][1] - by["brightness"]["interval"][0]

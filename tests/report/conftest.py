@@ -1,15 +1,33 @@
-import pytest
-
-from finexl.cli import main
-
-# the shipped red LoRA: 32 pairs are enough for its colour change to clear the null (see tests/test_api.py)
-EXPLAIN = ["explain", "--lora", "data/toy_loras/red", "--samples", "32", "--bootstrap", "100", "--report-pairs", "10",
-           "--threads", "2", "-q"]  # fmt: skip
+HOSTILE = ('<script>window.pwned = 1</script>"><img src=x onerror="window.pwned = 2" data-pwned="1">'
+           "'><b data-pwned=\"1\">b</b> [link](javascript:window.pwned=3) **x** | y")  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def red_folder(tmp_path_factory):
-    """``finexl explain --lora data/toy_loras/red --out DIR``, made once: the report tests only read it."""
-    root = tmp_path_factory.mktemp("red")
-    assert main([*EXPLAIN, "--cache", str(root / "cache"), "--out", str(root / "red")]) == 0
-    return root / "red"
+def make_hostile(red_folder, dst):
+    """A copy of the red explanation whose every free-text field holds :data:`HOSTILE` (prompts, concept phrases and
+    names, aspect and group names, bank name, model ids and paths, tags, sentences, settings)."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(red_folder, dst)
+    e = json.loads((folder / "explanation.json").read_text())
+    tag = lambda s: f"{s} {HOSTILE}"  # noqa: E731
+    for a in e["aspects"]:
+        a.update(aspect=tag(a["aspect"]), group=tag(a["group"]), concept=tag(a["concept"]), toward=tag(a["toward"]))
+        if a.get("accounted_for"):
+            a["accounted_for"] = {tag(k): v for k, v in a["accounted_for"].items()}
+    for c in e["concepts"]:
+        c.update(phrase=tag(c["phrase"]), aspect=tag(c["aspect"]))
+    e["concept_bank"].update(name=tag("bank"), aspects=[tag(a) for a in e["concept_bank"]["aspects"]],
+                             digest=tag("digest"), proposal_note=tag("note"))  # fmt: skip
+    e["models"]["personalized"].update(lora=tag("lora"), fingerprint=tag("fp"))
+    e["models"]["base"].update(path=tag("base"), fingerprint=tag("fp"))
+    e["models"]["clip"].update(name=tag("clip"), fingerprint=tag("fp"))
+    e["sentences"]["text"] = "\n".join(f"- {tag(line)}" for line in e["sentences"]["text"].splitlines())
+    e["settings"].update(prompts=[tag("prompt")], collection={"entry": {"id": tag("id"), "tags": [tag("t")]}})
+    e["method"] = e["method"]  # a known method: the schema names them
+    (folder / "explanation.json").write_text(json.dumps(e))
+    samples = json.loads((folder / "samples" / "samples.json").read_text())
+    samples["prompts"] = [tag(p) for p in samples["prompts"]]
+    samples["moves"] = {tag(k): v for k, v in samples["moves"].items()}
+    (folder / "samples" / "samples.json").write_text(json.dumps(samples))
+    return folder

@@ -69,10 +69,14 @@ def check_loaded_offline(driver, path: Path, requests: list[str]) -> None:
     assert broken == 0
 
 
-def screenshot(driver, path: Path, name: str, tmp_path: Path) -> Path:
-    driver.set_window_size(1100, 400)  # the page's own height, not the last window's
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1100, min(int(height) + 40, 6000))
+def screenshot(driver, path: Path, name: str, tmp_path: Path, height: int | None = None) -> Path:
+    """The page (the top ``height`` pixels, else all of it) as ``name``; kept in ``$FINEXL_SCREENSHOT_DIR``. The
+    README's image is ``FINEXL_SCREENSHOT_DIR=docs/images pytest tests/report/test_browser.py``: the default
+    command's page, as the test sees it."""
+    if height is None:
+        driver.set_window_size(1100, 400)  # the page's own height, not the last window's
+        height = min(int(driver.execute_script("return document.documentElement.scrollHeight")) + 40, 6000)
+    driver.set_window_size(1100, height)
     out = tmp_path / name
     assert driver.save_screenshot(str(out)) and out.stat().st_size > 10_000
     keep = os.environ.get("FINEXL_SCREENSHOT_DIR")
@@ -112,8 +116,9 @@ def test_the_report_in_a_browser(browser, red_folder, tmp_path):
     visible = [p for p in browser.find_elements(By.CSS_SELECTOR, "figure.pair") if p.is_displayed()]
     assert len(visible) == 8  # the rest a click away
     browser.find_element(By.CSS_SELECTOR, "#pairs + details > summary").click()
-    assert len([p for p in browser.find_elements(By.CSS_SELECTOR, "figure.pair") if p.is_displayed()]) == 10
-    screenshot(browser, path, "report.png", tmp_path)
+    assert len([p for p in browser.find_elements(By.CSS_SELECTOR, "figure.pair") if p.is_displayed()]) == 16
+    screenshot(browser, path, "report-full.png", tmp_path)
+    screenshot(browser, path, "report.png", tmp_path, height=1640)  # the top, shown in the README
 
 
 def test_the_compare_page_in_a_browser(browser, red_folder, tmp_path):
@@ -131,3 +136,53 @@ def test_the_compare_page_in_a_browser(browser, red_folder, tmp_path):
     assert [e.get_attribute("data-score") for e in entries] == [f"{original:.3f}", "0.250"]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#models li")) == 2
     screenshot(browser, page, "compare.png", tmp_path)
+
+
+INJECTED = """return {
+  pwned: window.pwned === undefined ? null : window.pwned,
+  scripts: document.querySelectorAll('script').length,
+  marked: document.querySelectorAll('[data-pwned]').length,
+  handlers: document.querySelectorAll('[onerror]').length,
+  js_links: document.querySelectorAll('a[href^="javascript"]').length,
+  text: document.body.textContent,
+}"""
+
+
+def test_hostile_text_in_every_field_is_inert_and_shown(browser, red_folder, tmp_path):
+    """Hostile markup in every free-text field of an explanation: the report, the compare page and the card
+    (rendered as GitHub renders Markdown, raw HTML allowed) inject no element and run no script, even with the
+    pages' Content-Security-Policy taken out; the text itself is shown."""
+    from markdown_it import MarkdownIt
+
+    from finexl.report import model_card, write_report
+
+    from .conftest import HOSTILE, make_hostile
+
+    folder = make_hostile(red_folder, tmp_path / "hostile")
+    report = write_report(folder, overwrite=True)
+    compare = write_compare([folder, make_hostile(red_folder, tmp_path / "hostile-2")], tmp_path / "compare.html")
+    card = model_card(folder, overwrite=True).read_text()
+    card_page = tmp_path / "card.html"
+    card_page.write_text("<!DOCTYPE html><meta charset=utf-8><body>" + MarkdownIt("commonmark", {"html": True})
+                         .enable("table").render(card) + "</body>")  # fmt: skip
+    pages = [report, compare, card_page]
+    for page in (report, compare):  # the same pages without their CSP: escaping alone must hold
+        bare = tmp_path / f"bare-{page.name}"
+        html = page.read_text()
+        assert "Content-Security-Policy" in html
+        bare.write_text("\n".join(line for line in html.splitlines() if "Content-Security-Policy" not in line))
+        pages.append(bare)
+    for page in pages:
+        open_page(browser, page)
+        found = browser.execute_script(INJECTED)
+        assert (found["pwned"], found["scripts"], found["marked"], found["handlers"], found["js_links"]) == (
+            None, 0, 0, 0, 0), page.name  # fmt: skip
+        assert "<script>window.pwned = 1</script>" in found["text"], page.name  # shown as text
+        assert "[link](javascript:window.pwned=3)" in found["text"] or page.name != "card.html"
+    open_page(browser, report)
+    from selenium.webdriver.common.by import By
+
+    assert HOSTILE in browser.find_element(By.ID, "sentences").get_attribute("textContent")
+    assert browser.find_element(By.ID, "chart").get_attribute("data-aspect") is None
+    aspects = [g.get_attribute("data-aspect") for g in browser.find_elements(By.CSS_SELECTOR, "#chart g.row")]
+    assert aspects and all(a.endswith(HOSTILE) for a in aspects)  # attributes hold the text, not markup

@@ -116,30 +116,42 @@ def test_pairs_to_show_takes_each_aspects_strongest_in_turn_then_fills_up():
 def test_explain_out_writes_the_report_with_the_jsons_numbers(red_folder):
     expl = json.loads((red_folder / "explanation.json").read_text())
     html = (red_folder / "report.html").read_text()
-    assert expl["settings"]["report_pairs"] == 10
+    assert expl["settings"]["report_pairs"] == 16 and expl["settings"]["samples"] == "auto"
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", html) and "<script" not in html
     assert "Changes colour (toward" in html
     for a in expl["aspects"]:  # every number of the table is the JSON's
         row = re.search(rf'<tr class="\w+" data-aspect="{a["aspect"]}">(.*?)</tr>', html, re.S).group(1)
         assert f'data-field="score">{a["score"]:.3f}<' in row
         assert f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]" in row
-        assert ("CHANGED" in row) == a["changed"]
+        assert f'data-field="verdict">{"CHANGED" if a["changed"] else "-"}<' in row
     samples = Samples.load(red_folder / "samples")
-    assert len(samples.index) == 10 and samples.base.shape == (10, 32, 32, 3)
-    assert list(samples.maps) == ["colour"] and samples.maps["colour"].shape == (10, 32, 32)
-    assert html.count('class="pair"') == 10 and html.count('class="map"') == 4
+    changed = [a["aspect"] for a in expl["aspects"] if a["changed"]]
+    assert len(samples.index) == 16 and samples.base.shape == (16, 32, 32, 3)
+    assert sorted(samples.maps) == sorted(changed) and samples.maps["colour"].shape == (16, 32, 32)
+    assert html.count('class="pair"') == 16 and html.count('class="map"') == 4 * len(changed)
+    # the rule as computed, the joint fit's numbers, and why each aspect above its null is not CHANGED
+    from markupsafe import escape
+
+    from finexl.explanation.result import changed_rule
+
+    assert escape(changed_rule(0.9, True)) in html and "joint fit&#39;s own null" in html
+    for a in expl["aspects"]:
+        row = re.search(rf'<tr class="\w+" data-aspect="{a["aspect"]}">(.*?)</tr>', html, re.S).group(1)
+        assert f'data-field="joint-threshold">{a["joint_threshold"]:.3f}<' in row
+        if not a["changed"] and a["interval"][0] > a["threshold"]:
+            assert "not needed by the joint fit" in row and "account" in row
     # the kept pairs are those that moved most along colour: the first is the largest move
     assert samples.moves["colour"][0] == max(samples.moves["colour"])
 
 
-def test_report_and_card_rewrite_only_with_overwrite(red_folder, tmp_path, capsys):
+def test_report_rewrites_its_own_page_and_card_rewrites_only_with_overwrite(red_folder, tmp_path, capsys):
     folder = shutil.copytree(red_folder, tmp_path / "red")
     before = (folder / "report.html").read_bytes()
-    assert main(["report", str(folder)]) == 2
-    assert "report.html exists; pass --overwrite" in capsys.readouterr().err
     (folder / "report.html").write_text("old")
-    assert main(["report", str(folder), "--overwrite"]) == 0
+    assert main(["report", str(folder)]) == 0  # right after explain --out: the folder's own page is made again
     assert (folder / "report.html").read_bytes() == before  # the same explanation renders the same page
+    assert main(["report", str(folder), "--out", str(folder / "report.html")]) == 2  # another --out: not replaced
+    assert "report.html exists; pass --overwrite" in capsys.readouterr().err
     assert main(["card", str(folder)]) == 0
     card = (folder / "card.md").read_text()
     expl = Explanation.from_json(folder)
@@ -198,3 +210,37 @@ def test_a_broken_folder_is_named_in_one_line(red_folder, tmp_path, capsys):
     assert main(["report", str(future), "--overwrite"]) == 2
     assert "finexl-explanation/9" in capsys.readouterr().err
     assert (future / "report.html").read_bytes() == (red_folder / "report.html").read_bytes()  # untouched
+
+
+def parsed_tags(html: str) -> list[tuple[str, dict]]:
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+
+    parser = Tags()
+    parser.found = []
+    parser.feed(html)
+    return parser.found
+
+
+def test_hostile_text_in_every_field_is_escaped_in_the_pages(red_folder, tmp_path):
+    from finexl.report import model_card
+
+    from .conftest import HOSTILE, make_hostile
+
+    folder = make_hostile(red_folder, tmp_path / "hostile")
+    other = make_hostile(red_folder, tmp_path / "hostile-2")
+    pages = [write_report(folder, overwrite=True).read_text(),
+             write_compare([folder, other], tmp_path / "compare.html").read_text()]  # fmt: skip
+    for html in pages:  # parsed as a browser would: no script element, no injected element or attribute
+        tags = parsed_tags(html)
+        assert not [t for t, attrs in tags if t == "script" or {"onerror", "data-pwned"} & set(attrs)]
+        assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in html  # shown as text
+    card = model_card(folder, overwrite=True).read_text()
+    assert "<script" not in card and "<img" not in card and "<b " not in card and "[link](javascript" not in card
+    assert "&lt;script&gt;" in card and "\\*\\*x\\*\\*" in card and "\\| y" in card
+    assert HOSTILE not in card
