@@ -62,6 +62,16 @@ def _write_failure(err: BaseException) -> str | None:
     return None
 
 
+def give_default_modes(folder: str | Path) -> None:
+    """Every file and folder below ``folder`` (and itself) gets the mode the umask gives: some writers create files
+    0600 (safetensors 0.8 writes through a private temporary file), and a result must not depend on which wrote it."""
+    folder = Path(folder)
+    give_default_mode(folder, folder=True)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            give_default_mode(p, folder=p.is_dir())
+
+
 @contextmanager
 def writing(path: str | Path, advice: str = "") -> Iterator[None]:
     """Turn a failed write of ``path`` (see :func:`_write_failure`) into one line naming it (:class:`OutputError`),
@@ -146,6 +156,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         give_default_mode(tmp, folder=True)
     try:
         yield tmp
+        give_default_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

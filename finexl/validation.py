@@ -55,7 +55,7 @@ def field_path(parts) -> str:
 
 def validate(obj, name: str, source: str | Path):
     """``obj`` checked against schema ``name``; returns it. The first problem (the deepest, most specific one) in
-    one line: ``SOURCE: field aspects[0].score: nan is not of type 'number'``."""
+    one line: ``SOURCE: aspects[0].score: nan is not of type 'number'``."""
     from jsonschema.exceptions import best_match
 
     error = best_match(_validator(name).iter_errors(obj))
@@ -64,7 +64,7 @@ def validate(obj, name: str, source: str | Path):
     message = error.message
     if len(message) > 200:
         message = message[:200] + "..."
-    raise SchemaError(f"{source}: field {field_path(error.absolute_path)}: {message} (schema {name})")
+    raise SchemaError(f"{source}: {field_path(error.absolute_path)}: {message} (schema {name})")
 
 
 def read_json(path: str | Path, name: str, what: str | None = None):

@@ -1,7 +1,7 @@
 """Rewrite the schema tables of docs/explanation-schema.md from finexl/schemas/*.schema.json.
 
-    python scripts/schema_docs.py           # rewrite the page
-    python scripts/schema_docs.py --check   # exit 1 if the page differs from the schemas (tests/test_validation.py)
+python scripts/schema_docs.py           # rewrite the page
+python scripts/schema_docs.py --check   # exit 1 if the page differs from the schemas (tests/test_validation.py)
 """
 
 import argparse

@@ -124,6 +124,8 @@ def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_resume_save
     old = os.umask(0o022)
     try:
         assert main(argv) == 0
+        for path in (out / LORA_WEIGHTS_NAME, out / "checkpoints" / "checkpoint-000002" / "trainable.safetensors"):
+            assert path.stat().st_mode & 0o777 == 0o644, path  # safetensors itself writes 0600
         (out / LORA_WEIGHTS_NAME).unlink()  # the final save is made again on resume: now on a full disk
         done = subprocess.run([sys.executable, "-c", LIMITED, *argv, "--resume"], capture_output=True, text=True,
                               timeout=300)  # fmt: skip

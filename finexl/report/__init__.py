@@ -133,7 +133,7 @@ def chart_rows(e: Explanation) -> list[dict]:
          "x_threshold": None if a.threshold is None else axis_x(a.threshold), "joint": a.joint_score,
          "joint_low": a.joint_interval[0] if a.joint_interval else None,
          "joint_high": a.joint_interval[1] if a.joint_interval else None, "joint_threshold": a.joint_threshold,
-         "why": "" if a.changed else not_changed_reason(a)}
+         "why": "" if a.changed else not_changed_reason(a), "above_null": a.above_null}
         for a in e.aspects
     ]  # fmt: skip
 

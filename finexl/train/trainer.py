@@ -51,6 +51,7 @@ from finexl.utils import (
     atomic_write_json,
     encode_prompts,
     give_default_mode,
+    give_default_modes,
     images_to_tensor,
     seed_everything,
     writing,
@@ -521,6 +522,7 @@ def _write_result(run: _Run, out_dir: Path, record: dict) -> None:
         else:
             run.pipe.save_pretrained(tmp)
         atomic_write_json(tmp / CONFIG_NAME, record)
+        give_default_modes(tmp)  # safetensors writes its files 0600
         _publish(tmp, out_dir, [p.name for p in tmp.iterdir()])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -125,17 +125,19 @@ def test_bad_label_lines_are_named(tmp_path, lines, message):
 
 
 def test_cli_score(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
     from finexl.cli import main
 
-    (tmp_path / "m1").mkdir()
-    expl = {"aspects": [{"aspect": "colour", "score": 0.4, "direction": "increase", "changed": True}]}
-    (tmp_path / "m1" / "explanation.json").write_text(json.dumps(expl))
+    (tmp_path / "m1").mkdir()  # a whole explanation: every file bench score reads is checked against its schema
+    shutil.copy(Path(__file__).parents[1] / "narrate" / "red_explanation.json", tmp_path / "m1" / "explanation.json")
     (tmp_path / "labels.jsonl").write_text(
         '{"model": "m1", "aspect": "colour", "direction": "increase", "level": 2}\n'
     )
     assert main(["bench", "score", str(tmp_path / "labels.jsonl"), str(tmp_path / "m1")]) == 0
     assert "f1" in capsys.readouterr().out
-    (tmp_path / "bad.jsonl").write_text('{"model": "m1", "aspect": "pose", "direction": "increase", "level": 2}\n')
+    (tmp_path / "bad.jsonl").write_text('{"model": "m1", "aspect": "glitter", "direction": "increase", "level": 2}\n')
     assert main(["bench", "score", str(tmp_path / "bad.jsonl"), str(tmp_path / "m1")]) == 2
     assert "bad.jsonl:1: unknown aspect" in capsys.readouterr().err
 

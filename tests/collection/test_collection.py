@@ -40,7 +40,7 @@ def test_manifests_stop_on_duplicates_and_unknown_columns_and_mark_bad_rows(tmp_
     assert (a.path, a.scale, a.tags, a.problem) == (str(tmp_path / "a.safetensors"), 0.5, ("red", "bold"), None)
     assert b.problem == "line 3: no path" and c.problem.endswith("nope does not exist")
     (tmp_path / "bad-id.csv").write_text("id,path\nd/x,a\n")  # an id that cannot be a folder name: the schema's
-    with pytest.raises(ManifestError, match=r"line 2: field id: 'd/x' does not match"):
+    with pytest.raises(ManifestError, match=r"line 2: id: 'd/x' does not match"):
         read_manifest(tmp_path / "bad-id.csv")
     (tmp_path / "bad.csv").write_text("id,path,weight\n")
     with pytest.raises(ManifestError, match="line 1: unknown column"):

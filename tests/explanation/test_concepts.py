@@ -36,7 +36,7 @@ def test_shipped_banks_load_and_real_bank_is_large_and_broad():
         ({"colour": {"concepts": ["red", "  "]}}, "empty phrase"),
         ({"blur": {"concepts": [{"phrase": "blurry", "antonym": ""}]}}, "empty phrase"),
         ({"colour": {"concepts": []}}, "non-empty"),
-        ({"colour": {"concepts": [{"phrase": "red", "opposite": "green"}]}}, "phrase"),
+        ({"colour": {"concepts": [{"phrase": "red", "opposite": "green"}]}}, r"concepts\[0\].*'opposite'"),
     ],
 )
 def test_bad_banks_are_named(aspects, message):

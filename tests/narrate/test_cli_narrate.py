@@ -35,7 +35,7 @@ def test_explain_with_vlm_proposals_and_llm_sentences(tmp_path, tiny_pipeline_di
     assert expl["concept_bank"]["proposed"] == [] and "HTTP 500" in expl["concept_bank"]["proposal_note"]
     (tmp_path / "bad.json").write_text("{}")
     assert main(["narrate", str(tmp_path / "bad.json")]) == 2
-    assert "not an explanation" in capsys.readouterr().err
+    assert "'method' is a required property" in capsys.readouterr().err
 
 
 def test_a_dropping_chat_server_loses_nothing_and_no_secret_is_saved(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
