@@ -16,7 +16,8 @@ from pathlib import Path
 
 from finexl.errors import InputError, MissingInputError
 
-SCHEMAS = ("explanation", "samples", "label", "manifest", "train_record", "concept_bank", "failures")
+SCHEMAS = ("explanation", "samples", "label", "manifest", "train_record", "concept_bank", "failures", "captions",
+           "caption_line", "checkpoint_state", "truth", "bench_results")  # fmt: skip
 
 
 class SchemaError(InputError):

@@ -94,3 +94,24 @@ def test_render_pixels_match_the_library(tmp_path):
     assert sample_aspects(rng) == aspects
     expected = render(aspects, seed=int(rng.integers(2**31)))
     np.testing.assert_array_equal(np.asarray(Image.open(out / record["file"])), expected)
+
+
+def test_explain_is_quiet_by_default_with_one_bar_and_loaders_speak_with_verbose(tmp_path):
+    """A fresh process, as a user runs it: library warnings that are not the user's business and the loaders' bars
+    only with -v; finexl's own bar over the pairs, and a line for the maps."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "finexl.cli", "explain", "--lora", "toy:red", "--samples", "4", "--bootstrap",
+            "10", "--report-pairs", "2", "--out", str(tmp_path / "r"), "--cache", str(tmp_path / "cache")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}  # as a user's shell has it
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    for noise in ("requires torchvision", "Loading pipeline components", "Loading weights", "1/1"):
+        assert noise not in quiet.stderr, noise
+    assert "explain: 100%" in quiet.stderr and "4/4" in quiet.stderr and "maps of" in quiet.stderr
+    argv[argv.index("--cache") + 1] = str(tmp_path / "cache-2")  # the pipeline loads again: nothing cached
+    verbose = subprocess.run([*argv, "--overwrite", "-v"], capture_output=True, text=True, timeout=300, env=env)
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "Loading pipeline components" in verbose.stderr and "Loading weights" in verbose.stderr

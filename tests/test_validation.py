@@ -189,3 +189,57 @@ def test_a_bad_failures_file_is_one_line(tmp_path, capsys):
     (out / "failures.json").write_text(json.dumps({"a": {"entry": {"id": "a"}, "error": NAN}}))
     fails_in_one_line(capsys, ["index", "rebuild", str(out)], "failures.json", "a.error")
     assert not (out / "index.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [("metadata.json", '[{"file": "", "caption": "a shape"}]', "[0].file"),
+     ("metadata.jsonl", '{"file_name": "a.png"}\n', "line 1 of"),
+     ("metadata.jsonl", '{"file_name": "a.png", "text": "a shape", "caption": 7}\n', "caption")],
+)  # fmt: skip
+def test_bad_training_captions_are_one_line(tmp_path, capsys, name, content, needle):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(data / "a.png")
+    (data / name).write_text(content)
+    argv = ["train", "lora", "--data", str(data), "--out", str(tmp_path / "out"), "--max-steps", "1"]
+    fails_in_one_line(capsys, argv, name, needle)
+    assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_a_bad_checkpoint_state_is_one_line(tmp_path):
+    from finexl.train.checkpoint import CheckpointError, load_checkpoint
+
+    folder = tmp_path / "checkpoint-000002"
+    folder.mkdir()
+    for state in ('{"step": NaN}', '{"step": "2"}', '{"identity": {}}'):
+        (folder / "state.json").write_text(state)
+        with pytest.raises(CheckpointError, match=r"state.json: .*step|'step' is a required") as info:
+            load_checkpoint(folder)
+        assert "\n" not in str(info.value)
+
+
+def test_a_bad_truth_record_is_one_line(tmp_path):
+    from finexl.bench.runner import load_truths
+    from finexl.bench.suites import suite_models
+
+    model = suite_models("quick")[0]
+    folder = tmp_path / "quick" / "models" / model.id
+    folder.mkdir(parents=True)
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (folder / "truth.json").write_text(json.dumps({"id": model.id, "kind": 3}))
+    with pytest.raises(SchemaError, match=r"truth.json: kind: 3 is not of type 'string'"):
+        load_truths(tmp_path, ["quick"])
+
+
+def test_bad_benchmark_results_are_one_line(tmp_path, capsys):
+    good = ROOT / "docs" / "results" / "bench.json"
+    data = json.loads(good.read_text())
+    first = data["records"][0]
+    aspect = next(iter(first["methods"]["finexl"]["aspects"]))
+    first["methods"]["finexl"]["aspects"][aspect]["score"] = NAN
+    bad = tmp_path / "bench.json"
+    bad.write_text(json.dumps(data))
+    fails_in_one_line(capsys, ["bench", "compare", str(bad)], str(bad), f"records[0].methods.finexl.aspects.{aspect}")

@@ -400,17 +400,14 @@ def comparison_table(comparison: dict) -> str:
 def compare_bench(results: str | Path, reference: str = "finexl", n_resamples: int = 2000, seed: int = 0,
                   level: float = 0.95) -> dict:  # fmt: skip
     """:func:`compare_methods` on the records of a ``finexl bench run --json`` file."""
-    import json
 
     from finexl.errors import InputError
+    from finexl.validation import load_json, validate
 
-    try:
-        obj = json.loads(Path(results).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read benchmark results {results}: {err}") from err
-    records = obj.get("records") if isinstance(obj, dict) else None
-    if not records:
+    obj = load_json(results, "benchmark results")
+    if not (isinstance(obj, dict) and obj.get("records")):
         raise InputError(f"{results} holds no per-model records: write it with `finexl bench run ... --json FILE`")
+    records = validate(obj, "bench_results", results)["records"]
     if not 0 < level < 1:
         raise ConfigError(f"--level must lie between 0 and 1, got {level}")
     methods = obj.get("config", {}).get("methods") or list(records[0]["methods"])

@@ -9,7 +9,6 @@ identifier), and score with every method, all through the one explain pipeline
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +54,7 @@ class SuiteError(InputError):
 def load_truths(suites_dir: str | Path, names: list[str]) -> list[dict]:
     """The truth record of every model of the named suites; a listed model without its files is an error."""
     from finexl.bench.suites import suite_models
+    from finexl.validation import read_json
 
     out = []
     for name in names:
@@ -65,7 +65,8 @@ def load_truths(suites_dir: str | Path, names: list[str]) -> list[dict]:
             path = folder / "models" / model.id
             if not (path / "truth.json").is_file() or not (path / "pytorch_lora_weights.safetensors").is_file():
                 raise SuiteError(f"suite {name!r}: model {model.id} is missing from {folder / 'models'}")
-            out.append(json.loads((path / "truth.json").read_text()) | {"path": str(path), "suite": name})
+            truth = read_json(path / "truth.json", "truth", "truth record")
+            out.append(truth | {"path": str(path), "suite": name})
     return out
 
 

@@ -16,7 +16,6 @@ measures on the outputs is what really changed (see :mod:`finexl.toyworld.measur
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from finexl.errors import ConfigError
 from finexl.utils import atomic_dir, atomic_write_json, give_default_mode
+from finexl.validation import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
         if model.id in records:
             continue  # built with its family
         if (folder / "truth.json").is_file():
-            records[model.id] = json.loads((folder / "truth.json").read_text())
+            records[model.id] = read_json(folder / "truth.json", "truth", "truth record")
             built_with = records[model.id].get("build")
             if built_with != asdict(cfg):  # one suite, one recipe: never a mix of two builds' settings
                 raise ConfigError(

@@ -230,6 +230,13 @@ def explain_many(
                         _write_model(conn, out, pipe, entry, digest_of[entry.id], explanation, report)
                         result.explained.append(entry.id)
                     bar.update()
+            # a base whose models were all done before still gets its embeddings file back if it was lost or damaged
+            for base, pipe in pipelines.items():
+                if any(e.id in result.skipped for e in groups[base]):
+                    try:
+                        write_base(out, pipe)
+                    except FinexlError as err:
+                        logger.warning("could not write the embeddings of base %s for search: %s", pipe.base_dir, err)
         finally:
             bar.close()
             if runner is not None:
@@ -248,6 +255,27 @@ def _record_failure(conn, out: Path, entry: Entry, error: str, result: ManyResul
     record_failure(out, _entry_record(entry), error)
     put_failed(conn, _entry_record(entry), error)
     result.failed[entry.id] = error
+
+
+def write_base(out: Path, pipe: ExplainPipeline) -> None:
+    """``OUT/bases/FINGERPRINT/embeddings.npz``: the base's (and null) embeddings of every pair the run may draw
+    (samples='auto' stops each model at its own count; search takes the first n), unless the file already holds
+    them; a missing, damaged or shorter file is written again."""
+    import io
+
+    from finexl.utils import atomic_write_bytes
+
+    base_file = out / BASES_DIR / pipe.base_fingerprint / EMBEDDINGS_FILE
+    wanted = list(range(pipe.config.seed, pipe.config.seed + pipe.config.n_pairs))
+    if _stored_seeds(base_file)[: len(wanted)] == wanted:
+        return
+    prompts, seeds, base, null = pipe.base_embeddings()
+    buffer = io.BytesIO()
+    arrays = {"base": base.astype(np.float32), "prompts": np.array(prompts), "seeds": np.array(seeds)}
+    if null is not None:
+        arrays["null"] = null.astype(np.float32)
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(base_file, buffer.getvalue())
 
 
 def _stored_seeds(path: Path) -> list[int]:
@@ -276,26 +304,14 @@ def _entry_record(entry: Entry) -> dict:
 def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: str, explanation, report: bool) -> None:
     """The model's folder, whole, then its index row (one transaction)."""
     from finexl.collection.index import put_explained, record_failure
-    from finexl.utils import atomic_dir, atomic_write_bytes
+    from finexl.utils import atomic_dir
 
     if explanation.sentences is None:
         explanation.narrate()  # templated sentences, stored for the index and search results
     emb = explanation.embeddings
     vdiv = (emb.tuned - emb.base).mean(axis=0)
     explanation.settings["collection"] = {"entry": _entry_record(entry), "digest": digest}
-    base_file = out / BASES_DIR / explanation.models["base"]["fingerprint"] / EMBEDDINGS_FILE
-    wanted = list(range(pipe.config.seed, pipe.config.seed + pipe.config.n_pairs))
-    if _stored_seeds(base_file)[: len(wanted)] != wanted:
-        # every pair the run may draw (samples='auto' stops each model at its own count; search takes the first n)
-        import io
-
-        prompts, seeds, base, null = pipe.base_embeddings()
-        buffer = io.BytesIO()
-        arrays = {"base": base.astype(np.float32), "prompts": np.array(prompts), "seeds": np.array(seeds)}
-        if null is not None:
-            arrays["null"] = null.astype(np.float32)
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(base_file, buffer.getvalue())
+    write_base(out, pipe)
     folder = out / MODELS_DIR / entry.id
     with atomic_dir(folder) as tmp:
         explanation.save(tmp, report=report, overwrite=True)

@@ -79,10 +79,15 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """``(weights, state, info)`` of one checkpoint folder; ``CheckpointError`` when it is damaged."""
+    from finexl.validation import SchemaError, validate
+
     try:
-        info = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        info = validate(json.loads((path / "state.json").read_text(encoding="utf-8")), "checkpoint_state",
+                        path / "state.json")  # fmt: skip
         weights = load_file(str(path / "trainable.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
+    except SchemaError as err:
+        raise CheckpointError(f"checkpoint {path} is damaged: {err}") from err
     except Exception as err:  # json, safetensors and torch raise several types for damaged files
         raise CheckpointError(f"checkpoint {path} is damaged: {err}") from err
     return weights, state, info

@@ -42,6 +42,16 @@ class ImageSet:
         return len(self.images)
 
 
+def _check(obj, schema: str, source) -> None:
+    """``obj`` against a shipped schema (``finexl/schemas``); a mismatch is a :class:`DataError` in one line."""
+    from finexl.validation import SchemaError, validate
+
+    try:
+        validate(obj, schema, source)
+    except SchemaError as err:
+        raise DataError(str(err)) from err
+
+
 def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
     """``(relative file, caption)`` from a metadata file, or ``None`` when the folder has no metadata file."""
     if (folder / "metadata.json").is_file():
@@ -52,12 +62,11 @@ def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
             raise DataError(f"caption file {source} is not valid JSON: {err}") from err
         if not isinstance(records, list):
             raise DataError(f"caption file {source} must hold a list of {{'file', 'caption'}} records")
-        out = []
         for i, r in enumerate(records):
             if not isinstance(r, dict) or not isinstance(r.get("file"), str) or not isinstance(r.get("caption"), str):
                 raise DataError(f"record {i} of {source} needs a string 'file' and a string 'caption'")
-            out.append((r["file"], r["caption"]))
-        return out
+        _check(records, "captions", source)
+        return [(r["file"], r["caption"]) for r in records]
     if (folder / "metadata.jsonl").is_file():
         source = folder / "metadata.jsonl"
         out = []
@@ -75,6 +84,7 @@ def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
             text = r.get("text", r.get("caption")) if isinstance(r, dict) else None
             if not isinstance(r, dict) or not isinstance(r.get("file_name"), str) or not isinstance(text, str):
                 raise DataError(f"line {n} of {source} needs a string 'file_name' and a string 'text'")
+            _check(r, "caption_line", f"{source}:{n}")
             out.append((r["file_name"], text))
         return out
     return None

@@ -10,7 +10,7 @@ import pytest
 from finexl.cli import main
 from finexl.collection import explain_many, rebuild_index, search, show
 from finexl.collection.manifest import ManifestError, read_manifest
-from finexl.errors import ConfigError, MissingInputError
+from finexl.errors import ConfigError, InputError, MissingInputError
 from finexl.explanation.pipeline import ExplainConfig
 from finexl.sampling import SamplerConfig
 
@@ -215,3 +215,11 @@ def test_a_collection_made_with_the_defaults_is_searchable(tmp_path):
     assert red.score == pytest.approx(direct["score"]) and red.interval == pytest.approx(direct["interval"])
     with pytest.raises(ConfigError, match="tokens"):
         search(out, " ".join(["red"] * 80))
+    # a damaged base file: search says so in one line, and the next run (every model skipped) writes it again
+    base_file = out / "bases" / fp / "embeddings.npz"
+    base_file.write_bytes(base_file.read_bytes()[:200])
+    with pytest.raises(InputError, match="damaged"):
+        search(out, "red")
+    again = explain_many(manifest, out, ExplainConfig(cache_dir=str(tmp_path / "cache")), report=False)
+    assert sorted(again.skipped) == ["off", "red"] and again.explained == []
+    assert [(h.id, h.score, h.interval) for h in search(out, "red")] == [(h.id, h.score, h.interval) for h in hits]
