@@ -218,10 +218,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, overwrite: b
     no ``out``) is made from the folder's files and is always made again; another ``out`` that exists is replaced
     only with ``overwrite``."""
     loaded = load_folder(folder)
-    own = loaded.folder / REPORT_FILE
-    path = Path(out) if out else own
-    own_page = path.resolve() == own.resolve() and out is None
-    return _write(path, render_report(loaded.explanation, loaded.samples), overwrite or own_page)
+    path = Path(out) if out else loaded.folder / REPORT_FILE
+    return _write(path, render_report(loaded.explanation, loaded.samples), overwrite or out is None)
 
 
 COLOURS = ("#c2410c", "#1d4ed8", "#15803d", "#7e22ce", "#b45309", "#0e7490", "#be185d", "#4d7c0f")

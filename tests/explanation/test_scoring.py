@@ -73,14 +73,19 @@ def _vivid_near_bright(rng, d):
     return directions, bright_axis / np.linalg.norm(bright_axis), vivid_axis / np.linalg.norm(vivid_axis)
 
 
+def _bright_shift(d: int = 24, n: int = 96):
+    """A pure brightness shift of seeded base embeddings, with null embeddings and the vivid-near-bright bank."""
+    rng = np.random.default_rng(3)
+    directions, unit, _ = _vivid_near_bright(rng, d)
+    base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
+    return rng, directions, unit, base, null_base, base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
+
+
 def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fit_needs():
     # "vivid" (saturation) is built to lie close to "bright" (brightness): a pure brightness shift moves the outputs
     # along both axes, so both get a projection score, but only brightness is needed to explain it
-    rng = np.random.default_rng(3)
-    d, n = 24, 96
-    directions, unit, _ = _vivid_near_bright(rng, d)
-    base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
-    tuned = base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
+    rng, directions, unit, base, null_base, tuned = _bright_shift()
+    d, n = base.shape[1], len(base)
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
     by = {a["aspect"]: a for a in res["aspects"]}
     assert by["brightness"]["changed"] and by["brightness"]["direction"] == "increase"
@@ -122,11 +127,7 @@ def test_aspects_reported_as_changed_come_first_even_when_a_correlated_one_score
 def test_the_changed_rule_is_the_one_stated_and_a_correlated_aspect_is_accounted_for_by_the_change():
     # a pure brightness shift: saturation ("vivid" lies close to "bright") clears its own null, but the joint fit
     # explains the shift with brightness alone, and brightness's part of the fit accounts for saturation's score
-    rng = np.random.default_rng(3)
-    d, n = 24, 96
-    directions, unit, vivid = _vivid_near_bright(rng, d)
-    base, null_base = rng.normal(size=(n, d)) * 0.3, rng.normal(size=(n, d)) * 0.3
-    tuned = base + 0.4 * unit + rng.normal(size=(n, d)) * 0.02
+    _, directions, _, base, null_base, tuned = _bright_shift()
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
     for a in res["aspects"]:  # CHANGED is exactly: interval above the null, and the joint interval above its own
         both = a["interval"][0] > a["threshold"] and a["joint_interval"][0] > a["joint_threshold"]
