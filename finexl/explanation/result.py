@@ -243,7 +243,9 @@ def changed_rule(confidence: float, joint: bool) -> str:
 
 def accounted_text(a: dict) -> str:
     """Which CHANGED aspects account for an aspect's score: 'colour accounts for 0.10 of its 0.21'."""
-    shares = {k: v for k, v in (a.get("accounted_for") or {}).items() if v >= 0.005}
+    if a.get("accounted_for") is None:  # an explanation made before finexl computed it, or without a joint fit
+        return "which CHANGED aspects account for it was not computed"
+    shares = {k: v for k, v in a["accounted_for"].items() if v >= 0.005}
     if not shares:
         return "no CHANGED aspect accounts for it"
     names = " and ".join(shares)
