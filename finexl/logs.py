@@ -2,8 +2,9 @@
 
 transformers warns on every CLIP load that torchvision is missing and it uses its PIL image processor instead: the
 PIL processor is the one finexl means to use (torchvision is deliberately absent, see ``finexl/compat.py``), so the
-warning says nothing a user can act on. Such records are logged again at DEBUG under ``finexl.logs`` (``-v`` shows
-them) and dropped from the library's own output. Anything else a library says still reaches the user.
+warning says nothing a user can act on. Such records are logged again at DEBUG under ``finexl.logs`` (for a caller
+that logs at that level) and dropped from the library's own output. Anything else a library says still reaches the
+user.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -453,12 +455,9 @@ class ExplainPipeline:
         plan = rounds(cfg.auto_round, cfg.auto_round, cfg.auto_cap) if auto else [cfg.samples]
         bar = tqdm(total=plan[-1], desc="explain", unit="pair", disable=not self.progress, dynamic_ncols=True)
         bar.set_postfix_str(f"round 1 of at most {len(plan)}" if auto else "sampling")
-        self._batch_bars = False
         t = time.perf_counter()
-        try:
+        with self._no_batch_bars():
             images = self.sample(target, checked, n=plan[0])
-        finally:
-            self._batch_bars = self.progress
         timings["sample"] = time.perf_counter() - t
 
         # 3. optional concept proposals by a vision-language model shown the pairs
@@ -480,11 +479,8 @@ class ExplainPipeline:
         for k, n in enumerate(plan):
             if k:
                 t = time.perf_counter()
-                self._batch_bars = False
-                try:
+                with self._no_batch_bars():
                     images = self.sample(target, checked, n=n)
-                finally:
-                    self._batch_bars = self.progress
                 timings["sample"] += time.perf_counter() - t
                 t = time.perf_counter()
                 embeddings = self.embed(images, previous=embeddings)
@@ -588,6 +584,15 @@ class ExplainPipeline:
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _no_batch_bars(self) -> Iterator[None]:
+        """No bar per batch of images while the explanation's own bar over its rounds runs."""
+        self._batch_bars = False
+        try:
+            yield
+        finally:
+            self._batch_bars = self.progress
 
     def _base(self):
         """The base pipeline, with the base's exact weights (a LoRA of an earlier stage switched off)."""
