@@ -1,6 +1,7 @@
 """Scores: the documented formula, aggregation to concepts and aspects, and the null threshold."""
 
 import numpy as np
+import pytest
 
 from finexl.explanation.concepts import ConceptDirections, parse_concept_bank
 from finexl.explanation.result import format_explanation
@@ -146,3 +147,56 @@ def test_the_changed_rule_is_the_one_stated_and_a_correlated_aspect_is_accounted
                                 confidence=0.99)  # fmt: skip
     low, high = {a["aspect"]: a for a in wide["aspects"]}["brightness"]["interval"]
     assert high - low > by["brightness"]["interval"][1] - by["brightness"]["interval"][0]
+
+
+def test_the_null_keeps_the_false_positive_rate_on_seeded_null_worlds():
+    """Worlds with no change at all (the personalized and null embeddings are other draws of the base's
+    distribution): over 40 seeded worlds and 3 aspects, CHANGED is rare, as the 95% null quantile and the joint fit's
+    own null promise. A null without its random swaps, or thresholds at 0, call most of them changed."""
+    flags = []
+    for seed in range(40):
+        rng, bank, directions, base = _world(seed=seed, n=48)
+        tuned, null_base = rng.normal(size=base.shape), rng.normal(size=base.shape)
+        res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=40, n_null=40,
+                                   seed=seed)  # fmt: skip
+        flags.extend(a["changed"] for a in res["aspects"])
+    assert len(flags) == 120 and np.mean(flags) <= 0.05
+
+
+def test_the_null_swaps_each_pair_at_random():
+    """The null fits the base against itself with each pair's two images swapped at random: its signed row scores
+    vary from draw to draw and centre on zero (a swap flips a pair's sign), whatever the fixed difference is."""
+    from finexl.explanation.decompose import make_estimator
+    from finexl.explanation.scoring import null_row_scores
+
+    rng, bank, directions, base = _world(seed=1, n=64)
+    design = directions.design("axes")
+    null_base = base + 0.5 + rng.normal(size=base.shape) * 0.1  # other seeds that differ systematically
+    spread = spreads(np.concatenate([base, null_base]), design.rows)
+    scores, joint = null_row_scores(make_estimator("finexl"), design, base, null_base, spread, n_null=200, seed=0)
+    assert scores.shape == (200, len(design.rows)) and joint.shape == scores.shape
+    assert (scores.std(axis=0) > 0).all()
+    # without swaps every draw would be the same large one-signed move; with them it centres on zero
+    fixed = decompose_divergence(base, null_base, directions, "finexl", n_bootstrap=10)["aspects"]
+    assert max(a["score"] for a in fixed) > 0.2
+    two = design.two_sided  # antonym axes take either sign (a value without an antonym only moves toward itself)
+    assert two.sum() == 2 and (np.abs(scores[:, two].mean(axis=0)) < 0.3 * scores[:, two].std(axis=0)).all()
+
+
+def test_the_thresholds_are_the_null_quantiles_of_both_fits():
+    from finexl.explanation.decompose import make_estimator
+    from finexl.explanation.scoring import null_row_scores
+
+    rng, bank, directions, base = _world(seed=2, n=48)
+    tuned, null_base = base + rng.normal(size=base.shape) * 0.2, rng.normal(size=base.shape)
+    res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=30, n_null=60,
+                               null_quantile=0.9, seed=5)  # fmt: skip
+    design = directions.design("axes")
+    spread = spreads(np.concatenate([base, tuned]), design.rows)
+    null, joint = null_row_scores(make_estimator("finexl"), design, base, null_base, spread, 60, seed=6)  # seed + 1
+    expected = np.quantile(aggregate(null, design, bank).aspect, 0.9, axis=0)
+    expected_joint = np.quantile(aggregate(joint, design, bank).aspect, 0.9, axis=0)
+    by = {a["aspect"]: a for a in res["aspects"]}
+    for i, name in enumerate(bank.aspects):
+        assert by[name]["threshold"] == pytest.approx(expected[i]) and by[name]["threshold"] > 0
+        assert by[name]["joint_threshold"] == pytest.approx(expected_joint[i])
