@@ -176,7 +176,10 @@ def accounted_for(
     parts = {c: weights[member == c] @ design.rows[member == c] for c in np.flatnonzero(changed)}  # (d,) each
     out = {}
     for a, name in enumerate(bank.aspects):
-        if changed[a] or not above[a] or not parts:
+        if changed[a] or not above[a]:
+            continue
+        if not parts:  # nothing is CHANGED, so nothing accounts for it
+            out[name] = {}
             continue
         rows = np.flatnonzero(design.concept_index == agg.aspect_concept[0, a])
         r = rows[np.argmax(np.abs(point[rows]))]

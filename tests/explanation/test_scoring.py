@@ -200,3 +200,17 @@ def test_the_thresholds_are_the_null_quantiles_of_both_fits():
     for i, name in enumerate(bank.aspects):
         assert by[name]["threshold"] == pytest.approx(expected[i]) and by[name]["threshold"] > 0
         assert by[name]["joint_threshold"] == pytest.approx(expected_joint[i])
+
+
+def test_with_nothing_changed_an_aspect_above_its_null_is_accounted_for_by_nothing():
+    from finexl.explanation.result import accounted_text
+    from finexl.explanation.scoring import accounted_for
+
+    _, bank, directions, base = _world(seed=0)
+    design = directions.design("axes")
+    point = np.full(len(design.rows), 0.2)
+    agg = aggregate(point, design, bank)
+    none = np.zeros(len(bank.aspects), dtype=bool)
+    out = accounted_for(point, point, agg, design, bank, np.ones(len(design.rows)), none, ~none)
+    assert out == {a: {} for a in bank.aspects}
+    assert accounted_text({"accounted_for": {}, "score": 0.2}) == "no CHANGED aspect accounts for it"
