@@ -23,7 +23,6 @@ from scipy.stats import spearmanr
 from finexl.errors import InputError, MissingInputError
 from finexl.validation import SchemaError, validate
 
-DIRECTIONS = ("increase", "decrease", "none")
 FIELDS = {"model", "aspect", "direction", "level", "text"}
 
 
