@@ -19,9 +19,10 @@ user can cause is a :class:`FinexlError`.
 
 from __future__ import annotations
 
+import importlib
 from importlib.util import find_spec as _find_spec
 
-__version__ = "0.1.0"
+from finexl.version import __version__
 
 # public name -> module that defines it
 _API = {
@@ -56,7 +57,6 @@ __all__ = ["__version__", *_API]
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'finexl' has no attribute {name!r}")
-    import importlib
 
     value = getattr(importlib.import_module(_API[name]), name)
     globals()[name] = value

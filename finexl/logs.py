@@ -10,6 +10,7 @@ user.
 from __future__ import annotations
 
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def quiet_library_warnings() -> None:
 def honour_hub_progress_switch() -> None:
     """diffusers' loading bars follow ``HF_HUB_DISABLE_PROGRESS_BARS`` as transformers' and the hub's do (diffusers
     itself ignores it): the one switch for every loading bar. The CLI sets it unless ``-v``."""
-    import os
 
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").upper() in ("1", "ON", "YES", "TRUE"):
         from diffusers.utils import logging as diffusers_logging

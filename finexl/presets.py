@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finexl.errors import ConfigError
+from finexl.loading.pipelines import TOY_BASE
+from finexl.toyworld.evaluate import NEUTRAL_PROMPTS
+from finexl.utils import data_dir
 
 PRESETS = ("toy",)
 
@@ -29,13 +32,11 @@ class Preset:
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name`` (only ``toy`` exists)."""
-    from finexl.toyworld.evaluate import NEUTRAL_PROMPTS
-    from finexl.utils import data_dir
 
     if name != "toy":
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     root = data_dir()
-    return Preset("toy", root / "toy_sd", "toy", "toy", tuple(NEUTRAL_PROMPTS), root / "toy_judge")
+    return Preset("toy", root / TOY_BASE, "toy", "toy", tuple(NEUTRAL_PROMPTS), root / "toy_judge")
 
 
 def toy_base() -> Path:

@@ -8,13 +8,13 @@ pipelines sampled on the same (prompt, seed) therefore start from the same initi
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from finexl.errors import BackendError, ConfigError, NumericalError
+from finexl.config import Config, setting
+from finexl.errors import BackendError, NumericalError
 
 logger = logging.getLogger(__name__)
 
@@ -28,26 +28,21 @@ SCHEDULERS = {
 
 
 @dataclass
-class SamplerConfig:
-    num_inference_steps: int = 25
-    guidance_scale: float = 4.0
-    height: int = 32
-    width: int = 32
-    batch_size: int = 64
-    scheduler: str = "default"  # "default": the pipeline's own; else one of SCHEDULERS
+class SamplerConfig(Config):
+    """How images are sampled from a pipeline."""
 
-    def __post_init__(self) -> None:
-        if self.scheduler != "default" and self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose default (the pipeline's own) or one of "
-                              f"{', '.join(SCHEDULERS)}")  # fmt: skip
-        if self.num_inference_steps < 1:
-            raise ConfigError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise ConfigError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
-        if self.height < 8 or self.width < 8:
-            raise ConfigError(f"height and width must be >= 8 pixels, got {self.height} x {self.width}")
+    num_inference_steps: int = setting(25, minimum=1, flag="--steps", help="sampler steps")
+    guidance_scale: float = setting(4.0, minimum=0, help="classifier-free guidance")
+    height: int = setting(32, minimum=8, cli=False, help="image height in pixels")
+    width: int = setting(32, minimum=8, cli=False, help="image width in pixels")
+    batch_size: int = setting(64, minimum=1, help="images generated at once (halved on out-of-memory)")
+    scheduler: str = setting(
+        "default",
+        choices=("default", *SCHEDULERS),
+        help="sampler: 'default' is the "
+        "pipeline's own; dpm++ (DPM-Solver++ 2M) and unipc are multistep solvers for fewer "
+        "steps, built from the pipeline's scheduler config",
+    )
 
 
 class BadImagesError(NumericalError, ValueError):
@@ -132,8 +127,9 @@ def sample_images(
     return out
 
 
-def _sample_into(out: np.ndarray, pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, progress: bool
-                 ) -> None:  # fmt: skip
+def _sample_into(
+    out: np.ndarray, pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, progress: bool
+) -> None:
     import torch
 
     batch, start = config.batch_size, 0
@@ -156,16 +152,19 @@ def _sample_into(out: np.ndarray, pipe, prompts: list[str], seeds: list[int], co
         except RuntimeError as err:  # torch's OutOfMemoryError is one
             if _compile_failed(err):
                 reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-                raise BackendError(f"torch.compile could not compile the denoiser ({reason}); run without "
-                                   f"--compile") from err  # fmt: skip
+                raise BackendError(
+                    f"torch.compile could not compile the denoiser ({reason}); run without --compile"
+                ) from err
             if not _out_of_memory(err):
                 raise
             if batch == 1:
-                raise BackendError(f"out of memory even one image at a time at {config.height}x{config.width}: "
-                                   f"{err}") from err  # fmt: skip
+                raise BackendError(
+                    f"out of memory even one image at a time at {config.height}x{config.width}: {err}"
+                ) from err
             batch = max(1, min(batch, len(batch_prompts)) // 2)
-            logger.warning("out of memory with %d images at once; going on with batches of %d", len(batch_prompts),
-                           batch)  # fmt: skip
+            logger.warning(
+                "out of memory with %d images at once; going on with batches of %d", len(batch_prompts), batch
+            )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue

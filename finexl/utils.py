@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from finexl.errors import MissingInputError, OutputError
 
@@ -19,6 +24,13 @@ logger = logging.getLogger(__name__)
 # what reading a damaged cache file raises (a truncated .npz: BadZipFile or EOFError; bad JSON: ValueError): such an
 # entry is recomputed with a warning, never fatal
 CACHE_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+def default_cache_dir() -> Path:
+    """``$FINEXL_CACHE``, else ``$XDG_CACHE_HOME/finexl``, else ``~/.cache/finexl``."""
+    if os.environ.get("FINEXL_CACHE"):
+        return Path(os.environ["FINEXL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finexl"
 
 
 def data_dir() -> Path:
@@ -169,37 +181,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-TRAIN_RECORD = "finexl_train_config.json"
-
-
-def train_record(cfg, steps_done: int, seconds: float, continued_from: dict | None = None, **extra) -> dict:
-    """What a training run saves as ``finexl_train_config.json`` beside its weights: its config (a dataclass), the
-    steps done, the wall seconds, any ``extra`` figures, and, for a run that continued another, that run's record
-    under ``continued_from`` (read it with :func:`read_train_record` before the run saves anything: a run may write
-    over the folder it continues)."""
-    from dataclasses import asdict
-
-    record = {**asdict(cfg), "steps_done": steps_done, "seconds": round(seconds, 1), **extra}
-    if continued_from is not None:
-        record["continued_from"] = continued_from
-    return record
-
-
-def read_train_record(folder: str | Path | None) -> dict | None:
-    """The ``finexl_train_config.json`` of a model folder, checked against its schema; None (no folder given, or
-    none recorded). A damaged record is an error naming the file."""
-    from finexl.validation import read_json
-
-    if folder is None:
-        return None
-    path = Path(folder) / TRAIN_RECORD
-    return read_json(path, "train_record", "training record") if path.is_file() else None
-
-
 def seed_everything(seed: int) -> None:
-    import random
 
-    import numpy as np
     import torch
 
     random.seed(seed)
@@ -214,7 +197,6 @@ class TrainingClock:
     """
 
     def __init__(self, steps: int, max_minutes: float, warmup: int, lr: float, final_fraction: float = 0.05):
-        import time
 
         self.steps, self.max_minutes, self.warmup, self.lr = steps, max_minutes, warmup, lr
         self.final_fraction = final_fraction
@@ -228,7 +210,6 @@ class TrainingClock:
         return max(step / self.steps, self.elapsed() / 60.0 / self.max_minutes)
 
     def set_lr(self, optimizer, step: int) -> float:
-        import math
 
         p = min(self.progress(step), 1.0)
         cosine = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * p))

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+
 from finexl.errors import InputError, MissingInputError
 
-SCHEMAS = ("explanation", "samples", "label", "manifest", "train_record", "concept_bank", "failures", "captions",
-           "caption_line", "checkpoint_state", "truth", "bench_results")  # fmt: skip
+SCHEMAS = (
+    "explanation",
+    "samples",
+    "label",
+    "manifest",
+    "train_record",
+    "concept_bank",
+    "failures",
+    "captions",
+    "caption_line",
+    "checkpoint_state",
+    "truth",
+    "bench_results",
+)
 
 
 class SchemaError(InputError):
@@ -33,11 +49,9 @@ def schema(name: str) -> dict:
 
 @cache
 def _validator(name: str):
-    from jsonschema import Draft202012Validator, validators
 
     def finite_number(checker, value) -> bool:  # JSON has no NaN or infinity; Python's json reads them
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))  # fmt: skip
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
     checker = Draft202012Validator.TYPE_CHECKER.redefine("number", finite_number)
     kind = validators.extend(Draft202012Validator, type_checker=checker)
@@ -57,7 +71,6 @@ def field_path(parts) -> str:
 def validate(obj, name: str, source: str | Path):
     """``obj`` checked against schema ``name``; returns it. The first problem (the deepest, most specific one) in
     one line: ``SOURCE: aspects[0].score: nan is not of type 'number'``."""
-    from jsonschema.exceptions import best_match
 
     error = best_match(_validator(name).iter_errors(obj))
     if error is None:
@@ -106,8 +119,9 @@ def _type_of(spec: dict, defs: dict) -> str:
     out = " or ".join(kinds)
     if "array" in kinds and "items" in spec and "type" in spec["items"]:
         out = out.replace("array", f"array of {_type_of(spec['items'], defs)}")
-    bounds = [f"{k} {spec[k]}" for k in ("minimum", "maximum", "exclusiveMaximum", "minItems", "maxItems")
-              if k in spec]  # fmt: skip
+    bounds = [
+        f"{k} {spec[k]}" for k in ("minimum", "maximum", "exclusiveMaximum", "minItems", "maxItems") if k in spec
+    ]
     return out + (f" ({', '.join(bounds)})" if bounds else "")
 
 
@@ -137,7 +151,6 @@ def fill_schema_tables(text: str) -> str:
     """``text`` (a Markdown page) with each block between ``<!-- schema:NAME -->`` and ``<!-- /schema:NAME -->``
     replaced by :func:`schema_table` of NAME (``python scripts/schema_docs.py`` rewrites the page, a test checks
     it)."""
-    import re
 
     def table(m: re.Match) -> str:
         return f"<!-- schema:{m.group(1)} -->\n{schema_table(m.group(1))}<!-- /schema:{m.group(1)} -->"

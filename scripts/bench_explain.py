@@ -14,7 +14,7 @@
    `finexl explain-many` of four models (the shipped red and darker LoRAs at strengths 1 and 0.5, no reports);
    compiled first with torch's compile cache empty (a fresh ``TORCHINDUCTOR_CACHE_DIR``), then with it warm.
 4. With ``--sd15 1,2`` (``--sdxl 1``): SD 1.5 (SDXL) at its published size with random weights
-   (`finexl.architectures`; speed only, never results), 512 px (1024 px), each batch size in a fresh process:
+   (`finexl.testing.architectures`; speed only, never results), 512 px (1024 px), each batch size in a fresh process:
    seconds per sampler step (classifier-free guidance included) and per VAE decode, per image, and the process's
    peak memory; then the extrapolated cost of an explanation on this CPU.
 
@@ -89,8 +89,8 @@ def real_child(kind: str, batch: int, threads: int) -> dict:
     is a step), and the VAE decode alone."""
     import torch
 
-    from finexl.architectures import build_pipeline, n_parameters
     from finexl.sampling import SamplerConfig, sample_images
+    from finexl.testing.architectures import build_pipeline, n_parameters
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

@@ -129,10 +129,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from finexl.architectures import build_clip, build_pipeline, n_parameters
     from finexl.explanation.embed import load_embedder
     from finexl.loading import torch_dtype
     from finexl.sampling import SamplerConfig, sample_images
+    from finexl.testing.architectures import build_clip, build_pipeline, n_parameters
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,8 +221,8 @@ def main() -> int:
     if args.explain:
         from safetensors.torch import save_file
 
-        from finexl.architectures import kohya_lora_state_dict
         from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
+        from finexl.testing.architectures import kohya_lora_state_dict
 
         best = max(rows, key=lambda r: r["images_per_s"])["batch"]
         base = work / "base"

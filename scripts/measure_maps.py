@@ -90,14 +90,14 @@ def main() -> None:
         e_b, e_t, e_n = (embedder.embed_images(x) for x in (base, tuned, null))
         result = decompose_divergence(e_b, e_t, directions, null_base=e_n, seed=args.seed)
         baseline = pixel_difference_maps(base, tuned)
-        for a in result["aspects"]:
-            if not a["changed"]:
+        for a in result.aspects:
+            if not a.changed:
                 continue
-            where = region(a["aspect"], mask_b, mask_t)
-            row = {"kind": kind, "spec": spec, "aspect": a["aspect"], "shifted": a["aspect"] in dict(mix),
-                   "score": round(a["score"], 3), "maps": None, "pixel_difference": None}  # fmt: skip
+            where = region(a.aspect, mask_b, mask_t)
+            row = {"kind": kind, "spec": spec, "aspect": a.aspect, "shifted": a.aspect in dict(mix),
+                   "score": round(a.score, 3), "maps": None, "pixel_difference": None}  # fmt: skip
             if where is not None:
-                u = aspect_direction(directions, a["concept"], a["direction"])
+                u = aspect_direction(directions, a.concept, a.direction)
                 maps = change_maps(embedder, base, tuned, u, steps=args.steps)
                 row["maps"] = round(float(np.nanmean(mass_on(maps, where))), 3)
                 row["pixel_difference"] = round(float(np.nanmean(mass_on(baseline, where))), 3)

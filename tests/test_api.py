@@ -98,7 +98,7 @@ def test_one_default_for_alpha_and_configs_check_their_fields():
         finexl.TrainConfig(lr=float("nan"))
     with pytest.raises(ConfigError, match="guidance_scale"):
         finexl.SamplerConfig(guidance_scale=float("nan"))
-    with pytest.raises(ConfigError, match="n_images and max_steps"):
+    with pytest.raises(ConfigError, match="max_steps must be >= 1, got 0"):
         finexl.BuildConfig(max_steps=0)
     with pytest.raises(ConfigError, match="unknown method"):
         finexl.BenchConfig(methods=("finexl", "magic"))

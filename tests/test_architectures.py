@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from finexl.architectures import CLIP_MEAN, VIT_L_14, build_clip
 from finexl.explanation.embed import load_embedder
+from finexl.testing.architectures import CLIP_MEAN, VIT_L_14, build_clip
 
 
 def test_build_clip_writes_a_folder_finexl_embeds_with_at_the_published_preprocessing(tmp_path):

@@ -56,10 +56,10 @@ def test_train_lora_refuses_to_clobber_and_resumes(red_data, tiny_pipeline_dir, 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--snapshots", "2,x"], "--snapshots expects comma-separated step counts"),
+        (["--snapshots", "2,x"], "argument --snapshots: expected positive step counts like 50,100,200, got '2,x'"),
         (["--rank", "0"], "argument --rank: expected an integer >= 1, got '0'"),
         (["--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
-        (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
+        (["--lr", "nan"], "argument --lr: expected a finite number > 0, got 'nan'"),
         (["--resolution", "33"], "not a multiple of the VAE factor 2"),
     ],
 )

@@ -132,9 +132,9 @@ def test_wrong_files_given_for_outputs_and_explanations_are_named(tmp_path, caps
 def test_a_damaged_cache_entry_is_recomputed_with_a_warning(tmp_path, monkeypatch, caplog):
     import numpy as np
 
-    from finexl import loading
     from finexl.explanation.concepts import load_concept_bank, text_directions
     from finexl.explanation.embed import load_embedder
+    from finexl.loading import fingerprints
 
     embedder, bank = load_embedder("toy"), load_concept_bank("toy")
     first = text_directions(embedder, bank, ["a shape"], tmp_path)
@@ -146,13 +146,13 @@ def test_a_damaged_cache_entry_is_recomputed_with_a_warning(tmp_path, monkeypatc
         np.testing.assert_allclose(again.raw, first.raw)
         assert "recomputing unreadable cached directions" in caplog.text
     monkeypatch.setenv("FINEXL_CACHE", str(tmp_path))
-    monkeypatch.setattr(loading, "FINGERPRINT_CACHE_BYTES", 0)  # every folder's digest goes through the cache
+    monkeypatch.setattr(fingerprints, "FINGERPRINT_CACHE_BYTES", 0)  # every folder's digest goes through the cache
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    digest = loading.fingerprint_folder(tmp_path / "model")
-    cache = tmp_path / loading.FINGERPRINT_CACHE_FILE
+    digest = fingerprints.fingerprint_folder(tmp_path / "model")
+    cache = tmp_path / fingerprints.FINGERPRINT_CACHE_FILE
     for damage in ('{"trunc', "[1, 2]", json.dumps({str((tmp_path / "model").resolve()): [1]})):
         cache.write_text(damage)
         caplog.clear()
-        assert loading.fingerprint_folder(tmp_path / "model") == digest
+        assert fingerprints.fingerprint_folder(tmp_path / "model") == digest
         assert isinstance(json.loads(cache.read_text()), dict)  # written anew

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from finexl.bench.metrics import expected_direction
 from finexl.errors import InputError, MissingInputError
+from finexl.explanation.result import Explanation
+from finexl.utils import atomic_write_text
 from finexl.validation import SchemaError, validate
 
 FIELDS = {"model", "aspect", "direction", "level", "text"}
@@ -71,8 +74,9 @@ def read_labels(path: str | Path, aspects: list[str] | None = None) -> list[Labe
             raise LabelError(f"{where}: level 0 goes with direction 'none' and only with it")
         key = (obj["model"], obj["aspect"])
         if key in seen:
-            raise LabelError(f"{where}: duplicate label for model {key[0]!r}, aspect {key[1]!r} (first on line "
-                             f"{seen[key]})")  # fmt: skip
+            raise LabelError(
+                f"{where}: duplicate label for model {key[0]!r}, aspect {key[1]!r} (first on line {seen[key]})"
+            )
         seen[key] = number
         labels.append(
             Label(str(obj["model"]), obj["aspect"], obj["direction"], obj["level"], str(obj.get("text", "")))
@@ -83,7 +87,6 @@ def read_labels(path: str | Path, aspects: list[str] | None = None) -> list[Labe
 
 
 def write_labels(path: str | Path, labels: list[Label]) -> None:
-    from finexl.utils import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(asdict(label)) + "\n" for label in labels))
 
@@ -97,7 +100,6 @@ def level_of(change: float) -> int:
 def labels_from_records(records: list[dict]) -> list[Label]:
     """The toy suites' ground truth as labels: each shifted aspect, with the level the judge measured (for a
     categorical aspect the change in the share of the target value); null models get level 0 on every aspect."""
-    from finexl.bench.metrics import expected_direction
 
     out = []
     for r in records:
@@ -152,7 +154,6 @@ def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
 def score_explanations(labels: str | Path, explanations: list[str | Path]) -> dict:
     """Score explanation files (or folders holding ``explanation.json``; the model id is the folder name, or the
     file's stem) against a JSONL label file. Two explanations with the same model id are refused."""
-    from finexl.explanation.result import Explanation
 
     loaded: dict[str, dict] = {}
     for path in explanations:

@@ -38,8 +38,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from finexl.errors import ConfigError
+from finexl.errors import ConfigError, InputError
+from finexl.narrate.templates import render
+from finexl.stats import bootstrap_sample, percentile_interval
 from finexl.toyworld.aspects import CATEGORICAL_BY_NAME
+from finexl.validation import load_json, validate
 
 
 def expected_direction(target: str) -> str:
@@ -118,8 +121,10 @@ def _families(single: list[dict]) -> list[tuple[str, str, list[dict]]]:
     out = []
     for suite in suites:
         for aspect in sorted({r["shifts"][0][0] for r in single if r.get("suite", "") == suite}):
-            family = sorted((r for r in single if r.get("suite", "") == suite and r["shifts"][0][0] == aspect),
-                            key=lambda r: r["level"])  # fmt: skip
+            family = sorted(
+                (r for r in single if r.get("suite", "") == suite and r["shifts"][0][0] == aspect),
+                key=lambda r: r["level"],
+            )
             out.append((aspect if len(suites) == 1 else f"{suite}/{aspect}", aspect, family))
     return out
 
@@ -142,7 +147,6 @@ def _counts(r: dict, method: str) -> tuple[int, int, int]:
 
 def _sentence_counts(r: dict, method: str) -> tuple[int, int, int]:
     """(tp, fp, fn) of the aspects that the templated bullet sentences name as changed, against the shifted ones."""
-    from finexl.narrate.templates import render
 
     aspects = [{"aspect": a, **x} for a, x in r["methods"][method]["aspects"].items()]
     text = render({"aspects": aspects}, "bullets")
@@ -152,8 +156,12 @@ def _sentence_counts(r: dict, method: str) -> tuple[int, int, int]:
 
 
 # the resampling units of the benchmark, by kind, as a report names them
-UNIT_NAMES = {"family": "single-aspect families", "multi": "mixtures", "null": "nulls",
-              "dreambooth": "DreamBooth subjects"}  # fmt: skip
+UNIT_NAMES = {
+    "family": "single-aspect families",
+    "multi": "mixtures",
+    "null": "nulls",
+    "dreambooth": "DreamBooth subjects",
+}
 
 
 def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
@@ -173,8 +181,10 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
         truth = [r["shifts"][0] for r in single]
         for i, v in enumerate(vectors):
             others = [j for j in range(len(vectors)) if j != i]
-            same = [truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
-                    for j in others]  # fmt: skip
+            same = [
+                truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
+                for j in others
+            ]
             credits[single[i]["id"]] = _pick_credit([_cos(v, vectors[j]) for j in others], same)
 
     for key, aspect, family in _families(single):
@@ -182,36 +192,53 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
         for r in family:
             x, (_, target, _) = r["methods"][method], r["shifts"][0]
             judged = judge_top_aspects(r)
-            models.append({
-                "top1": x["ranking"][0] == aspect, "top3": aspect in x["ranking"][:3],
-                "top1_judge": (x["ranking"][0] in judged) if judged else None,
-                "direction": direction_correct(aspect, target, x["aspects"][aspect]),
-                "retrieval": credits.get(r["id"]), "counts": _counts(r, method),
-                "sentences": _sentence_counts(r, method),
-            })  # fmt: skip
+            models.append(
+                {
+                    "top1": x["ranking"][0] == aspect,
+                    "top3": aspect in x["ranking"][:3],
+                    "top1_judge": (x["ranking"][0] in judged) if judged else None,
+                    "direction": direction_correct(aspect, target, x["aspects"][aspect]),
+                    "retrieval": credits.get(r["id"]),
+                    "counts": _counts(r, method),
+                    "sentences": _sentence_counts(r, method),
+                }
+            )
         levels = np.array([r["level"] for r in family], dtype=float)
         scores = np.array([r["methods"][method]["aspects"][aspect]["score"] for r in family])
         measured = [judge_shift(r) for r in family]
-        units["family"].append({
-            "key": key, "models": models, "spearman": _spearman(levels, scores),
-            "spearman_judge": None if None in measured else _spearman(np.array(measured), scores),
-            # tied scores share their average rank: a method that scores a whole family alike gets no credit
-            "level_mae": float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))),
-        })  # fmt: skip
+        units["family"].append(
+            {
+                "key": key,
+                "models": models,
+                "spearman": _spearman(levels, scores),
+                "spearman_judge": None if None in measured else _spearman(np.array(measured), scores),
+                # tied scores share their average rank: a method that scores a whole family alike gets no credit
+                "level_mae": float(np.mean(np.abs(rankdata(scores) - rankdata(levels)))),
+            }
+        )
 
     if multi:
         aspects = sorted(multi[0]["methods"][method]["aspects"])
         targets = [_spec_vector(r, aspects) for r in multi]
         for r in multi:
-            credit = _pick_credit([_cos(_signed(r["methods"][method], aspects), t) for t in targets],
-                                  [other["spec"] == r["spec"] for other in multi])  # fmt: skip
-            units["multi"].append({"multi_selection": credit, "counts": _counts(r, method),
-                                   "sentences": _sentence_counts(r, method)})  # fmt: skip
+            credit = _pick_credit(
+                [_cos(_signed(r["methods"][method], aspects), t) for t in targets],
+                [other["spec"] == r["spec"] for other in multi],
+            )
+            units["multi"].append(
+                {"multi_selection": credit, "counts": _counts(r, method), "sentences": _sentence_counts(r, method)}
+            )
     for r in records:
         if r["kind"] == "null":
             flags = [x["changed"] for x in r["methods"][method]["aspects"].values()]
-            units["null"].append({"reported": sum(flags), "checks": len(flags), "counts": _counts(r, method),
-                                  "sentences": _sentence_counts(r, method)})  # fmt: skip
+            units["null"].append(
+                {
+                    "reported": sum(flags),
+                    "checks": len(flags),
+                    "counts": _counts(r, method),
+                    "sentences": _sentence_counts(r, method),
+                }
+            )
         elif r["kind"] == "dreambooth":
             res = r["methods"][method]["aspects"]
             found = [res[a]["changed"] and direction_correct(a, t, res[a]) for a, t, _ in r["shifts"]]
@@ -287,12 +314,19 @@ def judge_multi_selection(records: list[dict]) -> float | None:
         return None  # no judge readings (records not made by the toy benchmark)
 
     def measured(r):
-        return np.array([r["judge"][a][targets[a]] if isinstance(r["judge"][a], dict) else r["judge"][a]
-                         for a in aspects])  # fmt: skip
+        return np.array(
+            [r["judge"][a][targets[a]] if isinstance(r["judge"][a], dict) else r["judge"][a] for a in aspects]
+        )
 
     specs = [_spec_vector(r, aspects) for r in multi]
-    return float(np.mean([_pick_credit([_cos(measured(r), t) for t in specs], [o["spec"] == r["spec"] for o in multi])
-                          for r in multi]))  # fmt: skip
+    return float(
+        np.mean(
+            [
+                _pick_credit([_cos(measured(r), t) for t in specs], [o["spec"] == r["spec"] for o in multi])
+                for r in multi
+            ]
+        )
+    )
 
 
 def all_metrics(records: list[dict], methods: list[str]) -> dict:
@@ -312,9 +346,23 @@ def all_metrics(records: list[dict], methods: list[str]) -> dict:
     return out
 
 
-COLUMNS = ("level_mae", "spearman_mean", "spearman_judge_mean", "top1", "top3", "top1_judge", "direction",
-           "precision", "recall", "f1", "multi_selection", "retrieval", "null_fpr", "dreambooth_recall",
-           "sentence_f1")  # fmt: skip
+COLUMNS = (
+    "level_mae",
+    "spearman_mean",
+    "spearman_judge_mean",
+    "top1",
+    "top3",
+    "top1_judge",
+    "direction",
+    "precision",
+    "recall",
+    "f1",
+    "multi_selection",
+    "retrieval",
+    "null_fpr",
+    "dreambooth_recall",
+    "sentence_f1",
+)
 LOWER_IS_BETTER = {"level_mae", "null_fpr"}
 
 
@@ -330,8 +378,14 @@ def markdown_table(metrics: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def compare_methods(records: list[dict], methods: list[str], reference: str = "finexl", n_resamples: int = 2000,
-                    seed: int = 0, level: float = 0.95) -> dict:  # fmt: skip
+def compare_methods(
+    records: list[dict],
+    methods: list[str],
+    reference: str = "finexl",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """How sure each column's ordering is: a paired bootstrap over the benchmark's units (single-aspect families,
     mixtures, nulls, DreamBooth subjects; see :func:`metric_units`), every method scored on the same resamples.
 
@@ -348,13 +402,11 @@ def compare_methods(records: list[dict], methods: list[str], reference: str = "f
     full = {m: aggregate_units(units[m]) for m in methods}
     sizes = {kind: len(u) for kind, u in units[reference].items()}
     rng = np.random.default_rng(seed)
-    draws = [{kind: rng.integers(0, n, n) if n else np.zeros(0, dtype=int) for kind, n in sizes.items()}
-             for _ in range(n_resamples)]  # fmt: skip
+    draws = [{kind: bootstrap_sample(rng, n) for kind, n in sizes.items()} for _ in range(n_resamples)]
     resampled = {m: [aggregate_units(units[m], d) for d in draws] for m in methods}
-    tail = 100 * (1 - level) / 2
 
     def interval(values):
-        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+        return [float(x) for x in percentile_interval(values, level)]
 
     columns = {}
     for col in COLUMNS:
@@ -369,20 +421,32 @@ def compare_methods(records: list[dict], methods: list[str], reference: str = "f
             diff = sign * (ref - np.array([r[col] for r in resampled[m]]))
             lo, hi = interval(diff)
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "tie"
-            versus[m] = {"value": full[m][col], "difference": sign * (full[reference][col] - full[m][col]) + 0.0,
-                         "interval": [lo + 0.0, hi + 0.0], "verdict": verdict}  # fmt: skip
+            versus[m] = {
+                "value": full[m][col],
+                "difference": sign * (full[reference][col] - full[m][col]) + 0.0,
+                "interval": [lo + 0.0, hi + 0.0],
+                "verdict": verdict,
+            }
         columns[col] = {"value": full[reference][col], "interval": interval(ref), "versus": versus}
-    return {"reference": reference, "resamples": n_resamples, "seed": seed, "level": level, "units": sizes,
-            "columns": columns}  # fmt: skip
+    return {
+        "reference": reference,
+        "resamples": n_resamples,
+        "seed": seed,
+        "level": level,
+        "units": sizes,
+        "columns": columns,
+    }
 
 
 def comparison_table(comparison: dict) -> str:
     """Markdown: per column, the reference with its interval, the best other method and the difference to it, and
     the methods the reference is significantly worse or better than (see :func:`compare_methods`)."""
     ref, pct = comparison["reference"], round(100 * comparison["level"])
-    lines = [f"| metric | {ref} [{pct}% interval] | best other | {ref} - best other [{pct}% interval] | "
-             f"{ref} significantly worse than | significantly better than |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| metric | {ref} [{pct}% interval] | best other | {ref} - best other [{pct}% interval] | "
+        f"{ref} significantly worse than | significantly better than |",
+        "|---|---|---|---|---|---|",
+    ]
     for col, c in comparison["columns"].items():
         versus = c["versus"]
         if not versus:
@@ -391,18 +455,18 @@ def comparison_table(comparison: dict) -> str:
         b = versus[best]
         worse = ", ".join(m for m, v in versus.items() if v["verdict"] == "worse") or "-"
         better = sum(v["verdict"] == "better" for v in versus.values())
-        lines.append(f"| {col} | {c['value']:.3f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] | {best} "
-                     f"{b['value']:.3f} | {b['difference']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
-                     f"| {worse} | {better} of {len(versus)} |")  # fmt: skip
+        lines.append(
+            f"| {col} | {c['value']:.3f} [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}] | {best} "
+            f"{b['value']:.3f} | {b['difference']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
+            f"| {worse} | {better} of {len(versus)} |"
+        )
     return "\n".join(lines)
 
 
-def compare_bench(results: str | Path, reference: str = "finexl", n_resamples: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> dict:  # fmt: skip
+def compare_bench(
+    results: str | Path, reference: str = "finexl", n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict:
     """:func:`compare_methods` on the records of a ``finexl bench run --json`` file."""
-
-    from finexl.errors import InputError
-    from finexl.validation import load_json, validate
 
     obj = load_json(results, "benchmark results")
     if not (isinstance(obj, dict) and obj.get("records")):

@@ -11,40 +11,60 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from finexl.bench.measure import compare_readings
+from finexl.bench.metrics import all_metrics, compare_methods
+from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT, suite_models
+from finexl.config import Config, setting
 from finexl.errors import ConfigError, InputError
+from finexl.explanation.decompose import ESTIMATORS
 from finexl.sampling import SamplerConfig
+from finexl.toyworld.personalization import parse_spec
+from finexl.validation import read_json
 
 logger = logging.getLogger(__name__)
 
 UNPAIRED_SEED_OFFSET = 2_000_000
 
 
+def method_list(text: str) -> tuple[str, ...]:
+    """``--methods finexl,paper`` (an argparse type)."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 @dataclass
-class BenchConfig:
-    methods: tuple[str, ...] = ("finexl", "paper", "nnls", "whitened-nnls", "sparse", "gsclip", "visdiff", "splice")
-    samples: int = 128
-    n_bootstrap: int = 200
-    n_null: int = 200
-    seed: int = 0
-    unpaired: int = 0  # models on which to also measure intervals with unpaired noise
-    cache_dir: str | None = None
-    device: str = "cpu"
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+class BenchConfig(Config):
+    """How the benchmark explains every model of the suites."""
+
+    methods: tuple[str, ...] = setting(
+        tuple(ESTIMATORS), parse=method_list, metavar="NAMES", help="comma-separated methods", default_text="all"
+    )
+    samples: int = setting(128, minimum=2, help="image pairs per model")
+    n_bootstrap: int = setting(
+        200,
+        minimum=10,
+        flag="--bootstrap",
+        help="bootstrap resamples (and the null's swaps, unless --n-null)",
+    )
+    n_null: int = setting(200, minimum=10, help="random swaps of the null pairs")
+    seed: int = setting(0, minimum=0, help="seed of the first pair")
+    unpaired: int = setting(0, minimum=0, help="models on which to also compare paired and unpaired intervals")
+    cache_dir: str | None = setting(
+        None, flag="--cache", help="image cache folder", default_text="$FINEXL_CACHE or ~/.cache/finexl"
+    )
+    device: str = setting("cpu", help="torch device of the models")
+    sampler: SamplerConfig = setting(default_factory=SamplerConfig, help="how the images are sampled")
 
     def __post_init__(self) -> None:
-        from finexl.explanation.decompose import ESTIMATORS
-
+        super().__post_init__()
         self.methods = tuple(self.methods)
         unknown = [m for m in self.methods if m not in ESTIMATORS]
         if unknown or not self.methods:
             raise ConfigError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
-        if self.samples < 2 or self.n_bootstrap < 10 or self.n_null < 10 or self.unpaired < 0:
-            raise ConfigError("samples must be >= 2, bootstrap and null resamples >= 10, unpaired >= 0")
 
 
 class SuiteError(InputError):
@@ -53,8 +73,6 @@ class SuiteError(InputError):
 
 def load_truths(suites_dir: str | Path, names: list[str]) -> list[dict]:
     """The truth record of every model of the named suites; a listed model without its files is an error."""
-    from finexl.bench.suites import suite_models
-    from finexl.validation import read_json
 
     out = []
     for name in names:
@@ -73,21 +91,26 @@ def load_truths(suites_dir: str | Path, names: list[str]) -> list[dict]:
 def spec_shifts(spec: str | None) -> list[tuple[str, str, float]]:
     if not spec:
         return []
-    from finexl.toyworld.personalization import parse_spec
 
     return [(s.aspect, s.target, s.strength) for s in parse_spec(spec)]
 
 
 def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> list[dict]:
     """Explain every suite model with every method through the explain pipeline, and read it with the judge."""
-    from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT
     from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, OtherBaseError, Personalization
     from finexl.toyworld.judge import load_judge
-    from finexl.toyworld.measure import compare_readings
 
     judge = load_judge()
-    settings = dict(preset="toy", samples=cfg.samples, n_bootstrap=cfg.n_bootstrap, n_null=cfg.n_null,
-                    seed=cfg.seed, cache_dir=cfg.cache_dir, device=cfg.device, sampler=cfg.sampler)  # fmt: skip
+    settings = dict(
+        preset="toy",
+        samples=cfg.samples,
+        n_bootstrap=cfg.n_bootstrap,
+        n_null=cfg.n_null,
+        seed=cfg.seed,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        sampler=cfg.sampler,
+    )
     pipelines: dict[str, ExplainPipeline] = {}
 
     def pipeline(kind: str) -> ExplainPipeline:
@@ -125,23 +148,31 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
         directions = pipe.directions(images.prompts)
         reading = compare_readings(judge, images.base, images.tuned)
         record = {
-            "id": truth["id"], "suite": truth["suite"], "kind": truth["kind"], "spec": truth["spec"],
-            "level": truth["level"], "shifts": spec_shifts(truth["spec"]),
-            "judge": {**{a: r["difference"] for a, r in reading["categorical"].items()},
-                      **{a: r["difference"] for a, r in reading["graded"].items()}},
+            "id": truth["id"],
+            "suite": truth["suite"],
+            "kind": truth["kind"],
+            "spec": truth["spec"],
+            "level": truth["level"],
+            "shifts": spec_shifts(truth["spec"]),
+            "judge": {
+                **{a: r["difference"] for a, r in reading["categorical"].items()},
+                **{a: r["difference"] for a, r in reading["graded"].items()},
+            },
             "methods": {},
-        }  # fmt: skip
+        }
         for method in cfg.methods:
             res = pipe.decompose(embeddings, directions, method)
             keys = ("score", "interval", "direction", "changed", "toward", "concept", "group", "threshold")
             record["methods"][method] = {
                 # a two-part method's joint-fit score too (finexl's: CHANGED needs that fit to pass its null test)
-                "aspects": {a["aspect"]: {k: a[k] for k in keys}
-                            | ({"joint_score": a["joint_score"]} if a.get("joint_score") is not None else {})
-                            for a in res["aspects"]},
-                "ranking": [a["aspect"] for a in res["aspects"]],
-                "residual": res["residual"]["value"],
-            }  # fmt: skip
+                "aspects": {
+                    a.aspect: {k: getattr(a, k) for k in keys}
+                    | ({"joint_score": a.joint_score} if a.joint_score is not None else {})
+                    for a in res.aspects
+                },
+                "ranking": [a.aspect for a in res.aspects],
+                "residual": res.residual["value"],
+            }
         if every and truth["kind"] == "single" and i % every == 0:
             other = [s + UNPAIRED_SEED_OFFSET for s in images.seeds]
             unpaired = pipe.sample(model, checked[truth["id"]], seeds=other, null=False)
@@ -149,30 +180,40 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
             width = {}
             for name, tuned in (("paired", embeddings.tuned), ("unpaired", pipe.embed(unpaired).tuned)):
                 res = pipe.decompose(replace(embeddings, tuned=tuned, null=None), directions, "finexl")
-                a = next(a for a in res["aspects"] if a["aspect"] == aspect)
-                width[name] = a["interval"][1] - a["interval"][0]
+                a = next(a for a in res.aspects if a.aspect == aspect)
+                width[name] = a.interval[1] - a.interval[0]
             record["interval_width"] = width
         record["seconds"] = round(time.perf_counter() - t0, 1)
         records.append(record)
-        logger.info("%s: %s first (%.0f s)", truth["id"], record["methods"][cfg.methods[0]]["ranking"][0],
-                    record["seconds"])  # fmt: skip
+        logger.info(
+            "%s: %s first (%.0f s)", truth["id"], record["methods"][cfg.methods[0]]["ranking"][0], record["seconds"]
+        )
     return records
 
 
-def run_bench(suites_dir: str | Path, names: list[str], cfg: BenchConfig | None = None, progress: bool = False
-              ) -> dict:  # fmt: skip
+def run_bench(
+    suites_dir: str | Path, names: list[str], cfg: BenchConfig | None = None, progress: bool = False
+) -> dict:
     """Score every method on the built suites ``names`` in ``suites_dir``.
 
     Returns ``{"suites", "config", "metrics", "comparison", "records"}``: the metrics of every method
     (:func:`finexl.bench.metrics.all_metrics`), finexl against the others by a paired bootstrap over models (when
     finexl is among several methods), and the per-model records they were computed from.
     """
-    from finexl.bench.metrics import all_metrics, compare_methods
 
     cfg = cfg or BenchConfig()
     records = run_models(load_truths(suites_dir, names), cfg, progress=progress)
     methods = list(cfg.methods)
     comparison = compare_methods(records, methods) if "finexl" in methods and len(methods) > 1 else None
-    return {"suites": names, "config": {"methods": methods, "samples": cfg.samples, "bootstrap": cfg.n_bootstrap,
-                       "sampler": asdict(cfg.sampler)},
-            "metrics": all_metrics(records, methods), "comparison": comparison, "records": records}  # fmt: skip
+    return {
+        "suites": names,
+        "config": {
+            "methods": methods,
+            "samples": cfg.samples,
+            "bootstrap": cfg.n_bootstrap,
+            "sampler": asdict(cfg.sampler),
+        },
+        "metrics": all_metrics(records, methods),
+        "comparison": comparison,
+        "records": records,
+    }

@@ -9,7 +9,7 @@ Levels are data strengths (``colour=red@0.2`` ... ``@1.0``, suite ``single``), t
 slow run per aspect on fully shifted data, its LoRA snapshots at 0.2 ... 1.0 of the run's steps) or LoRA scales
 (suite ``scale``: one run per aspect on fully shifted data at the suites' usual learning rate, its LoRA sampled at
 scale 0.2 ... 1.0): the spec's strength, the snapshot's step or the scale is the level's cause, and what the judge
-measures on the outputs is what really changed (see :mod:`finexl.toyworld.measure`). The levels of a ``steps`` or
+measures on the outputs is what really changed (see :mod:`finexl.bench.measure`). The levels of a ``steps`` or
 ``scale`` family share one run, hence its side effects; the levels of a ``single`` family are independent runs.
 """
 
@@ -20,10 +20,19 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from finexl.config import Config, setting
 from finexl.errors import ConfigError
+from finexl.loading import LORA_WEIGHTS_NAME, fingerprint_folder, load_pipeline
+from finexl.presets import toy_base
+from finexl.records import TRAIN_RECORD
+from finexl.toyworld.dataset import render_set
+from finexl.toyworld.personalization import parse_spec, render_personalization
+from finexl.train.data import ImageSet
 from finexl.utils import atomic_dir, atomic_write_json, give_default_mode
 from finexl.validation import read_json
 
@@ -72,16 +81,12 @@ class SuiteModel:
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(Config):
     """How every model of a suite is trained (800 images: why, in docs/notes/2026-12-02-module-comments.md)."""
 
-    n_images: int = field(default=800, metadata={"help": "training images per model"})
-    max_steps: int = field(default=400, metadata={"help": "LoRA training steps per model"})
-    image_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.n_images < 1 or self.max_steps < 1:
-            raise ConfigError(f"n_images and max_steps must be >= 1, got {self.n_images} and {self.max_steps}")
+    n_images: int = setting(800, minimum=1, help="training images per model")
+    max_steps: int = setting(400, minimum=1, help="LoRA training steps per model")
+    image_size: int = setting(32, minimum=8, cli=False, help="size of the rendered training images")
 
 
 def _seed_of(model_id: str) -> int:
@@ -107,8 +112,18 @@ def step_level_models(shifts=SINGLE_ASPECT_SHIFTS, fractions=LEVEL_STEP_FRACTION
         for level, fraction in enumerate(fractions, start=1):
             model_id = f"{aspect}-{target}-S{level}"
             lr = STEP_LEVEL_LR.get(aspect, STEP_LEVEL_LR_DEFAULT)
-            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=fraction,
-                                     lr=lr, lr_scheduler=STEP_LEVEL_LR_SCHEDULER))  # fmt: skip
+            models.append(
+                SuiteModel(
+                    model_id,
+                    "single",
+                    f"{aspect}={target}@1",
+                    level,
+                    seed,
+                    snapshot=fraction,
+                    lr=lr,
+                    lr_scheduler=STEP_LEVEL_LR_SCHEDULER,
+                )
+            )
     return models
 
 
@@ -120,8 +135,9 @@ def scale_level_models(shifts=SINGLE_ASPECT_SHIFTS, scales=LEVEL_SCALES) -> list
         seed = _seed_of(f"{aspect}-{target}-steps")
         for level, scale in enumerate(scales, start=1):
             model_id = f"{aspect}-{target}-W{level}"
-            models.append(SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=1.0,
-                                     lora_scale=scale))  # fmt: skip
+            models.append(
+                SuiteModel(model_id, "single", f"{aspect}={target}@1", level, seed, snapshot=1.0, lora_scale=scale)
+            )
     return models
 
 
@@ -199,9 +215,6 @@ def single_aspect_suites() -> list[str]:
 
 
 def _training_data(model: SuiteModel, cfg: BuildConfig):
-    from finexl.toyworld.dataset import render_set
-    from finexl.toyworld.personalization import parse_spec, render_personalization
-    from finexl.train.data import ImageSet
 
     if model.spec is None:
         rendered = render_set(cfg.n_images, seed=model.data_seed, size=cfg.image_size)
@@ -235,7 +248,6 @@ def _run_of(model: SuiteModel) -> tuple:
 
 def build_model(model: SuiteModel, folder: Path, cfg: BuildConfig, base: Path, progress: bool = False) -> dict:
     """Render the model's data, train its LoRA into ``folder`` (atomically) and write ``truth.json``."""
-    from finexl.loading import fingerprint_folder, load_pipeline
     from finexl.train.trainer import train
 
     t0 = time.perf_counter()
@@ -257,12 +269,12 @@ def snapshot_steps(model: SuiteModel, cfg: BuildConfig) -> int:
     return max(1, round(model.snapshot * cfg.max_steps))
 
 
-def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig, base: Path,
-                 progress: bool = False) -> list[dict]:  # fmt: skip
+def build_family(
+    models: list[SuiteModel], folders: list[Path], cfg: BuildConfig, base: Path, progress: bool = False
+) -> list[dict]:
     """Train the one run behind a family of step-level models (same spec, data and learning rate) and write each
     snapshot into its model's folder (atomically, with ``truth.json``); returns their truth records."""
-    from finexl.loading import LORA_WEIGHTS_NAME, fingerprint_folder, load_pipeline
-    from finexl.train.trainer import CONFIG_NAME, train
+    from finexl.train.trainer import train
 
     first = models[0]
     if any(m.snapshot is None or _run_of(m) != _run_of(first) for m in models):
@@ -277,13 +289,14 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
     give_default_mode(run_dir, folder=True)
     records = []
     try:
-        train(load_pipeline(base), data, train_cfg, run_dir, base_fingerprint=fingerprint_folder(base),
-              progress=progress)  # fmt: skip
+        train(
+            load_pipeline(base), data, train_cfg, run_dir, base_fingerprint=fingerprint_folder(base), progress=progress
+        )
         seconds = round(time.perf_counter() - t0, 1)
         for model, folder, step in zip(models, folders, steps, strict=True):
             snap = run_dir / "snapshots" / f"step-{step:06d}"
             with atomic_dir(folder) as tmp:
-                for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
+                for name in (LORA_WEIGHTS_NAME, TRAIN_RECORD):
                     shutil.copy2(snap / name, tmp / name)
                 truth = _truth(model, cfg, seconds, steps=step)
                 atomic_write_json(tmp / "truth.json", truth)
@@ -293,12 +306,10 @@ def build_family(models: list[SuiteModel], folders: list[Path], cfg: BuildConfig
     return records
 
 
-def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base: str | Path | None = None,
-                progress: bool = True) -> list[dict]:  # fmt: skip
+def build_suite(
+    name: str, out: str | Path, cfg: BuildConfig | None = None, base: str | Path | None = None, progress: bool = True
+) -> list[dict]:
     """Build (or finish building) suite ``name`` in ``out``; returns the truth record of every model."""
-    from tqdm.auto import tqdm
-
-    from finexl.presets import toy_base
 
     cfg = cfg or BuildConfig()
     base = Path(base) if base else toy_base()
@@ -310,8 +321,10 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
             runs.setdefault(_run_of(m), []).append((snapshot_steps(m, cfg), m.lora_scale))
     if any(len(set(levels)) < len(levels) for levels in runs.values()):
         steps = sorted(s for s, _ in next(iter(runs.values())))
-        raise ConfigError(f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
-                         f"the same snapshot (levels at {steps} steps)")  # fmt: skip
+        raise ConfigError(
+            f"max_steps={cfg.max_steps} is too few for suite {name!r}: two of its step levels would be "
+            f"the same snapshot (levels at {steps} steps)"
+        )
     (out / "models").mkdir(parents=True, exist_ok=True)
     for stale in (out / "models").glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -334,8 +347,13 @@ def build_suite(name: str, out: str | Path, cfg: BuildConfig | None = None, base
             records[model.id] = build_model(model, folder, cfg, base)
             continue
         # a step level: its family's run makes every level not yet built (a finished one is kept)
-        family = [m for m in models if m.snapshot is not None and _run_of(m) == _run_of(model)
-                  and not (out / "models" / m.id / "truth.json").is_file()]  # fmt: skip
+        family = [
+            m
+            for m in models
+            if m.snapshot is not None
+            and _run_of(m) == _run_of(model)
+            and not (out / "models" / m.id / "truth.json").is_file()
+        ]
         logger.info("training %s for its snapshots %s", model.spec, ", ".join(m.id for m in family))
         built = build_family(family, [out / "models" / m.id for m in family], cfg, base)
         records.update({m.id: r for m, r in zip(family, built, strict=True)})

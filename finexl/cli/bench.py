@@ -5,40 +5,38 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from finexl.bench.labels import labels_from_records, score_explanations, write_labels
+from finexl.bench.metrics import UNIT_NAMES, compare_bench, comparison_table, markdown_table
+from finexl.bench.runner import BenchConfig, run_bench
+from finexl.bench.suites import SUITES, BuildConfig, build_suite
 from finexl.cli.common import (
     add_compute_arguments,
-    add_sampler_arguments,
     nonnegative_int,
     parse_list,
-    positive_int,
-    sampler_config,
     set_threads,
 )
+from finexl.config import add_arguments, from_args, given
+from finexl.utils import atomic_write_json
 
 
 def cmd_bench_build(args: argparse.Namespace) -> int:
-    from finexl.bench.suites import BuildConfig, build_suite
 
     set_threads(args)
-    settings = {k: v for k, v in (("n_images", args.n_images), ("max_steps", args.max_steps)) if v is not None}
-    records = build_suite(args.suite, Path(args.out) / args.suite, BuildConfig(**settings), base=args.base,
-                          progress=not args.quiet)  # fmt: skip
+    cfg = from_args(BuildConfig, args)
+    records = build_suite(args.suite, Path(args.out) / args.suite, cfg, base=args.base, progress=not args.quiet)
     print(f"suite {args.suite}: {len(records)} models in {Path(args.out) / args.suite / 'models'}")
     return 0
 
 
 def cmd_bench_run(args: argparse.Namespace) -> int:
-    from finexl.bench.metrics import comparison_table, markdown_table
-    from finexl.bench.runner import BenchConfig, run_bench
-    from finexl.utils import atomic_write_json
 
     set_threads(args)
     names = parse_list(args.suite, "SUITE")
-    methods = parse_list(args.methods, "--methods") or list(BenchConfig.methods)
-    samples, resamples = (32, 50) if args.quick else (args.samples, args.bootstrap)
-    cfg = BenchConfig(methods=tuple(methods), samples=samples, n_bootstrap=resamples, n_null=resamples,
-                      unpaired=args.unpaired, cache_dir=args.cache, device=args.device,
-                      sampler=sampler_config(args))  # fmt: skip
+    quick = {"samples": 32, "n_bootstrap": 50, "n_null": 50} if args.quick else {}
+    if "n_bootstrap" in given(args, BenchConfig) and "n_null" not in given(args, BenchConfig):
+        quick.setdefault("n_null", args.n_bootstrap)  # --bootstrap sets both resample counts unless --n-null is given
+    cfg = from_args(BenchConfig, args, **quick)
+    methods = list(cfg.methods)
     result = run_bench(args.suites, names, cfg, progress=not args.quiet)
     metrics, comparison = result["metrics"], result["comparison"]
     print(markdown_table(metrics, methods))
@@ -58,22 +56,21 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.labels:
-        from finexl.bench.labels import labels_from_records, write_labels
-
         write_labels(args.labels, labels_from_records(result["records"]))
         print(f"wrote the suites' labels to {args.labels}")
     return 0
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
-    from finexl.bench.metrics import UNIT_NAMES, compare_bench, comparison_table
-    from finexl.utils import atomic_write_json
 
-    comparison = compare_bench(args.results, reference=args.reference, n_resamples=args.resamples, seed=args.seed,
-                               level=args.level)  # fmt: skip
+    comparison = compare_bench(
+        args.results, reference=args.reference, n_resamples=args.resamples, seed=args.seed, level=args.level
+    )
     units = ", ".join(f"{n} {UNIT_NAMES[kind]}" for kind, n in comparison["units"].items() if n)
-    print(f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
-          f"({args.resamples} resamples, seed {args.seed}):")  # fmt: skip
+    print(
+        f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
+        f"({args.resamples} resamples, seed {args.seed}):"
+    )
     print(comparison_table(comparison))
     if args.json:
         atomic_write_json(args.json, comparison)
@@ -82,7 +79,6 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_score(args: argparse.Namespace) -> int:
-    from finexl.bench.labels import score_explanations
 
     result = score_explanations(args.labels, args.explanations)
     for key, value in result.items():
@@ -91,7 +87,6 @@ def cmd_bench_score(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    from finexl.bench.suites import SUITES
 
     bench = sub.add_parser("bench", help="benchmark suites of toy personalizations with known ground truth")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
@@ -110,8 +105,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("suite", choices=list(SUITES), help="which suite")
     p.add_argument("--out", default="suites", help="suites folder; the suite goes to OUT/SUITE (default suites)")
     p.add_argument("--base", help="base pipeline folder (default: the toy preset's, data/toy_sd)")
-    p.add_argument("--n-images", type=positive_int, help="training images per model (default 800)")
-    p.add_argument("--max-steps", type=positive_int, help="training steps per model (default 400)")
+    add_arguments(p, BuildConfig)
     add_compute_arguments(p, device=False)
     p.set_defaults(func=cmd_bench_build)
 
@@ -125,18 +119,13 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("suite", help=f"suite name(s), comma-separated: {', '.join(SUITES)}")
     p.add_argument("--suites", default="suites", help="folder holding the built suites (default suites)")
-    p.add_argument("--methods", help="comma-separated methods (default: all)")
-    p.add_argument("--samples", type=positive_int, default=128, help="image pairs per model (default 128)")
-    p.add_argument("--bootstrap", type=positive_int, default=200, help="bootstrap and null resamples (default 200)")
-    p.add_argument("--unpaired", type=nonnegative_int, default=0, help="also compare paired/unpaired intervals")
+    add_arguments(p, BenchConfig)
     p.add_argument(
         "--quick", action="store_true", help="32 pairs and 50 resamples per model (for CI, with suite quick)"
     )
-    p.add_argument("--cache", help="image cache folder (default $FINEXL_CACHE or ~/.cache/finexl)")
     p.add_argument("--json", help="write metrics and per-model records to this JSON file")
     p.add_argument("--labels", help="export the suites' ground truth as a JSONL label file")
-    add_sampler_arguments(p)
-    add_compute_arguments(p)
+    add_compute_arguments(p, device=False)
     p.set_defaults(func=cmd_bench_run)
 
     p = bench_sub.add_parser(

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from finexl.cli.common import nonnegative_float, nonnegative_int, positive_float, positive_int, set_threads
+from finexl.cli.common import add_compute_arguments, nonnegative_float, positive_float, positive_int, set_threads
+from finexl.cli.explain import add_settings_arguments, config_from_args
+from finexl.collection import explain_many, rebuild_index, search, show
 
 
 def cmd_explain_many(args: argparse.Namespace) -> int:
-    from finexl.cli.explain import config_from_args
-    from finexl.collection import explain_many
 
     set_threads(args)
-    cfg = config_from_args(args, report_pairs=args.report_pairs)
+    cfg = config_from_args(args)
     result = explain_many(
-        args.manifest, args.out, cfg, executor=args.executor, ray_address=args.ray_address,
-        num_cpus_per_task=args.num_cpus_per_task, num_gpus_per_task=args.num_gpus_per_task,
-        report=not args.no_report, progress=not args.quiet,
-    )  # fmt: skip
+        args.manifest,
+        args.out,
+        cfg,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        num_cpus_per_task=args.num_cpus_per_task,
+        num_gpus_per_task=args.num_gpus_per_task,
+        report=not args.no_report,
+        progress=not args.quiet,
+    )
     for model_id, error in result.failed.items():
         print(f"failed: {model_id}: {error}")
     print(result.summary())
@@ -25,14 +31,12 @@ def cmd_explain_many(args: argparse.Namespace) -> int:
 
 
 def cmd_index_rebuild(args: argparse.Namespace) -> int:
-    from finexl.collection import rebuild_index
 
     print(f"indexed {rebuild_index(args.folder)} models into {args.folder}/index.sqlite")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from finexl.collection import search
 
     set_threads(args)
     hits = search(args.index, args.query, top=args.top, filters=args.aspect or [], device=args.device)
@@ -42,24 +46,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{'rank':<4} {'id':<24} {'score':>6}  90% interval      null   match")
     for rank, h in enumerate(hits, start=1):
         thr = "" if h.threshold is None else f"{h.threshold:.3f}"
-        print(f"{rank:<4} {h.id:<24} {h.score:6.3f}  [{h.interval[0]:6.3f}, {h.interval[1]:6.3f}]  {thr:>5}  "
-              f"{'yes' if h.match else '-'}")  # fmt: skip
+        print(
+            f"{rank:<4} {h.id:<24} {h.score:6.3f}  [{h.interval[0]:6.3f}, {h.interval[1]:6.3f}]  {thr:>5}  "
+            f"{'yes' if h.match else '-'}"
+        )
         for line in (h.sentences or "").splitlines()[:3]:
             print(f"     {line}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from finexl.collection import show
 
     print(show(args.index, args.id))
     return 0
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    from finexl.cli.common import add_compute_arguments
-    from finexl.cli.explain import add_settings_arguments
-    from finexl.explanation.pipeline import ExplainConfig as Defaults
 
     p = sub.add_parser(
         "explain-many",
@@ -76,14 +78,14 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest file (.jsonl or .csv)")
     p.add_argument("--out", required=True, help="collection folder (models/, bases/, index.sqlite)")
     p.add_argument("--no-report", action="store_true", help="skip each model's report.html")
-    p.add_argument("--report-pairs", type=nonnegative_int, default=Defaults.report_pairs,
-                   help="pairs kept per model for its report, with maps (default %(default)s; 0: none)")  # fmt: skip
     add_settings_arguments(p)
     g = p.add_argument_group("executor")
     g.add_argument(
-        "--executor", choices=["local", "ray"], default="local",
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
         help="run models one after another here (default), or as Ray tasks (pip install -e '.[ray]')",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--ray-address",
         help="an existing Ray cluster, e.g. ray://head:10001 or auto (default: start one on this machine); the "
@@ -109,9 +111,13 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("query", help='what the model should do, e.g. "makes everything watercolour"')
     p.add_argument("--index", required=True, help="an explain-many --out folder")
-    p.add_argument("--aspect", action="append", metavar="FILTER",
-                   help="keep models whose stored scores pass: ASPECT (CHANGED), ASPECT=WORD (CHANGED toward it), "
-                   "ASPECT>X or ASPECT<X (score); repeatable")  # fmt: skip
+    p.add_argument(
+        "--aspect",
+        action="append",
+        metavar="FILTER",
+        help="keep models whose stored scores pass: ASPECT (CHANGED), ASPECT=WORD (CHANGED toward it), "
+        "ASPECT>X or ASPECT<X (score); repeatable",
+    )
     p.add_argument("--top", type=positive_int, default=10, help="models to list (default 10)")
     add_compute_arguments(p)
     p.set_defaults(func=cmd_search)

@@ -6,7 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
+from finexl.config import add_arguments, from_args
 from finexl.errors import ConfigError, InputError
+from finexl.sampling import SamplerConfig
 
 
 def _number(kind, text: str, flag_check, what: str):
@@ -22,14 +24,8 @@ def _number(kind, text: str, flag_check, what: str):
 
 
 def positive_int(text: str) -> int:
+    """An integer >= 1 (an argparse type)."""
     return _number(int, text, lambda v: v >= 1, "an integer >= 1")
-
-
-def samples_arg(text: str) -> int | str:
-    """``auto`` or a number of pairs >= 2."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    return _number(int, text, lambda v: v >= 2, "'auto' or an integer >= 2")
 
 
 def nonnegative_int(text: str) -> int:
@@ -62,30 +58,16 @@ def add_compute_arguments(p: argparse.ArgumentParser, device: bool = True) -> No
         p.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda or cuda:1 (default cpu)")
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser, defaults=None) -> None:
-    """``--steps``, ``--guidance-scale``, ``--scheduler``, ``--batch-size``; their defaults from ``defaults`` (a
-    ``SamplerConfig``: explain's is ``finexl.explanation.pipeline.EXPLAIN_SAMPLER``), else ``SamplerConfig()``."""
-    from finexl.sampling import SCHEDULERS, SamplerConfig
-
-    defaults = defaults or SamplerConfig()  # the one place of the sampler's defaults
-    p.add_argument("--steps", type=positive_int, default=defaults.num_inference_steps,
-                   help="sampler steps (default %(default)s)")  # fmt: skip
-    p.add_argument("--guidance-scale", type=nonnegative_float, default=defaults.guidance_scale,
-                   help="classifier-free guidance (default %(default)s)")  # fmt: skip
-    p.add_argument("--scheduler", choices=("default", *SCHEDULERS), default=defaults.scheduler,
-                   help="sampler (default %(default)s): 'default' is the pipeline's own; dpm++ (DPM-Solver++ 2M) and "
-                        "unipc are multistep solvers for fewer steps, built from the pipeline's scheduler "
-                        "config")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                   help="images generated at once (default %(default)s; halved on out-of-memory)")  # fmt: skip
+def add_sampler_arguments(p: argparse.ArgumentParser, defaults: SamplerConfig | None = None) -> None:
+    """The sampler's flags (``--steps``, ``--guidance-scale``, ``--scheduler``, ``--batch-size``), generated from
+    :class:`~finexl.sampling.SamplerConfig`; the help shows ``defaults``' values (explain's:
+    ``finexl.explanation.pipeline.EXPLAIN_SAMPLER``), else the dataclass's."""
+    add_arguments(p, SamplerConfig, defaults=defaults)
 
 
-def sampler_config(args: argparse.Namespace, **size):
+def sampler_config(args: argparse.Namespace, defaults: SamplerConfig | None = None, **size) -> SamplerConfig:
     """The :class:`~finexl.sampling.SamplerConfig` of the flags of :func:`add_sampler_arguments`."""
-    from finexl.sampling import SamplerConfig
-
-    return SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                         batch_size=args.batch_size, scheduler=args.scheduler, **size)  # fmt: skip
+    return from_args(SamplerConfig, args, defaults, **size)
 
 
 def set_threads(args: argparse.Namespace) -> None:
@@ -100,19 +82,6 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         raise InputError(f"output folder {out} is a file")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-
-
-def parse_steps(text: str | None, flag: str) -> tuple[int, ...]:
-    """``"50,100,200"`` -> ``(50, 100, 200)``."""
-    if not text:
-        return ()
-    try:
-        steps = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError as err:
-        raise ConfigError(f"{flag} expects comma-separated step counts like 50,100,200, got {text!r}") from err
-    if not steps or min(steps) < 1:
-        raise ConfigError(f"{flag} expects positive step counts, got {text!r}")
-    return steps
 
 
 def parse_list(text: str | None, flag: str) -> list[str] | None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import platform
+from importlib.util import find_spec
+
+import finexl
+from finexl.errors import MissingInputError
+from finexl.loading import shipped_loras
+from finexl.utils import data_dir
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import platform
-    from importlib.util import find_spec
-
-    import finexl
-    from finexl.errors import MissingInputError
 
     rows = [("finexl", finexl.__version__), ("python", platform.python_version()), ("platform", platform.platform())]
     for name in ("torch", "diffusers", "transformers", "peft", "numpy", "scipy", "sklearn", "safetensors", "PIL"):
@@ -27,9 +29,6 @@ def cmd_env(args: argparse.Namespace) -> int:
     rows.append(("device", f"cpu by default ({cuda}; choose with --device)"))
     rows.append(("torch threads", str(torch.get_num_threads())))
     try:
-        from finexl.loading import shipped_loras
-        from finexl.utils import data_dir
-
         rows.append(("data", str(data_dir())))
         rows.append(("toy LoRAs", ", ".join(shipped_loras()) + "  (name them as --lora toy:NAME)"))
     except MissingInputError as err:

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from finexl.report import model_card, write_compare, write_report
+
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from finexl.report import write_report
 
     print(f"wrote {write_report(args.folder, out=args.out, overwrite=args.overwrite)}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from finexl.report import write_compare
 
     print(f"wrote {write_compare(args.folders, args.out, overwrite=args.overwrite)}")
     return 0
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from finexl.report import model_card
 
     path = model_card(args.folder, overwrite=args.overwrite)
     print(path.read_text(encoding="utf-8"))

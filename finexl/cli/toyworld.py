@@ -5,22 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from finexl.bench.measure import format_measurement, measure
 from finexl.cli.common import (
     add_compute_arguments,
     add_sampler_arguments,
     check_output_folder,
     nonnegative_int,
-    parse_steps,
     positive_int,
     sampler_config,
     set_threads,
 )
+from finexl.config import add_arguments, from_args
 from finexl.errors import ConfigError
+from finexl.toyworld.aspects import GRADED_BY_NAME, validate_aspect_value
+from finexl.toyworld.dataset import item_seed, render_set
+from finexl.toyworld.evaluate import EvalConfig, evaluate, format_table
+from finexl.toyworld.personalization import parse_spec, render_personalization, spec_record
+from finexl.toyworld.render import MAX_SIZE, MIN_SIZE
+from finexl.train.api import train_lora
+from finexl.train.data import write_image_folder
+from finexl.train.trainer import step_list
+from finexl.utils import atomic_write_json
 
 
 def parse_fixed(items: list[str] | None) -> dict[str, str | float]:
     """``["colour=red", "blur=0.8"]`` -> ``{"colour": "red", "blur": 0.8}``, validated."""
-    from finexl.toyworld.aspects import GRADED_BY_NAME, validate_aspect_value
 
     fixed: dict[str, str | float] = {}
     for item in items or []:
@@ -41,7 +50,6 @@ def parse_fixed(items: list[str] | None) -> dict[str, str | float]:
 
 
 def _check_n_and_size(n: int, size: int) -> None:
-    from finexl.toyworld.render import MAX_SIZE, MIN_SIZE
 
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
@@ -50,62 +58,74 @@ def _check_n_and_size(n: int, size: int) -> None:
 
 
 def _write(out: Path, data, seed: int, extra_json: dict) -> None:
-    from finexl.toyworld.dataset import item_seed
-    from finexl.train.data import write_image_folder
 
     records = [{"aspects": data.aspects[i].to_dict(), "item_seed": item_seed(seed, i)} for i in range(len(data))]
     write_image_folder(out, data.images, list(data.captions), records, extra_json)
 
 
 def cmd_toyworld_render(args: argparse.Namespace) -> int:
-    from finexl.toyworld.dataset import render_set
 
     _check_n_and_size(args.n, args.size)
     out = Path(args.out)
     check_output_folder(out, args.overwrite)
     fixed = parse_fixed(args.fix)
     data = render_set(args.n, seed=args.seed, size=args.size, fixed=fixed, progress=not args.quiet)
-    _write(out, data, args.seed, {"render_config.json": {"n": args.n, "seed": args.seed, "size": args.size,
-                                                         "fixed": fixed}})  # fmt: skip
+    _write(
+        out,
+        data,
+        args.seed,
+        {"render_config.json": {"n": args.n, "seed": args.seed, "size": args.size, "fixed": fixed}},
+    )
     print(f"wrote {len(data)} images, captions and aspect values to {out}")
     return 0
 
 
 def cmd_toyworld_personalization(args: argparse.Namespace) -> int:
-    from finexl.toyworld.personalization import parse_spec, render_personalization, spec_record
 
     _check_n_and_size(args.n, args.size)
     out = Path(args.out)
     check_output_folder(out, args.overwrite)
     shifts = parse_spec(args.shift)
-    snapshots = parse_steps(args.snapshots, "--snapshots")
+    snapshots = args.snapshots or ()
     data = render_personalization(shifts, args.n, seed=args.seed, size=args.size)
     config = {"n": args.n, "seed": args.seed, "size": args.size}
     _write(out, data, args.seed, {"spec.json": spec_record(shifts), "render_config.json": config})
     print(f"wrote {len(data)} instance images for {spec_record(shifts)['spec']} to {out} (ground truth: spec.json)")
     if snapshots:
-        from finexl.train.api import train_lora
-
         set_threads(args)
-        result = train_lora(out, out / "lora", max_steps=max(snapshots), snapshot_steps=snapshots, seed=args.seed,
-                            progress=not args.quiet)  # fmt: skip
-        print(f"trained the toy LoRA {result.steps} steps; snapshots at {', '.join(map(str, snapshots))} in "
-              f"{out / 'lora' / 'snapshots'}")  # fmt: skip
+        result = train_lora(
+            out,
+            out / "lora",
+            max_steps=max(snapshots),
+            snapshot_steps=snapshots,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        print(
+            f"trained the toy LoRA {result.steps} steps; snapshots at {', '.join(map(str, snapshots))} in "
+            f"{out / 'lora' / 'snapshots'}"
+        )
     return 0
 
 
 def cmd_toyworld_measure(args: argparse.Namespace) -> int:
-    from finexl.toyworld.measure import format_measurement, measure
-    from finexl.utils import atomic_write_json
 
     if bool(args.lora) == bool(args.model):
         raise ConfigError("give exactly one of --lora FILE and --model DIR")
     set_threads(args)
     result = measure(
-        args.lora, args.model, scale=args.scale, base=args.base, judge=args.judge, n=args.n, seed=args.seed,
+        args.lora,
+        args.model,
+        scale=args.scale,
+        base=args.base,
+        judge=args.judge,
+        n=args.n,
+        seed=args.seed,
         sampler=sampler_config(args),
-        cache_dir=args.cache, device=args.device, progress=not args.quiet,
-    )  # fmt: skip
+        cache_dir=args.cache,
+        device=args.device,
+        progress=not args.quiet,
+    )
     print(format_measurement(result))
     if args.json:
         atomic_write_json(args.json, result)
@@ -114,16 +134,17 @@ def cmd_toyworld_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_eval(args: argparse.Namespace) -> int:
-    from finexl.toyworld.evaluate import EvalConfig, evaluate, format_table
-    from finexl.utils import atomic_write_json
 
     set_threads(args)
-    cfg = EvalConfig(
-        n_held_out=args.n_held_out, n_per_value=args.n_per_value, n_neutral=args.n_neutral,
-        sampler=sampler_config(args),
-    )  # fmt: skip
-    result = evaluate(cfg, pipeline=None if args.skip_generation else (args.pipeline or "toy"), clip=args.clip,
-                      judge=args.judge, grid_dir=args.grids, progress=not args.quiet)  # fmt: skip
+    cfg = from_args(EvalConfig, args)
+    result = evaluate(
+        cfg,
+        pipeline=None if args.skip_generation else (args.pipeline or "toy"),
+        clip=args.clip,
+        judge=args.judge,
+        grid_dir=args.grids,
+        progress=not args.quiet,
+    )
     print(format_table(result))
     if args.json:
         atomic_write_json(args.json, result)
@@ -175,6 +196,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     _add_rendering_arguments(p, n=200, what="instance images")
     p.add_argument(
         "--snapshots",
+        type=step_list,
         metavar="STEPS",
         help="also train the default toy LoRA on the data set and keep LoRA snapshots at these step counts as "
         "levels of the personalization, e.g. 50,100,200,400 (OUT/lora/snapshots/step-NNNNNN/)",
@@ -215,10 +237,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", help="text-to-image pipeline folder (default data/toy_sd)")
     p.add_argument("--clip", help="toy CLIP folder (default data/toy_clip)")
     p.add_argument("--judge", help="judge folder (default data/toy_judge)")
-    p.add_argument("--n-held-out", type=positive_int, default=2000, help="rendered images for judge/CLIP accuracy")
-    p.add_argument("--n-per-value", type=positive_int, default=24, help="generated images per prompted value")
-    p.add_argument("--n-neutral", type=positive_int, default=256, help="generated images for the diversity measure")
-    add_sampler_arguments(p)
+    add_arguments(p, EvalConfig)
     p.add_argument("--skip-generation", action="store_true", help="only judge and CLIP (seconds, not minutes)")
     add_compute_arguments(p, device=False)
     p.set_defaults(func=cmd_toyworld_eval)

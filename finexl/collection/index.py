@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from finexl.errors import InputError, MissingInputError
+from finexl.explanation.result import Explanation
+from finexl.utils import atomic_write_json
+from finexl.validation import read_json
 
 INDEX_FILE = "index.sqlite"
 MODELS_DIR = "models"
@@ -90,25 +93,53 @@ def put_explained(conn: sqlite3.Connection, entry: dict, folder: str, digest: st
             "n_pairs, vdiv, updated) VALUES (?, 'explained', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "?, ?, strftime('%s','now'))",
             (
-                entry["id"], entry.get("path"), entry.get("kind"), models.get("base", {}).get("path"),
-                entry.get("scale", 1.0), json.dumps(list(entry.get("tags") or [])), folder, digest,
-                models.get("personalized", {}).get("fingerprint"), models.get("base", {}).get("fingerprint"),
-                models.get("clip", {}).get("name"), models.get("clip", {}).get("fingerprint"),
-                expl.get("concept_bank", {}).get("digest"), json.dumps(expl.get("settings", {}), default=str),
-                (expl.get("sentences") or {}).get("text"), json.dumps(changed), expl["residual"].get("value"),
-                expl["divergence"]["n_pairs"], np.asarray(vdiv, dtype=np.float32).tobytes(),
+                entry["id"],
+                entry.get("path"),
+                entry.get("kind"),
+                models.get("base", {}).get("path"),
+                entry.get("scale", 1.0),
+                json.dumps(list(entry.get("tags") or [])),
+                folder,
+                digest,
+                models.get("personalized", {}).get("fingerprint"),
+                models.get("base", {}).get("fingerprint"),
+                models.get("clip", {}).get("name"),
+                models.get("clip", {}).get("fingerprint"),
+                expl.get("concept_bank", {}).get("digest"),
+                json.dumps(expl.get("settings", {}), default=str),
+                (expl.get("sentences") or {}).get("text"),
+                json.dumps(changed),
+                expl["residual"].get("value"),
+                expl["divergence"]["n_pairs"],
+                np.asarray(vdiv, dtype=np.float32).tobytes(),
             ),
-        )  # fmt: skip
+        )
         conn.executemany(
             "INSERT INTO aspects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(entry["id"], a["aspect"], a["group"], a["score"], a["interval"][0], a["interval"][1], a["threshold"],
-              int(a["changed"]), a["direction"], a["concept"], a["toward"]) for a in expl["aspects"]],
-        )  # fmt: skip
+            [
+                (
+                    entry["id"],
+                    a["aspect"],
+                    a["group"],
+                    a["score"],
+                    a["interval"][0],
+                    a["interval"][1],
+                    a["threshold"],
+                    int(a["changed"]),
+                    a["direction"],
+                    a["concept"],
+                    a["toward"],
+                )
+                for a in expl["aspects"]
+            ],
+        )
         conn.executemany(
             "INSERT INTO concepts VALUES (?, ?, ?, ?, ?, ?)",
-            [(entry["id"], c["phrase"], c["aspect"], c["score"], c["interval"][0], c["interval"][1])
-             for c in expl.get("concepts", [])],
-        )  # fmt: skip
+            [
+                (entry["id"], c["phrase"], c["aspect"], c["score"], c["interval"][0], c["interval"][1])
+                for c in expl.get("concepts", [])
+            ],
+        )
 
 
 def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
@@ -117,9 +148,15 @@ def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
         conn.execute(
             "INSERT INTO models (id, status, error, path, kind, scale, tags, updated) "
             "VALUES (?, 'failed', ?, ?, ?, ?, ?, strftime('%s','now'))",
-            (entry["id"], error, entry.get("path"), entry.get("kind"), entry.get("scale", 1.0),
-             json.dumps(list(entry.get("tags") or []))),
-        )  # fmt: skip
+            (
+                entry["id"],
+                error,
+                entry.get("path"),
+                entry.get("kind"),
+                entry.get("scale", 1.0),
+                json.dumps(list(entry.get("tags") or [])),
+            ),
+        )
 
 
 def _delete(conn: sqlite3.Connection, model_id: str) -> None:
@@ -134,7 +171,6 @@ def digests(conn: sqlite3.Connection) -> dict[str, str]:
 
 def read_folder(model_dir: Path) -> tuple[dict, dict, np.ndarray] | None:
     """(explanation dict, the run record, V_div) of a finished model folder; None if it is not one."""
-    from finexl.explanation.result import Explanation
 
     path = model_dir / "explanation.json"
     if not path.is_file():
@@ -174,7 +210,6 @@ def reconcile(conn: sqlite3.Connection, out: Path) -> int:
 
 def record_failure(out: Path, entry: dict, error: str | None) -> None:
     """Keep (``error``) or drop (None: it succeeded) a model's failure in ``out/failures.json``, atomically."""
-    from finexl.utils import atomic_write_json
 
     path = out / FAILURES_FILE
     failures = read_failures(out)
@@ -188,7 +223,6 @@ def record_failure(out: Path, entry: dict, error: str | None) -> None:
 
 
 def read_failures(out: Path) -> dict:
-    from finexl.validation import read_json
 
     path = out / FAILURES_FILE
     return read_json(path, "failures") if path.is_file() else {}

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finexl.errors import ConfigError
+from finexl.loading import TOY_PREFIX, LoraError, shipped_lora_path
+from finexl.utils import read_text
+from finexl.validation import SchemaError, validate
 
 COLUMNS = ("id", "path", "base", "scale", "tags")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -44,7 +47,6 @@ class Entry:
 
 def read_manifest(path: str | Path) -> list[Entry]:
     """The rows of a ``.jsonl`` or ``.csv`` manifest (see the module docstring)."""
-    from finexl.utils import read_text
 
     path = Path(path)
     text = read_text(path, "manifest", ManifestError)
@@ -54,7 +56,6 @@ def read_manifest(path: str | Path) -> list[Entry]:
         rows = _jsonl_rows(text, path)
     else:
         raise ManifestError(f"manifest {path}: expected a .jsonl or .csv file")
-    from finexl.validation import SchemaError, validate
 
     entries, seen = [], {}
     for line, row in rows:
@@ -103,11 +104,8 @@ def _entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
 
 
 def _resolve(value: str, root: Path) -> str:
-    from finexl.loading import TOY_PREFIX, shipped_lora_path
 
     if value.startswith(TOY_PREFIX):  # a shipped toy LoRA: toy:red
-        from finexl.loading import LoraError
-
         try:
             return str(shipped_lora_path(value))
         except LoraError:

@@ -18,6 +18,7 @@ and the prompts and seeds, for search), ``index.sqlite``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -27,12 +28,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, INDEX_FILE, MODELS_DIR, connect, digests, reconcile
+from finexl.collection.index import (
+    BASES_DIR,
+    EMBEDDINGS_FILE,
+    INDEX_FILE,
+    MODELS_DIR,
+    connect,
+    digests,
+    put_explained,
+    put_failed,
+    reconcile,
+    record_failure,
+)
 from finexl.collection.manifest import Entry, read_manifest
 from finexl.errors import ConfigError, FinexlError, InputError
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization
-from finexl.utils import writing
+from finexl.report import write_report
+from finexl.utils import CACHE_READ_ERRORS, atomic_dir, atomic_write_bytes, atomic_write_json, writing
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +65,10 @@ class ManyResult:
     base_seconds: float = 0.0  # spent on the bases' part (images, embeddings, directions), once per base
 
     def summary(self) -> str:
-        return (f"explained {len(self.explained)}, skipped {len(self.skipped)} (already done), failed "
-                f"{len(self.failed)}, in {self.seconds:.0f} s")  # fmt: skip
+        return (
+            f"explained {len(self.explained)}, skipped {len(self.skipped)} (already done), failed "
+            f"{len(self.failed)}, in {self.seconds:.0f} s"
+        )
 
 
 def run_digest(config: ExplainConfig, base_fingerprint: str, model_fingerprint: str, entry: Entry) -> str:
@@ -159,7 +175,6 @@ def explain_many(
 
     ``config`` holds the settings of every explanation (its ``base`` is the default for rows without one).
     """
-    from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     config = config or ExplainConfig()
@@ -201,7 +216,7 @@ def explain_many(
                 except FinexlError as err:
                     _record_failure(conn, out, entry, str(err), result)
                     continue
-                digest = run_digest(pipe.config, pipe.base_fingerprint, checked["fingerprint"], entry)
+                digest = run_digest(pipe.config, pipe.base_fingerprint, checked.fingerprint, entry)
                 if known.get(entry.id) == digest and (out / MODELS_DIR / entry.id / "explanation.json").is_file():
                     result.skipped.append(entry.id)
                 else:
@@ -242,14 +257,12 @@ def explain_many(
             if runner is not None:
                 runner.close()
     result.seconds = time.perf_counter() - t0
-    from finexl.utils import atomic_write_json
 
     atomic_write_json(out / LAST_RUN_FILE, asdict(result))
     return result
 
 
 def _record_failure(conn, out: Path, entry: Entry, error: str, result: ManyResult) -> None:
-    from finexl.collection.index import put_failed, record_failure
 
     logger.warning("%s failed: %s", entry.id, error)
     record_failure(out, _entry_record(entry), error)
@@ -261,9 +274,6 @@ def write_base(out: Path, pipe: ExplainPipeline) -> None:
     """``OUT/bases/FINGERPRINT/embeddings.npz``: the base's (and null) embeddings of every pair the run may draw
     (samples='auto' stops each model at its own count; search takes the first n), unless the file already holds
     them; a missing, damaged or shorter file is written again."""
-    import io
-
-    from finexl.utils import atomic_write_bytes
 
     base_file = out / BASES_DIR / pipe.base_fingerprint / EMBEDDINGS_FILE
     wanted = list(range(pipe.config.seed, pipe.config.seed + pipe.config.n_pairs))
@@ -281,7 +291,6 @@ def write_base(out: Path, pipe: ExplainPipeline) -> None:
 def _stored_seeds(path: Path) -> list[int]:
     """The seeds of the pairs in a base's embeddings file; none when it is missing or damaged (it is then written
     again, with a warning for a damaged one)."""
-    from finexl.utils import CACHE_READ_ERRORS
 
     if not path.is_file():
         return []
@@ -297,14 +306,18 @@ def _stored_seeds(path: Path) -> list[int]:
 
 
 def _entry_record(entry: Entry) -> dict:
-    return {"id": entry.id, "path": entry.path, "base": entry.base, "scale": entry.scale, "tags": list(entry.tags),
-            "kind": entry.kind}  # fmt: skip
+    return {
+        "id": entry.id,
+        "path": entry.path,
+        "base": entry.base,
+        "scale": entry.scale,
+        "tags": list(entry.tags),
+        "kind": entry.kind,
+    }
 
 
 def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: str, explanation, report: bool) -> None:
     """The model's folder, whole, then its index row (one transaction)."""
-    from finexl.collection.index import put_explained, record_failure
-    from finexl.utils import atomic_dir
 
     if explanation.sentences is None:
         explanation.narrate()  # templated sentences, stored for the index and search results
@@ -314,7 +327,9 @@ def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: s
     write_base(out, pipe)
     folder = out / MODELS_DIR / entry.id
     with atomic_dir(folder) as tmp:
-        explanation.save(tmp, report=report, overwrite=True)
+        explanation.save(tmp, overwrite=True)
+        if report:
+            write_report(tmp, overwrite=True)
         np.savez(tmp / EMBEDDINGS_FILE, tuned=emb.tuned.astype(np.float32), vdiv=vdiv.astype(np.float32))
     put_explained(conn, _entry_record(entry), str(folder.relative_to(out)), digest, explanation.to_dict(), vdiv)
     record_failure(out, _entry_record(entry), None)

@@ -20,6 +20,11 @@ import numpy as np
 
 from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, MODELS_DIR, connect, open_existing
 from finexl.errors import ConfigError, InputError, MissingInputError
+from finexl.explanation.concepts import compose, direction_prompts
+from finexl.explanation.embed import load_embedder
+from finexl.explanation.result import Explanation
+from finexl.presets import get_preset
+from finexl.stats import bootstrap_indices, null_threshold, paired_moves, percentile_interval, sign_flips, spreads
 from finexl.utils import CACHE_READ_ERRORS
 
 FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<)\s*(.+?))?\s*$")
@@ -40,7 +45,6 @@ class Hit:
 
 def query_direction(embedder, query: str, prompts: list[str]) -> np.ndarray:
     """Unit f(query) over ``prompts`` (see the module docstring)."""
-    from finexl.explanation.concepts import compose, direction_prompts
 
     query = query.strip()
     if not query:
@@ -74,25 +78,29 @@ def move_along(
     seed: int = 0,
 ) -> dict:
     """Score, interval and null threshold of a model's move along the unit direction ``u``: an aspect's statistics
-    (``finexl.explanation.scoring``) for a single direction."""  # fmt: skip
-    from finexl.explanation.scoring import interval, spreads
-
+    (``finexl.explanation.scoring``) for a single direction, from the shared ones of :mod:`finexl.stats`."""
     if len(base) != len(tuned) or (null is not None and len(null) != len(base)):
-        raise ValueError(f"unpaired embeddings: {len(base)} base, {len(tuned)} personalized, "
-                         f"{None if null is None else len(null)} null")  # fmt: skip
+        raise ValueError(
+            f"unpaired embeddings: {len(base)} base, {len(tuned)} personalized, "
+            f"{None if null is None else len(null)} null"
+        )
     spread = spreads(np.concatenate([base, tuned]), u[None, :])[0]
-    d = tuned @ u - base @ u
+    d = paired_moves(base, tuned, u)
     rng = np.random.default_rng(seed)
-    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_bootstrap)]) / spread
-    low, high = np.clip(interval(boot, confidence), -1, 1)
+    boot = np.array([d[idx].mean() for idx in bootstrap_indices(rng, len(d), n_bootstrap)]) / spread
+    low, high = np.clip(percentile_interval(boot, confidence), -1, 1)
     threshold = None
     if null is not None:
-        dn = null @ u - base @ u  # the base against itself; a swap of a pair flips its sign
-        flips = np.where(rng.random((n_null, len(dn))) < 0.5, -1.0, 1.0)
-        threshold = float(np.quantile(np.abs((flips * dn).mean(axis=1) / spread), null_quantile))
+        dn = paired_moves(base, null, u)  # the base against itself; a swap of a pair flips its sign
+        flips = sign_flips(rng, n_null, len(dn))
+        threshold = float(null_threshold(np.abs((flips * dn).mean(axis=1) / spread), null_quantile))
     score = float(np.clip(d.mean() / spread, -1, 1))
-    return {"score": score, "interval": [float(low), float(high)], "threshold": threshold,
-            "match": bool(threshold is not None and low > threshold)}  # fmt: skip
+    return {
+        "score": score,
+        "interval": [float(low), float(high)],
+        "threshold": threshold,
+        "match": bool(threshold is not None and low > threshold),
+    }
 
 
 def parse_filter(text: str, aspects: list[str]) -> tuple[str, str | None, str | None]:
@@ -131,11 +139,10 @@ def _filtered_ids(conn: sqlite3.Connection, filters: list[str]) -> set[str]:
     return ids
 
 
-def search(folder: str | Path, query: str, top: int = 10, filters: list[str] | None = None, device: str = "cpu",
-           seed: int = 0) -> list[Hit]:  # fmt: skip
+def search(
+    folder: str | Path, query: str, top: int = 10, filters: list[str] | None = None, device: str = "cpu", seed: int = 0
+) -> list[Hit]:
     """Models of the index in ``folder`` ranked by how far they move their outputs toward ``query``."""
-    from finexl.explanation.embed import load_embedder
-    from finexl.presets import get_preset
 
     path = open_existing(folder)
     folder = Path(folder)
@@ -154,8 +161,9 @@ def search(folder: str | Path, query: str, top: int = 10, filters: list[str] | N
     settings = json.loads(rows[0][1])
     embedder = load_embedder(settings.get("clip") or get_preset(settings["preset"]).clip, device=device)
     if embedder.fingerprint != rows[0][2]:
-        raise InputError(f"the CLIP the index was made with ({rows[0][2]}) is not the one found now "
-                         f"({embedder.fingerprint})")  # fmt: skip
+        raise InputError(
+            f"the CLIP the index was made with ({rows[0][2]}) is not the one found now ({embedder.fingerprint})"
+        )
     bases: dict[str, dict] = {}
     hits = []
     for model_id, settings_json, _, base_fp, changed, sentences, model_path, tags in rows:
@@ -187,12 +195,30 @@ def search(folder: str | Path, query: str, top: int = 10, filters: list[str] | N
                 f"{base['seeds'][0]}: rerun finexl explain-many with one --seed for the whole collection"
             )
         null = base.get("null")
-        moved = move_along(base["base"][:n], tuned, None if null is None else null[:n], base["u"],
-                           n_bootstrap=s.get("n_bootstrap", 200), n_null=s.get("n_null", 200),
-                           confidence=s.get("confidence", 0.9), null_quantile=s.get("null_quantile", 0.95),
-                           seed=seed)  # fmt: skip
-        hits.append(Hit(model_id, moved["score"], moved["interval"], moved["threshold"], moved["match"],
-                        json.loads(changed or "[]"), sentences, model_path, json.loads(tags or "[]")))  # fmt: skip
+        moved = move_along(
+            base["base"][:n],
+            tuned,
+            None if null is None else null[:n],
+            base["u"],
+            n_bootstrap=s.get("n_bootstrap", 200),
+            n_null=s.get("n_null", 200),
+            confidence=s.get("confidence", 0.9),
+            null_quantile=s.get("null_quantile", 0.95),
+            seed=seed,
+        )
+        hits.append(
+            Hit(
+                model_id,
+                moved["score"],
+                moved["interval"],
+                moved["threshold"],
+                moved["match"],
+                json.loads(changed or "[]"),
+                sentences,
+                model_path,
+                json.loads(tags or "[]"),
+            )
+        )
     hits.sort(key=lambda h: (not h.match, -h.score))
     return hits[:top]
 
@@ -215,7 +241,6 @@ def _load_base(folder: Path, fingerprint: str) -> dict:
 
 def show(folder: str | Path, model_id: str) -> str:
     """One model of the index, in words: its status (and error), its table and sentences."""
-    from finexl.explanation.result import Explanation
 
     path = open_existing(folder)
     with connect(path) as conn:

@@ -22,6 +22,7 @@ from the same prompts the images were sampled from (the fix the public re-implem
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from finexl.errors import InputError, MissingInputError
+from finexl.utils import CACHE_READ_ERRORS, atomic_write_bytes, data_dir
+from finexl.validation import SchemaError, validate
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ def _key(phrase: str) -> str:
 def parse_concept_bank(obj, source: str = "<bank>") -> ConceptBank:
     """Validate a decoded bank (see the module docstring and ``finexl/schemas/concept_bank.schema.json``); errors
     name the aspect and entry."""
-    from finexl.validation import SchemaError, validate
 
     if isinstance(obj, dict) and obj.get("format", FORMAT) == FORMAT:
         try:
@@ -135,7 +137,6 @@ def parse_concept_bank(obj, source: str = "<bank>") -> ConceptBank:
 
 def load_concept_bank(spec: str | Path) -> ConceptBank:
     """A bank from a JSON file, or a shipped one by name (``toy`` or ``real``)."""
-    from finexl.utils import data_dir
 
     if str(spec) in SHIPPED_BANKS:
         path = data_dir() / "concepts" / f"{spec}.json"
@@ -252,10 +253,10 @@ def compose(prompt: str, phrase: str) -> str:
     return f"{prompt}, {phrase}"
 
 
-def text_directions(embedder, bank: ConceptBank, prompts: list[str], cache_dir: str | Path | None = None
-                    ) -> ConceptDirections:  # fmt: skip
+def text_directions(
+    embedder, bank: ConceptBank, prompts: list[str], cache_dir: str | Path | None = None
+) -> ConceptDirections:
     """f(C) for every phrase and antonym of ``bank`` over ``prompts``; cached by embedder, bank and prompts."""
-    from finexl.utils import CACHE_READ_ERRORS, atomic_write_bytes
 
     used = direction_prompts(prompts)
     phrases = bank.phrases()
@@ -275,8 +276,6 @@ def text_directions(embedder, bank: ConceptBank, prompts: list[str], cache_dir: 
     anchors = embedder.embed_texts(texts).reshape(len(phrases), len(used), -1).mean(axis=1)
     neutral = base.mean(axis=0)
     if path is not None:
-        import io
-
         buffer = io.BytesIO()
         np.savez(buffer, anchors=anchors, neutral=neutral)
         atomic_write_bytes(path, buffer.getvalue())

@@ -38,7 +38,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import nnls
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
+from sklearn.linear_model import Lasso
+from sklearn.utils.validation import check_is_fitted
+
+from finexl.errors import ConfigError
 
 
 def _as_vdiv(D: np.ndarray) -> np.ndarray:
@@ -71,14 +75,62 @@ def _unit(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return F / norms[:, None], norms
 
 
-class _Decomposition(BaseEstimator):
-    design = "raw"
+def row_scores(coef: np.ndarray, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Signed score of every row: its weight times its length over the images' spread along it, in [-1, 1] (see
+    :mod:`finexl.explanation.scoring`)."""
+    return np.clip(coef * np.linalg.norm(rows, axis=1) / spread, -1.0, 1.0)
+
+
+class Decomposition(BaseEstimator):
+    """The interface of every method (a scikit-learn estimator).
+
+    ``fit(F, D, reference=None, two_sided=None)`` returns ``self`` with ``coef_`` (a weight per row of ``F``),
+    ``residual_`` (NaN for methods that do not decompose V_div) and ``n_features_in_``. ``row_scores`` gives the
+    reported score of every row, ``joint_row_scores`` the joint fit's of a two-part method (None for the others);
+    ``bootstrap_scores`` and ``null_scores`` refit on resamples of the pairs and on swapped null pairs. Calling any
+    of them before ``fit`` raises scikit-learn's ``NotFittedError``. ``reference`` (the base embeddings) is read by
+    the methods that compare the image sets themselves, ``two_sided`` (a flag per row) by those on concept axes.
+    """
+
+    design = "raw"  # the ConceptDirections.design it works on: "raw", "axes" or "anchors"
+
+    def fit(self, F, D, reference=None, two_sided=None):
+        raise NotImplementedError
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """Signed score per row: the weight times the row's length, over the images' spread along it."""
-        from finexl.explanation.scoring import row_scores
-
+        check_is_fitted(self)
         return row_scores(self.coef_, rows, spread)
+
+    def joint_row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray | None:
+        """A two-part method's joint-fit scores (whether, toward what); None for a one-part method."""
+        check_is_fitted(self)
+        return None
+
+    def bootstrap_scores(self, F, D, spread, draws, reference=None, two_sided=None):
+        """``(row scores, residuals, joint row scores or None)`` of a refit on each resample in ``draws`` (index
+        arrays over the pairs, :func:`finexl.stats.bootstrap_indices`)."""
+        fits = [clone(self).fit(F, D[idx], None if reference is None else reference[idx], two_sided) for idx in draws]
+        return self._stacked(fits, F, spread) + (self._joints(fits, F, spread),)
+
+    def null_scores(self, F, base, null_base, spread, swaps, two_sided=None):
+        """``(row scores, joint row scores or None)`` of the base against itself (``null_base``: other seeds) under
+        each row of ``swaps`` (:func:`finexl.stats.swap_masks`: which pairs' two images change places)."""
+        fits = []
+        for swap in swaps:
+            first = np.where(swap[:, None], null_base, base)
+            second = np.where(swap[:, None], base, null_base)
+            fits.append(clone(self).fit(F, second - first, first, two_sided))
+        return self._stacked(fits, F, spread)[0], self._joints(fits, F, spread)
+
+    @staticmethod
+    def _stacked(fits, F, spread):
+        return np.stack([f.row_scores(F, spread) for f in fits]), np.array([f.residual_ for f in fits])
+
+    @staticmethod
+    def _joints(fits, F, spread):
+        joints = [f.joint_row_scores(F, spread) for f in fits]
+        return None if joints[0] is None else np.stack(joints)
 
     def _finish(self, F: np.ndarray, v: np.ndarray, coef: np.ndarray):
         self.coef_ = coef
@@ -87,14 +139,14 @@ class _Decomposition(BaseEstimator):
         return self
 
 
-class PaperDecomposition(_Decomposition):
+class PaperDecomposition(Decomposition):
     """FineXL as published (redundancy filter, then least squares until the residual bound)."""
 
     def __init__(self, redundancy_threshold: float = 0.1, target_residual: float = 0.2):
         self.redundancy_threshold = redundancy_threshold
         self.target_residual = target_residual
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, _ = _unit(F)
@@ -115,23 +167,23 @@ class PaperDecomposition(_Decomposition):
         return self._finish(F, v, coef)
 
 
-class NNLSDecomposition(_Decomposition):
+class NNLSDecomposition(Decomposition):
     """Non-negative least squares on the raw directions."""
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         coef, _ = nnls(F.T, v)
         return self._finish(F, v, coef)
 
 
-class WhitenedNNLSDecomposition(_Decomposition):
+class WhitenedNNLSDecomposition(Decomposition):
     """Non-negative least squares in a whitened PCA subspace of the (centred) directions."""
 
     def __init__(self, n_components: int = 16):
         self.n_components = n_components
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         centred = F - F.mean(axis=0)
@@ -145,15 +197,13 @@ class WhitenedNNLSDecomposition(_Decomposition):
         return self._finish(F, v, coef)
 
 
-class SparseDecomposition(_Decomposition):
+class SparseDecomposition(Decomposition):
     """SpLiCE-style non-negative lasso on unit-norm directions; ``alpha_ratio`` of the smallest all-zero penalty."""
 
     def __init__(self, alpha_ratio: float = 0.05):
         self.alpha_ratio = alpha_ratio
 
-    def fit(self, F, D, reference=None):
-        from sklearn.linear_model import Lasso
-
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, norms = _unit(F)
@@ -165,7 +215,7 @@ class SparseDecomposition(_Decomposition):
         return self._finish(F, v, lasso.coef_ / norms)
 
 
-class SignedOMP(_Decomposition):
+class SignedOMP(Decomposition):
     """Signed orthogonal matching pursuit on concept axes: the joint fit inside finexl's default.
 
     Repeatedly pick the axis most aligned with what is still unexplained, refit all picked axes by least squares,
@@ -258,22 +308,20 @@ class FinexlDecomposition(SignedOMP):
 
     def row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """The reported score: the projection's (how much)."""
-        from finexl.explanation.scoring import row_scores
-
+        check_is_fitted(self)
         return row_scores(self.projection_, rows, spread)
 
     def joint_row_scores(self, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """The joint fit's scores (whether, toward what)."""
-        from finexl.explanation.scoring import row_scores
-
+        check_is_fitted(self)
         return row_scores(self.coef_, rows, spread)
 
 
-class GSCLIPScorer(_Decomposition):
+class GSCLIPScorer(Decomposition):
     """GSCLIP-style: every concept scored on its own by the cosine of its direction with V_div (no joint fit); the
     weight is the projection of V_div on the unit direction."""
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         v = _as_vdiv(D)
         F = _check(F, v)
         U, norms = _unit(F)
@@ -293,18 +341,19 @@ def _paired_sets(D, reference) -> tuple[np.ndarray, np.ndarray]:
     reference = np.asarray(reference, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     if D.ndim != 2 or D.shape != reference.shape:
-        raise ValueError(f"need per-pair differences and base embeddings of the same shape, got {D.shape}, "
-                         f"{reference.shape}")  # fmt: skip
+        raise ValueError(
+            f"need per-pair differences and base embeddings of the same shape, got {D.shape}, {reference.shape}"
+        )
     return reference, reference + D
 
 
-class VisDiffRanker(_Decomposition):
+class VisDiffRanker(Decomposition):
     """VisDiff-style: rank each phrase by how well its image-text similarity separates the personalized images
     from the base images (AUROC); score = 2 AUROC - 1 in [-1, 1]. Rows are text anchors ("prompt, phrase")."""
 
     design = "anchors"
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         base, tuned = _paired_sets(D, reference)
         U, _ = _unit(_check(F, base[0]))
         sb, st = base @ U.T, tuned @ U.T  # (n, k)
@@ -320,29 +369,27 @@ class VisDiffRanker(_Decomposition):
         return self
 
     def row_scores(self, rows, spread):
+        check_is_fitted(self)
         return self.coef_.copy()
 
 
-class SpliceDecomposition(_Decomposition):
+class SpliceDecomposition(Decomposition):
     """SpLiCE-style: every image is decomposed on its own as a sparse non-negative mix of centred, unit concept
     anchors (non-negative lasso; penalty ``l1`` times the smallest penalty that zeroes every weight, 0.2 chosen
     among 0.05, 0.2 and 0.5 on toy LoRAs); the weight of a row is the mean over pairs of the code of the
     personalized image minus the code of the base image, scored against the spread of the codes.
 
     The codes are per image, so the pairs' code differences are computed once (``pair_codes``) and resampled, not
-    re-solved, for intervals (``per_pair = True``).
+    re-solved, for intervals and the null.
     """
 
     design = "anchors"
-    per_pair = True
 
     def __init__(self, l1: float = 0.2):
         self.l1 = l1
 
     def pair_codes(self, F, D, reference) -> tuple[np.ndarray, np.ndarray]:
         """Per-pair code differences (n, k) and the codes' spread (k,)."""
-        from sklearn.linear_model import Lasso
-
         base, tuned = _paired_sets(D, reference)
         F = _check(F, base[0])
         U, _ = _unit(F - F.mean(axis=0))
@@ -365,7 +412,7 @@ class SpliceDecomposition(_Decomposition):
         spread = np.maximum(np.quantile(pooled, 0.95, axis=0) - np.quantile(pooled, 0.05, axis=0), 1e-6)
         return ct - cb, spread
 
-    def fit(self, F, D, reference=None):
+    def fit(self, F, D, reference=None, two_sided=None):
         delta, self.code_spread_ = self.pair_codes(F, D, reference)
         self.coef_ = delta.mean(axis=0)
         self.residual_ = float("nan")  # per-image codes do not decompose V_div
@@ -373,7 +420,20 @@ class SpliceDecomposition(_Decomposition):
         return self
 
     def row_scores(self, rows, spread):
+        check_is_fitted(self)
         return np.clip(self.coef_ / self.code_spread_, -1.0, 1.0)
+
+    def bootstrap_scores(self, F, D, spread, draws, reference=None, two_sided=None):
+        """The codes are per image: the pairs' code changes are computed once and resampled, not re-solved."""
+        delta, code_spread = self.pair_codes(F, D, reference)
+        scores = np.stack([np.clip(delta[idx].mean(axis=0) / code_spread, -1.0, 1.0) for idx in draws])
+        return scores, np.full(len(scores), np.nan), None
+
+    def null_scores(self, F, base, null_base, spread, swaps, two_sided=None):
+        """A swap flips the sign of the pair's code change."""
+        delta, code_spread = self.pair_codes(F, null_base - base, base)
+        flips = np.where(swaps, -1.0, 1.0)
+        return np.stack([np.clip((delta * f[:, None]).mean(axis=0) / code_spread, -1.0, 1.0) for f in flips]), None
 
 
 ESTIMATORS = {
@@ -389,9 +449,8 @@ ESTIMATORS = {
 DEFAULT_METHOD = "finexl"
 
 
-def make_estimator(name: str, **params):
+def make_estimator(name: str, **params) -> Decomposition:
+    """The method called ``name`` (a key of ``ESTIMATORS``), unfitted."""
     if name not in ESTIMATORS:
-        from finexl.errors import ConfigError
-
         raise ConfigError(f"unknown decomposition method {name!r}; choose one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[name](**params)

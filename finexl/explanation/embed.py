@@ -18,59 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finexl.errors import ConfigError, InputError, MissingInputError, NumericalError
+from finexl.errors import ConfigError, InputError, MissingInputError
+from finexl.explanation.embedder import Embedder
+from finexl.explanation.open_clip_backend import OpenCLIP
+from finexl.loading import fingerprint_folder
+from finexl.utils import data_dir
 
 logger = logging.getLogger(__name__)
 
 OPEN_CLIP_PREFIX = "open_clip:"
-
-
-class Embedder:
-    """CLIP-style encoders: ``embed_images`` and ``embed_texts`` return L2-normalized (n, d) float64 arrays."""
-
-    name: str = ""
-    fingerprint: str = ""  # identifies the weights, for caches
-    batch_size: int = 256
-    text_window: int | None = None  # tokens the text encoder reads; longer texts are cut
-
-    def count_tokens(self, text: str) -> int | None:
-        """Tokens of ``text`` as the text encoder sees them (with its start and end tokens); None if unknown."""
-        return None
-
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        """``images``: uint8 (n, h, w, 3)."""
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images of shape (n, h, w, 3), got {images.dtype} {images.shape}")
-        if len(images) == 0:
-            raise ValueError("no images to embed")
-        out = [self._images(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        return _normalized(torch.cat(out))
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            raise ValueError("no texts to embed")
-        out = [self._texts(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        return _normalized(torch.cat(out))
-
-    def _images(self, images: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
-
-    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image features (not normalized) of float pixels ``(n, 3, h, w)`` in ``[0, 1]``, differentiable: the
-        model's own preprocessing done in torch, so that gradients reach the pixels (used by the change maps)."""
-        raise NotImplementedError(f"{type(self).__name__} has no differentiable image path")
-
-    def _texts(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _normalized(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    if not torch.isfinite(features).all():
-        raise NumericalError("the CLIP model produced NaN or infinite embeddings")
-    return F.normalize(features, dim=-1).double().numpy()
 
 
 def _features(output) -> torch.Tensor:
@@ -94,8 +50,6 @@ class TransformersCLIP(Embedder):
 
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 256):
         from transformers import CLIPModel, CLIPTokenizer
-
-        from finexl.loading import fingerprint_folder
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -131,8 +85,9 @@ class TransformersCLIP(Embedder):
             h, w = x.shape[-2:]
             if short and min(h, w) != short:
                 scale = short / min(h, w)
-                x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False,
-                                  antialias=True)  # fmt: skip
+                x = F.interpolate(
+                    x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False, antialias=True
+                )
         if getattr(p, "do_center_crop", False):
             ch, cw = p.crop_size["height"], p.crop_size["width"]
             top, left = max(0, (x.shape[-2] - ch) // 2), max(0, (x.shape[-1] - cw) // 2)
@@ -153,7 +108,6 @@ class TransformersCLIP(Embedder):
 def parse_clip_spec(spec: str) -> tuple[str, ...]:
     """``("transformers", folder)`` or ``("open_clip", model, checkpoint)``, with the paths checked (no model is
     loaded), so a wrong spec stops a run before any image is made."""
-    from finexl.utils import data_dir
 
     if spec == "toy":
         return ("transformers", str(data_dir() / "toy_clip"))
@@ -176,7 +130,5 @@ def load_embedder(spec: str, device: str = "cpu") -> Embedder:
     """The embedder a CLIP spec names (see the module docstring), on ``device``."""
     parsed = parse_clip_spec(spec)
     if parsed[0] == "open_clip":
-        from finexl.explanation.open_clip_backend import OpenCLIP
-
         return OpenCLIP(parsed[1], parsed[2], device=device)
     return TransformersCLIP(parsed[1], device=device)

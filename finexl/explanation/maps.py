@@ -41,9 +41,13 @@ def aspect_direction(directions, concept: str, direction: str) -> np.ndarray:
 
 
 def change_maps(
-    embedder, base: np.ndarray, tuned: np.ndarray, direction: np.ndarray, steps: int = DEFAULT_STEPS,
+    embedder,
+    base: np.ndarray,
+    tuned: np.ndarray,
+    direction: np.ndarray,
+    steps: int = DEFAULT_STEPS,
     batch_size: int = 128,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Integrated-gradient maps of the projection onto ``direction``, one per pair: float32 ``(n, h, w)``; with
     several directions ``(k, d)``, one stack per direction ``(k, n, h, w)``, from one pass of the images.
 

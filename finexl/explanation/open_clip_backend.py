@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from finexl.compat import import_torchvision
 from finexl.errors import BackendError, ConfigError, InputError, MissingInputError
-from finexl.explanation.embed import Embedder
+from finexl.explanation.embedder import Embedder
+from finexl.loading import fingerprint_folder
 
 # open_clip's defaults where a model does not carry its own normalization (open_clip.constants)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -20,7 +23,6 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _import_open_clip():
-    from finexl.compat import import_torchvision
 
     try:
         import_torchvision()
@@ -37,7 +39,6 @@ class OpenCLIP(Embedder):
     a local weights file (``.bin``, ``.pt`` or ``.safetensors``), never a download."""
 
     def __init__(self, model: str, checkpoint: str | Path, device: str = "cpu", batch_size: int = 256):
-        from finexl.loading import fingerprint_folder
 
         open_clip = _import_open_clip()
         checkpoint = Path(checkpoint)
@@ -67,7 +68,6 @@ class OpenCLIP(Embedder):
 
     @torch.no_grad()
     def _images(self, images: np.ndarray) -> torch.Tensor:
-        from PIL import Image
 
         pixels = torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
         return self.model.encode_image(pixels).cpu()
@@ -77,8 +77,13 @@ class OpenCLIP(Embedder):
 
         visual = self.model.visual
         size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size,) * 2
-        x = F.interpolate(pixels.to(self.device, torch.float32), size=tuple(size), mode="bicubic",
-                          align_corners=False, antialias=True)  # fmt: skip
+        x = F.interpolate(
+            pixels.to(self.device, torch.float32),
+            size=tuple(size),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        )
         mean = torch.tensor(getattr(visual, "image_mean", None) or OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(getattr(visual, "image_std", None) or OPENAI_STD, device=x.device).view(1, 3, 1, 1)
         return self.model.encode_image((x - mean) / std)

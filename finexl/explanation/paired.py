@@ -26,15 +26,6 @@ from finexl.utils import CACHE_READ_ERRORS, atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path:
-    """``$FINEXL_CACHE``, else ``$XDG_CACHE_HOME/finexl``, else ``~/.cache/finexl``."""
-    import os
-
-    if os.environ.get("FINEXL_CACHE"):
-        return Path(os.environ["FINEXL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finexl"
-
-
 def lora_fingerprint(base_fingerprint: str, lora_fingerprint_: str, scale: float) -> str:
     text = json.dumps({"base": base_fingerprint, "lora": lora_fingerprint_, "scale": float(scale)})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -58,8 +49,9 @@ class ImageCache:
     def _name(prompt: str, seed: int) -> str:
         return hashlib.sha256(f"{prompt}\0{int(seed)}".encode()).hexdigest()[:32] + ".png"
 
-    def load(self, model: str, sampler: SamplerConfig, prompts: list[str], seeds: list[int]
-             ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def load(
+        self, model: str, sampler: SamplerConfig, prompts: list[str], seeds: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Images found in the cache and a boolean mask of the missing ones."""
         folder = self._folder(model, sampler)
         images = np.zeros((len(prompts), sampler.height, sampler.width, 3), dtype=np.uint8)
@@ -113,8 +105,9 @@ def cached_samples(
         images, missing = cache.load(model, sampler, prompts, seeds)
     todo = np.flatnonzero(missing)
     if len(todo):
-        logger.info("%s: %d of %d images to generate (%d cached)", desc, len(todo), len(prompts),
-                    len(prompts) - len(todo))  # fmt: skip
+        logger.info(
+            "%s: %d of %d images to generate (%d cached)", desc, len(todo), len(prompts), len(prompts) - len(todo)
+        )
         pipe = get_pipe()
         starts = range(0, len(todo), sampler.batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress):

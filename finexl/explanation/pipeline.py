@@ -8,25 +8,40 @@ images, their embeddings and the text directions are made once per pipeline and 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from finexl import __version__
+from finexl.chat import LLMError, make_chat, redact_url
+from finexl.config import Config, setting
 from finexl.errors import ConfigError, InputError, MissingInputError
+from finexl.explanation.concepts import compose, load_concept_bank, text_directions
 from finexl.explanation.decompose import DEFAULT_METHOD, ESTIMATORS
-from finexl.explanation.result import Explanation, Samples
+from finexl.explanation.embed import load_embedder, parse_clip_spec
+from finexl.explanation.maps import aspect_direction, change_maps, normalized, pairs_to_show
+from finexl.explanation.paired import ImageCache, cached_samples, lora_fingerprint
+from finexl.explanation.proposals import propose_concepts
+from finexl.explanation.result import AspectScore, Explanation, Samples
+from finexl.explanation.scoring import Decomposed, decompose_divergence
 from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
-from finexl.loading import DTYPES
-from finexl.sampling import SamplerConfig
+from finexl.loading import DTYPES, check_device, fingerprint_folder, fuse_lora, load_lora, load_pipeline, native_size
+from finexl.loading.lora_formats import resolve_lora_file
+from finexl.loading.pipelines import read_model_index
+from finexl.presets import PRESETS, get_preset, resolve_preset
+from finexl.records import recorded_base
+from finexl.sampling import SamplerConfig, sampled_with
+from finexl.utils import default_cache_dir, read_text
+from finexl.validation import load_json
+from finexl.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -49,62 +64,132 @@ class OtherBaseError(InputError):
         self.trained_on = trained_on
 
 
+def parse_samples(text: str) -> int | str:
+    """``--samples``: ``auto`` or a number of pairs >= 2."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 2, got {text!r}")
+    return value
+
+
 @dataclass
-class ExplainConfig:
-    """Settings of an explain pipeline (saved in every ``explanation.json`` it writes).
+class ExplainConfig(Config):
+    """Settings of an explain pipeline (saved in every ``explanation.json`` it writes, and read back from it by
+    :meth:`from_json`).
 
     Parts left ``None`` come from the preset: ``toy`` when no base is given. A base of your own has no preset
     unless one is asked for, so ``clip``, ``concepts`` and ``prompts`` must then be given.
     """
 
-    preset: str | None = field(default=None, metadata={"help": "'toy', or None: toy when no base is given"})
-    base: str | None = field(default=None, metadata={"help": "base diffusers pipeline folder"})
-    clip: str | None = field(default=None, metadata={"help": "CLIP spec (see finexl.explanation.embed)"})
-    concepts: str | None = field(default=None, metadata={"help": "concept bank file, or 'toy' / 'real'"})
-    prompts: str | list[str] | None = field(default=None, metadata={"help": "prompts file or list"})
-    # the prompts the concept directions f(C) are built from; default the sampling prompts. For a DreamBooth model
-    # sampled on its instance prompt ("a sks dog"), the class prompt ("a dog"): the text encoder has no meaning for
-    # the identifier
-    direction_prompts: str | list[str] | None = field(default=None, metadata={"help": "file or list"})
-    samples: int | str = field(default="auto", metadata={
-        "help": "image pairs (prompts cycled, pair i has seed + i), or 'auto': rounds of auto_round pairs until "
-                "every verdict is settled, up to auto_cap (see finexl/explanation/sequential.py)"})  # fmt: skip
-    auto_round: int = field(default=32, metadata={"help": "samples='auto': pairs drawn per round"})
-    auto_cap: int = field(default=128, metadata={"help": "samples='auto': the most pairs (the fixed rule it matches)"})
-    auto_error: float = field(default=0.05, metadata={
-        "help": "samples='auto': largest accepted chance that a verdict differs from auto_cap pairs'"})  # fmt: skip
-    auto_verdicts: str = field(default="each", metadata={
-        "help": "samples='auto': 'each' settles every unchanged verdict on its own; 'share' all together "
-                "(expected share that differ <= auto_error): fewer pairs, can miss the strongest change"})  # fmt: skip
-    method: str = DEFAULT_METHOD
-    seed: int = 0
-    n_bootstrap: int = 200
-    n_null: int = 200
-    confidence: float = 0.9
-    null_quantile: float = 0.95
-    null: bool = field(default=True, metadata={"help": "calibrate against the base with other seeds"})
-    allow_other_base: bool = field(
-        default=False, metadata={"help": "explain a LoRA that finexl recorded as trained on another base"}
+    preset: str | None = setting(
+        None,
+        choices=PRESETS,
+        help="take unset parts from a preset",
+        default_text="toy without --base",
     )
-    report_pairs: int = field(default=16, metadata={"help": "pairs kept for the report, with maps; 0: none"})
-    map_pairs: int = field(default=64, metadata={"help": "pairs the mean change map of an aspect averages"})
-    map_steps: int = field(default=16, metadata={"help": "integration steps of a change map"})
-    vlm: str | None = field(default=None, metadata={"help": "local vision-language model folder for proposals"})
-    vlm_endpoint: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint for proposals"})
-    vlm_model: str | None = None
-    vlm_pairs: int = 8
-    api_key_env: str | None = field(
-        default=None, metadata={"help": "environment variable holding the endpoints' API key (never stored)"}
+    base: str | None = setting(
+        None,
+        help="base diffusers pipeline folder",
+        default_text="the toy preset's, data/toy_sd",
     )
-    sampler: SamplerConfig = field(default_factory=lambda: replace(EXPLAIN_SAMPLER))
-    height: int | None = field(default=None, metadata={"help": "image size; default the base's native size"})
-    width: int | None = None
-    cache_dir: str | None = None
-    device: str = field(default="cpu", metadata={"help": "torch device of every model"})
-    dtype: str = field(default="float32", metadata={"help": "dtype of the diffusion pipelines"})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the denoiser: a slow first batch, then faster sampling; meant for long runs on a "
-                "GPU (slower on a small CPU, docs/speed.md)"})  # fmt: skip
+    clip: str | None = setting(None, help="CLIP: a transformers CLIP folder, open_clip:MODEL:CHECKPOINT, or 'toy'")
+    concepts: str | None = setting(None, help="concept bank JSON file, or 'toy' / 'real' for the shipped banks")
+    prompts: str | list[str] | None = setting(
+        None,
+        help="UTF-8 file, one prompt per line (or a list, from Python)",
+        default_text="the preset's neutral prompts",
+    )
+    direction_prompts: str | list[str] | None = setting(
+        None,
+        help="prompts file to build the concept directions from. For a DreamBooth model sampled on its instance "
+        "prompt ('a sks dog'), give the class prompt ('a dog'): the text encoder has no meaning for the "
+        "identifier",
+        default_text="--prompts",
+    )
+    samples: int | str = setting(
+        "auto",
+        parse=parse_samples,
+        help="'auto' or a number of image pairs, pair i with seed --seed + i and the prompts cycled. 'auto' draws "
+        "rounds of --auto-round pairs and stops when every verdict and the order of the CHANGED aspects is "
+        "settled: each has at most --auto-error chance of differing from --auto-cap fixed pairs' (see --auto-"
+        "verdicts), and the false-positive rate stays within 1 / (1 - error) of theirs (docs/speed.md)",
+    )
+    auto_round: int = setting(32, minimum=2, help="--samples auto: pairs per round")
+    auto_cap: int = setting(128, minimum=2, help="--samples auto: the most pairs (the fixed rule it stands in for)")
+    auto_error: float = setting(
+        0.05,
+        above=0,
+        below=0.5,
+        help="--samples auto: accepted chance that a verdict differs from --auto-cap pairs'",
+    )
+    auto_verdicts: str = setting(
+        "each",
+        choices=VERDICT_RULES,
+        help="--samples auto: 'each' holds every unchanged verdict to --auto-error chance of differing from --auto-"
+        "cap pairs'; 'share' only their expected share: 0.43 of the pairs instead of 0.70 on the benchmark, but "
+        "it missed the strongest change of 18 of 68 models (docs/speed.md)",
+    )
+    method: str = setting(
+        DEFAULT_METHOD,
+        choices=tuple(ESTIMATORS),
+        help="decomposition (see finexl/explanation/decompose.py)",
+    )
+    seed: int = setting(0, minimum=0, help="seed of the first pair; pair i uses seed + i")
+    n_bootstrap: int = setting(200, minimum=10, flag="--bootstrap", help="bootstrap resamples of the pairs")
+    n_null: int = setting(200, minimum=10, help="random swaps of the null pairs")
+    confidence: float = setting(0.9, minimum=0.5, below=1, help="level of the intervals")
+    null_quantile: float = setting(0.95, minimum=0.5, below=1, help="quantile of the null an interval must clear")
+    null: bool = setting(True, help="skip the null calibration (no CHANGED verdicts)")
+    allow_other_base: bool = setting(False, help="explain a LoRA that finexl recorded as trained on another base")
+    report_pairs: int = setting(
+        16,
+        minimum=0,
+        help="pairs kept for the report, with where-it-changed maps; 0 keeps none",
+    )
+    map_pairs: int = setting(64, minimum=1, help="pairs the mean change map of an aspect averages")
+    map_steps: int = setting(16, minimum=1, help="integration steps of a change map")
+    vlm: str | None = setting(None, help="local transformers vision-language model folder for concept proposals")
+    vlm_endpoint: str | None = setting(
+        None,
+        help="OpenAI-compatible API base URL with image input, e.g. http://localhost:8000/v1",
+    )
+    vlm_model: str | None = setting(None, help="model name at --vlm-endpoint")
+    vlm_pairs: int = setting(8, minimum=1, help="image pairs shown to the VLM")
+    api_key_env: str | None = setting(
+        None,
+        cli=False,
+        help="environment variable holding the endpoints' API key (never stored; the command line's --llm-api-key-"
+        "env)",
+    )
+    sampler: SamplerConfig = setting(
+        default_factory=lambda: replace(EXPLAIN_SAMPLER),
+        help="how the images are sampled",
+    )
+    height: int | None = setting(None, minimum=8, kind=int, help="image height", default_text="the base's native size")
+    width: int | None = setting(None, minimum=8, kind=int, help="image width", default_text="the base's native size")
+    cache_dir: str | None = setting(
+        None,
+        flag="--cache",
+        help="image and direction cache folder",
+        default_text="$FINEXL_CACHE or ~/.cache/finexl",
+    )
+    device: str = setting("cpu", help="torch device of every model, e.g. cuda or cuda:1")
+    dtype: str = setting(
+        "float32",
+        choices=DTYPES,
+        help="dtype of the diffusion pipelines (float16/bfloat16 on a GPU)",
+    )
+    compile: bool = setting(
+        False,
+        help="torch.compile the denoiser: the first batch waits for the compile (most of a minute on a CPU, seconds "
+        "once torch's compile cache holds it), later batches sample faster. Meant for long runs on a GPU: on 2 "
+        "CPU cores it made explain and explain-many slower (docs/speed.md). On a CPU it needs a C++ compiler",
+    )
 
     @property
     def n_pairs(self) -> int:
@@ -112,48 +197,54 @@ class ExplainConfig:
         return self.auto_cap if self.samples == "auto" else self.samples
 
     def __post_init__(self) -> None:
-        if isinstance(self.sampler, dict):
-            self.sampler = SamplerConfig(**self.sampler)
-        if self.method not in ESTIMATORS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        super().__post_init__()  # every field's own range and choices
         if self.samples != "auto" and not (isinstance(self.samples, int) and self.samples >= 2):
-            raise ConfigError(f"samples must be 'auto' or a number >= 2 (pairs to bootstrap over), got "
-                              f"{self.samples!r}")  # fmt: skip
-        if not (2 <= self.auto_round <= self.auto_cap) or not 0 < self.auto_error < 0.5:
-            raise ConfigError(f"auto_round must be in [2, auto_cap] and auto_error in (0, 0.5); got "
-                              f"{self.auto_round}, {self.auto_cap} and {self.auto_error}")  # fmt: skip
-        if self.auto_verdicts not in VERDICT_RULES:
-            raise ConfigError(f"auto_verdicts must be one of {', '.join(VERDICT_RULES)}, got {self.auto_verdicts!r}")
+            raise ConfigError(
+                f"samples must be 'auto' or a number >= 2 (pairs to bootstrap over), got {self.samples!r}"
+            )
+        if self.auto_round > self.auto_cap:
+            raise ConfigError(f"auto_round must be in [2, auto_cap]; got {self.auto_round} and {self.auto_cap}")
         if self.samples == "auto" and not self.null:
-            raise ConfigError("samples='auto' settles CHANGED verdicts, which need the null test; drop --no-null or "
-                              "give a number of samples")  # fmt: skip
-        if not 0.5 <= self.confidence < 1:
-            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
-        if not 0.5 <= self.null_quantile < 1:
-            raise ConfigError(f"null_quantile must be in [0.5, 1), got {self.null_quantile}")
-        if self.n_bootstrap < 10 or self.n_null < 10:
-            raise ConfigError(f"n_bootstrap and n_null must be >= 10, got {self.n_bootstrap} and {self.n_null}")
+            raise ConfigError(
+                "samples='auto' settles CHANGED verdicts, which need the null test; drop --no-null or "
+                "give a number of samples"
+            )
         if self.vlm and self.vlm_endpoint:
             raise ConfigError("give either a local VLM folder or a VLM endpoint, not both")
         if self.vlm_endpoint and not self.vlm_model:
             raise ConfigError("a VLM endpoint needs a model name (vlm_model / --vlm-model)")
-        if self.report_pairs < 0 or self.map_pairs < 1 or self.map_steps < 1:
-            raise ConfigError(f"report_pairs must be >= 0, map_pairs and map_steps >= 1; got {self.report_pairs}, "
-                              f"{self.map_pairs} and {self.map_steps}")  # fmt: skip
-        if self.vlm_pairs < 1:
-            raise ConfigError(f"vlm_pairs must be >= 1, got {self.vlm_pairs}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and value < 8:
-                raise ConfigError(f"{name} must be >= 8 pixels, got {value}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if isinstance(self.prompts, (list, tuple)):
             self.prompts = check_prompts(self.prompts, "prompts")
         if isinstance(self.direction_prompts, (list, tuple)):
             self.direction_prompts = check_prompts(self.direction_prompts, "direction prompts")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ExplainConfig:
+        """The config of a run, read from its ``explanation.json`` (or a folder holding one; see
+        :meth:`from_explanation`) or from a config file written by :meth:`to_json`."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "explanation.json"
+        obj = load_json(path, "config file")
+        if isinstance(obj, dict) and "settings" in obj and "aspects" in obj:
+            return cls.from_explanation(Explanation.from_dict(obj, str(path)))
+        return cls.from_dict(obj, source=str(path))
+
+    @classmethod
+    def from_explanation(cls, explanation: Explanation) -> ExplainConfig:
+        """The config an explanation was made with, its parts as they were resolved (the preset's name, the
+        sampler's image size): ``ExplainPipeline(config)(**explanation.target)`` makes it again. An endpoint URL
+        comes back as it was saved, without credentials."""
+        settings = dict(explanation.settings)
+        for key in RECORDED_WITH_SETTINGS:
+            settings.pop(key, None)
+        if isinstance(settings.get("sampler"), dict):
+            settings["sampler"] = {k: v for k, v in settings["sampler"].items() if k != "scheduler_class"}
+        return cls.from_dict(settings, source="the settings of the explanation")
+
+
+# what an explanation's ``settings`` hold beside the config's fields: the target and the collection entry
+RECORDED_WITH_SETTINGS = ("lora", "model", "lora_scale", "collection")
 
 
 @dataclass(frozen=True)
@@ -207,8 +298,6 @@ def check_prompts(prompts, what: str = "prompts") -> list[str]:
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
-    from finexl.utils import read_text
-
     path = Path(path)
     text = read_text(path, "prompts file", PromptsError)
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -228,6 +317,50 @@ def _prompt_list(value: str | list[str] | None) -> list[str] | None:
     return list(value) if isinstance(value, list) else read_prompts(value)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """Stage 1's result: the personalization's weights file (None for a pipeline folder), its fingerprint (of the
+    LoRA on this base at its scale), and the base finexl recorded it as trained on (None if not recorded)."""
+
+    lora_file: str | None
+    fingerprint: str
+    trained_on: str | None
+
+
+class Timings:
+    """Wall seconds per stage: ``with timings("sample"): ...`` adds the block's time to the stage's."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
+
+    def rounded(self) -> dict[str, float]:
+        """Every stage's seconds and the ``total`` since the timings began, to 0.01 s."""
+        return {
+            **{k: round(v, 2) for k, v in self.seconds.items()},
+            "total": round(time.perf_counter() - self._start, 2),
+        }
+
+
+@dataclass
+class Rounds:
+    """What the sampling rounds of stages 2 to 6 end with: the pairs, their embeddings, the decomposition of the
+    last round and, with ``samples='auto'``, each look at the verdicts."""
+
+    images: PairedImages
+    embeddings: PairedEmbeddings
+    decomposed: Decomposed
+    looks: list[Look]
+
+
 class ExplainPipeline:
     """Explain personalizations of one base: ``ExplainPipeline(config)(lora=...)`` returns an :class:`Explanation`.
 
@@ -236,20 +369,17 @@ class ExplainPipeline:
     """
 
     def __init__(self, config: ExplainConfig | None = None, progress: bool = False):
-        from finexl.explanation.concepts import load_concept_bank
-        from finexl.explanation.embed import parse_clip_spec
-        from finexl.explanation.paired import ImageCache, default_cache_dir
-        from finexl.loading import check_device, fingerprint_folder, native_size
-        from finexl.presets import get_preset, resolve_preset
-
         self.config = cfg = config or ExplainConfig()
         self.progress = progress
         self._batch_bars = progress  # a bar per batch of images; explaining shows one bar over its rounds instead
         # 0. defaults: the preset fills what is unset; a base of one's own must name its parts
         self.preset = resolve_preset(cfg.preset, cfg.base)
         if self.preset is None:
-            missing = [flag for flag, value in (("--clip", cfg.clip), ("--concepts", cfg.concepts),
-                                                ("--prompts", cfg.prompts)) if value is None]  # fmt: skip
+            missing = [
+                flag
+                for flag, value in (("--clip", cfg.clip), ("--concepts", cfg.concepts), ("--prompts", cfg.prompts))
+                if value is None
+            ]
             if missing:
                 raise ConfigError(
                     f"a base of your own ({cfg.base}) needs {', '.join(missing)}: pass a CLIP folder or "
@@ -282,56 +412,75 @@ class ExplainPipeline:
     # ------------------------------------------------------------------------------------------------------------
     # the stages, each usable on its own (the benchmark scores several methods on one set of embeddings)
 
-    def check_personalization(self, target: Personalization) -> dict:
+    def check_personalization(self, target: Personalization) -> Checked:
         """Stage 1: the personalization's files, its fingerprint, and the base it was trained on (one policy:
         a LoRA that finexl recorded as trained on another base is refused unless ``allow_other_base``)."""
-        from finexl.explanation.paired import lora_fingerprint
-        from finexl.loading import fingerprint_folder, recorded_base, resolve_lora_file
-
         if target.model:
             if not (Path(target.model) / "model_index.json").is_file():
                 raise MissingInputError(f"no diffusers pipeline at {target.model}: model_index.json is missing")
-            return {"lora_file": None, "fingerprint": fingerprint_folder(target.model), "trained_on": None}
+            return Checked(lora_file=None, fingerprint=fingerprint_folder(target.model), trained_on=None)
         lora_file = resolve_lora_file(target.lora)
         trained_on = recorded_base(lora_file)
         if trained_on is not None and trained_on != self.base_fingerprint:
-            message = (f"the LoRA {lora_file} was trained by finexl on another base (fingerprint {trained_on}) than "
-                       f"{self.base_dir} ({self.base_fingerprint})")  # fmt: skip
+            message = (
+                f"the LoRA {lora_file} was trained by finexl on another base (fingerprint {trained_on}) than "
+                f"{self.base_dir} ({self.base_fingerprint})"
+            )
             if not self.config.allow_other_base:
-                raise OtherBaseError(f"{message}; pass --allow-other-base to explain what it does to this base",
-                                     trained_on)  # fmt: skip
+                raise OtherBaseError(
+                    f"{message}; pass --allow-other-base to explain what it does to this base", trained_on
+                )
             logger.warning("%s: explaining what it does to this base", message)
         fingerprint = lora_fingerprint(self.base_fingerprint, fingerprint_folder(lora_file), target.scale)
-        return {"lora_file": str(lora_file), "fingerprint": fingerprint, "trained_on": trained_on}
+        return Checked(lora_file=str(lora_file), fingerprint=fingerprint, trained_on=trained_on)
 
-    def sample(self, target: Personalization, checked: dict | None = None, seeds: list[int] | None = None,
-               null: bool | None = None, n: int | None = None) -> PairedImages:  # fmt: skip
+    def sample(
+        self,
+        target: Personalization,
+        checked: Checked | None = None,
+        seeds: list[int] | None = None,
+        null: bool | None = None,
+        n: int | None = None,
+    ) -> PairedImages:
         """Stage 2: personalized, base and (with the null test) base-with-other-seeds images, from the cache where
         present: the first ``n`` pairs (default all the config's). ``seeds`` replaces the config's (the benchmark's
         unpaired check)."""
-        from finexl.explanation.paired import cached_samples
-
         cfg = self.config
         checked = checked or self.check_personalization(target)
         prompts, default_seeds = requests(self.prompts, n or cfg.n_pairs, cfg.seed)
         seeds = seeds or default_seeds
-        tuned = cached_samples(lambda: self._tuned_pipe(target, checked), checked["fingerprint"], prompts, seeds,
-                               self.sampler, self.cache, "personalized", self._batch_bars)  # fmt: skip
+        tuned = cached_samples(
+            lambda: self._tuned_pipe(target, checked),
+            checked.fingerprint,
+            prompts,
+            seeds,
+            self.sampler,
+            self.cache,
+            "personalized",
+            self._batch_bars,
+        )
         base, null_images = self.base_images(prompts, seeds, cfg.null if null is None else null)
         return PairedImages(prompts, seeds, base, tuned, null_images)
 
     def base_images(self, prompts: list[str], seeds: list[int], null: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The base's images on ``prompts`` and ``seeds`` and, with ``null``, on the same prompts with other seeds;
         from the cache where present."""
-        from finexl.explanation.paired import cached_samples
-
-        base = cached_samples(self._base, self.base_fingerprint, prompts, seeds, self.sampler, self.cache, "base",
-                              self._batch_bars)  # fmt: skip
+        base = cached_samples(
+            self._base, self.base_fingerprint, prompts, seeds, self.sampler, self.cache, "base", self._batch_bars
+        )
         if not null:
             return base, None
         null_seeds = [s + NULL_SEED_OFFSET for s in seeds]
-        return base, cached_samples(self._base, self.base_fingerprint, prompts, null_seeds, self.sampler, self.cache,
-                                    "base (null)", self._batch_bars)  # fmt: skip
+        return base, cached_samples(
+            self._base,
+            self.base_fingerprint,
+            prompts,
+            null_seeds,
+            self.sampler,
+            self.cache,
+            "base (null)",
+            self._batch_bars,
+        )
 
     def prepare_base(self) -> None:
         """Make the base's part of every explanation now (images into the cache, their embeddings, the text
@@ -374,8 +523,6 @@ class ExplainPipeline:
 
     def directions(self, prompts: list[str], bank=None):
         """Stage 5: the text directions f(C) of the bank over ``prompts`` (the direction prompts if set)."""
-        from finexl.explanation.concepts import text_directions
-
         bank = bank or self.bank
         used = self.direction_prompts or prompts
         key = (tuple(used), bank.digest())
@@ -383,27 +530,29 @@ class ExplainPipeline:
             self._directions[key] = text_directions(self.embedder, bank, used, self.cache.root)
         return self._directions[key]
 
-    def decompose(self, embeddings: PairedEmbeddings, directions, method: str | None = None,
-                  evidence: dict | None = None) -> dict:  # fmt: skip
-        """Stage 6: scores, intervals and null thresholds (see ``scoring.decompose_divergence``, which also fills
-        ``evidence``)."""
-        from finexl.explanation.scoring import decompose_divergence
-
+    def decompose(self, embeddings: PairedEmbeddings, directions, method: str | None = None) -> Decomposed:
+        """Stage 6: scores, intervals and null thresholds (see ``scoring.decompose_divergence``)."""
         cfg = self.config
         method = method or cfg.method
         if method not in ESTIMATORS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(ESTIMATORS)}")
         return decompose_divergence(
-            embeddings.base, embeddings.tuned, directions, method, embeddings.null, cfg.n_bootstrap, cfg.n_null,
-            cfg.confidence, cfg.null_quantile, cfg.seed, evidence,
-        )  # fmt: skip
+            embeddings.base,
+            embeddings.tuned,
+            directions,
+            method,
+            embeddings.null,
+            cfg.n_bootstrap,
+            cfg.n_null,
+            cfg.confidence,
+            cfg.null_quantile,
+            cfg.seed,
+        )
 
     def check_prompts_fit(self) -> None:
         """The prompts the directions are built from must leave room in the CLIP text window for every concept
         phrase: a prompt cut at the window would give "prompt, phrase" and "prompt" the same embedding, so a
         direction of zero and a wrong "no change". Refused in one line before any image is made."""
-        from finexl.explanation.concepts import compose
-
         window, count = self.embedder.text_window, self.embedder.count_tokens
         if window is None or count("a") is None:
             return
@@ -419,145 +568,173 @@ class ExplainPipeline:
     def scheduler_class(self) -> str | None:
         """The class of the scheduler the images are sampled with: the multistep solver the sampler names, or the
         base's own (from its ``model_index.json``) with ``"default"`` or a flow-matching base."""
-        from finexl.loading import _read_model_index
-        from finexl.sampling import sampled_with
-
-        entry = _read_model_index(self.base_dir).get("scheduler")
+        entry = read_model_index(self.base_dir).get("scheduler")
         own = entry[1] if isinstance(entry, list) and len(entry) == 2 else ""
         return sampled_with(own, self.sampler.scheduler) or None
 
     @property
     def embedder(self):
         if self._embedder is None:
-            from finexl.explanation.embed import load_embedder
-
             self._embedder = load_embedder(self.clip_spec, device=self.config.device)
         return self._embedder
 
     # ------------------------------------------------------------------------------------------------------------
 
     def __call__(self, lora: str | None = None, model: str | None = None, scale: float = 1.0) -> Explanation:
-        from finexl.narrate.llm import redact_url
-
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        timings = Timings()
         target = Personalization(lora=lora, model=model, scale=scale)
 
         # 1. check the personalization against the base, and the prompts against the text window, before any image
-        checked = self.check_personalization(target)
-        self.check_prompts_fit()
-        timings["check"] = time.perf_counter() - t0
+        with timings("check"):
+            checked = self.check_personalization(target)
+            self.check_prompts_fit()
 
-        # 2. paired sampling: same prompts and seeds (hence noise) for both models, cached by content; with
-        # samples='auto', the first round of pairs
+        # 2.-6. paired sampling (same prompts and seeds, hence noise, for both models; cached by content), optional
+        # VLM concept proposals, CLIP embeddings, text directions, and the decomposition of V_div onto them: in
+        # rounds of pairs until every verdict is settled with samples='auto'
+        bank, proposals, note, done = self._rounds(target, checked, timings)
+
+        # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
+        samples = None
+        if self.config.report_pairs:
+            with timings("maps"), self._maps_bar(done.decomposed):
+                samples = self.where_changed(done.images, done.embeddings, bank, done.decomposed.aspects)
+
+        # 8. the explanation, with everything needed to trace it back and run it again
+        explanation = self._explanation(target, checked, bank, proposals, note, done, timings)
+        explanation.samples = samples
+        explanation.embeddings = done.embeddings
+        return explanation
+
+    def _rounds(self, target: Personalization, checked: Checked, timings: Timings):
+        """Stages 2 to 6 over the rounds of pairs: one round of ``samples`` pairs, or with ``samples='auto'``
+        rounds of ``auto_round`` pairs (each the first n of the same pairs) until :func:`sequential.unsettled`
+        finds every verdict settled or ``auto_cap`` is reached. Returns the bank (with VLM proposals), the
+        proposals, a note if proposing failed, and the :class:`Rounds`."""
         cfg = self.config
         auto = cfg.samples == "auto"
         plan = rounds(cfg.auto_round, cfg.auto_round, cfg.auto_cap) if auto else [cfg.samples]
         bar = tqdm(total=plan[-1], desc="explain", unit="pair", disable=not self.progress, dynamic_ncols=True)
         bar.set_postfix_str(f"round 1 of at most {len(plan)}" if auto else "sampling")
-        t = time.perf_counter()
-        with self._no_batch_bars():
-            images = self.sample(target, checked, n=plan[0])
-        timings["sample"] = time.perf_counter() - t
-
-        # 3. optional concept proposals by a vision-language model shown the pairs
-        bank, proposals, proposal_note = self.bank, [], None
-        if self.config.vlm or self.config.vlm_endpoint:
-            t = time.perf_counter()
-            bank, proposals, proposal_note = self._propose(images)
-            timings["propose"] = time.perf_counter() - t
-
-        # 4. embed the images with CLIP; 5. text directions of the bank over the prompts of all the pairs
-        t = time.perf_counter()
-        embeddings = self.embed(images)
-        directions = self.directions(requests(self.prompts, cfg.n_pairs, cfg.seed)[0], bank)
-        timings["embed"] = time.perf_counter() - t
-
-        # 6. decompose V_div onto the directions: scores, bootstrap intervals, null thresholds; with samples='auto',
-        # another round of pairs (2, 4 and 6 again) until every verdict is settled (see sequential.py)
-        looks: list[Look] = []
+        bank, proposals, note = self.bank, [], None
+        embeddings, looks = None, []
         for k, n in enumerate(plan):
-            if k:
-                t = time.perf_counter()
-                with self._no_batch_bars():
-                    images = self.sample(target, checked, n=n)
-                timings["sample"] += time.perf_counter() - t
-                t = time.perf_counter()
-                embeddings = self.embed(images, previous=embeddings)
-                timings["embed"] += time.perf_counter() - t
-            t = time.perf_counter()
-            evidence: dict = {}
-            result = self.decompose(embeddings, directions, evidence=evidence)
-            timings["decompose"] = timings.get("decompose", 0.0) + time.perf_counter() - t
-            if auto:
-                score = {a["aspect"]: a["score"] for a in result["aspects"]}
-                left = unsettled(evidence, bank.aspects, np.array([score[a] for a in bank.aspects]), n,
-                                 cfg.auto_cap, cfg.auto_error, cfg.auto_verdicts)  # fmt: skip
-                looks.append(Look(n, left))
-                logger.info("samples auto: %d pairs, %s", n, f"not settled: {', '.join(left)}" if left else "settled")
+            with timings("sample"), self._no_batch_bars():
+                images = self.sample(target, checked, n=n)  # 2.
+            if k == 0 and (cfg.vlm or cfg.vlm_endpoint):  # 3. concept proposals by a VLM shown the first pairs
+                with timings("propose"):
+                    bank, proposals, note = self._propose(images)
+            with timings("embed"):
+                embeddings = self.embed(images, previous=embeddings)  # 4.
+                directions = self.directions(requests(self.prompts, cfg.n_pairs, cfg.seed)[0], bank)  # 5.
+            with timings("decompose"):
+                decomposed = self.decompose(embeddings, directions)  # 6.
             bar.update(n - bar.n)
-            if auto:
-                status = (f"{len(left)} verdict{'s' * (len(left) != 1)} to settle" if left
-                          else "the cap" if n == cfg.auto_cap else "every verdict settled")  # fmt: skip
-                bar.set_postfix_str(f"after round {k + 1} of at most {len(plan)}: {status}")
-                if not left:
-                    bar.total = n  # stopped early: the bar ends full
-                    bar.refresh()
-                    break
+            if not auto:
+                break
+            left = unsettled(
+                decomposed.evidence,
+                bank.aspects,
+                decomposed.score_of(bank.aspects),
+                n,
+                cfg.auto_cap,
+                cfg.auto_error,
+                cfg.auto_verdicts,
+            )
+            looks.append(Look(n, left))
+            logger.info("samples auto: %d pairs, %s", n, f"not settled: {', '.join(left)}" if left else "settled")
+            status = (
+                f"{len(left)} verdict{'s' * (len(left) != 1)} to settle"
+                if left
+                else "the cap"
+                if n == cfg.auto_cap
+                else "every verdict settled"
+            )
+            bar.set_postfix_str(f"after round {k + 1} of at most {len(plan)}: {status}")
+            if not left:
+                bar.total = n  # stopped early: the bar ends full
+                bar.refresh()
+                break
         bar.close()
+        return bank, proposals, note, Rounds(images, embeddings, decomposed, looks)
 
-        # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
-        samples = None
-        if self.config.report_pairs:
-            t = time.perf_counter()
-            n_changed = sum(a["changed"] for a in result["aspects"])
-            with tqdm(total=1, desc=f"maps of {n_changed} CHANGED aspect{'s' * (n_changed != 1)}",
-                      disable=not self.progress, bar_format="{desc}: {elapsed}") as maps_bar:  # fmt: skip
-                samples = self.where_changed(images, embeddings, directions, result["aspects"])
-                maps_bar.update()
-            timings["maps"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
+    def _maps_bar(self, decomposed: Decomposed):
+        n = sum(a.changed for a in decomposed.aspects)
+        return tqdm(
+            total=1,
+            desc=f"maps of {n} CHANGED aspect{'s' * (n != 1)}",
+            disable=not self.progress,
+            bar_format="{desc}: {elapsed}",
+        )
 
-        # 8. the explanation, with everything needed to trace it back
-        explanation = Explanation.from_dict({
-            "method": self.config.method,
-            **result,
-            "concept_bank": {
-                "name": bank.name, "digest": bank.digest(), "n_concepts": len(bank.concepts), "aspects": bank.aspects,
-                "proposed": [{"phrase": p, "pairs": c} for p, c in proposals], "proposal_note": proposal_note,
+    def _explanation(
+        self, target: Personalization, checked: Checked, bank, proposals, note, done: Rounds, timings: Timings
+    ) -> Explanation:
+        """Stage 8: the explanation from the typed parts of the stages before."""
+        cfg = self.config
+        settings = {
+            **cfg.to_dict(),
+            "preset": self.preset,
+            "lora": target.lora,
+            "model": target.model,
+            "lora_scale": target.scale,
+            "sampler": {**self.sampler.to_dict(), "scheduler_class": self.scheduler_class()},
+            "vlm_endpoint": redact_url(cfg.vlm_endpoint) if cfg.vlm_endpoint else None,
+        }
+        sequential = None
+        if done.looks:
+            last = done.looks[-1]
+            sequential = {
+                "rule": "stochastic curtailment",
+                "round": cfg.auto_round,
+                "cap": cfg.auto_cap,
+                "error": cfg.auto_error,
+                "verdicts": cfg.auto_verdicts,
+                "looks": [asdict(look) for look in done.looks],
+                "stopped": "settled" if last.settled and last.n < cfg.auto_cap else "cap",
+            }
+        explanation = Explanation(
+            method=cfg.method,
+            aspects=done.decomposed.aspects,
+            concepts=done.decomposed.concepts,
+            residual=done.decomposed.residual,
+            divergence=done.decomposed.divergence,
+            concept_bank={
+                "name": bank.name,
+                "digest": bank.digest(),
+                "n_concepts": len(bank.concepts),
+                "aspects": bank.aspects,
+                "proposed": [{"phrase": p, "pairs": c} for p, c in proposals],
+                "proposal_note": note,
             },
-            "models": {
+            models={
                 "base": {"path": str(self.base_dir), "fingerprint": self.base_fingerprint},
-                "personalized": {"lora": lora, "model": model, "scale": scale, "fingerprint": checked["fingerprint"],
-                                 "trained_on": checked["trained_on"]},
+                "personalized": {
+                    "lora": target.lora,
+                    "model": target.model,
+                    "scale": target.scale,
+                    "fingerprint": checked.fingerprint,
+                    "trained_on": checked.trained_on,
+                },
                 "clip": {"name": self.embedder.name, "fingerprint": self.embedder.fingerprint},
             },
-            "settings": {**asdict(self.config), "preset": self.preset, "lora": lora, "model": model,
-                         "lora_scale": scale, "sampler": {**asdict(self.sampler),
-                                                          "scheduler_class": self.scheduler_class()},
-                         "vlm_endpoint": redact_url(self.config.vlm_endpoint) if self.config.vlm_endpoint else None},
-            "seconds": {k: round(v, 2) for k, v in timings.items()},
-            "sequential": {"rule": "stochastic curtailment", "round": cfg.auto_round, "cap": cfg.auto_cap,
-                           "error": cfg.auto_error, "verdicts": cfg.auto_verdicts,
-                           "looks": [asdict(look) for look in looks],
-                           "stopped": "settled" if looks[-1].settled and looks[-1].n < cfg.auto_cap else "cap"}
-            if auto else None,
-            "finexl_version": __version__,
-        })  # fmt: skip
-        explanation.samples = samples
-        explanation.embeddings = embeddings
+            settings=settings,
+            seconds=timings.rounded(),
+            sequential=sequential,
+            finexl_version=__version__,
+        )
+        explanation.check()  # what is written is what the schema reads back
         return explanation
 
-    def where_changed(self, images: PairedImages, embeddings: PairedEmbeddings, directions, aspects: list[dict]
-                      ) -> Samples | None:  # fmt: skip
+    def where_changed(
+        self, images: PairedImages, embeddings: PairedEmbeddings, bank, aspects: list[AspectScore]
+    ) -> Samples | None:
         """Stage 7: keep ``report_pairs`` pairs (those that moved most along each CHANGED aspect, in turn) and map,
         for every CHANGED aspect, where in those pairs it changed; plus the mean map over the first ``map_pairs``
         pairs (see ``finexl/explanation/maps.py`` for the method)."""
-        from finexl.explanation.maps import aspect_direction, change_maps, normalized, pairs_to_show
-
         cfg = self.config
-        units = {a["aspect"]: aspect_direction(directions, a["concept"], a["direction"])
-                 for a in aspects if a["changed"]}  # fmt: skip
+        directions = self.directions(requests(self.prompts, cfg.n_pairs, cfg.seed)[0], bank)
+        units = {a.aspect: aspect_direction(directions, a.concept, a.direction) for a in aspects if a.changed}
         D = embeddings.tuned - embeddings.base
         moves = {a: D @ u for a, u in units.items()}
         keep = pairs_to_show(moves, len(D), cfg.report_pairs)
@@ -568,8 +745,13 @@ class ExplainPipeline:
         if units:
             names = list(units)
             try:
-                stacks = change_maps(self.embedder, images.base[mapped], images.tuned[mapped],
-                                     np.stack([units[a] for a in names]), steps=cfg.map_steps)  # fmt: skip
+                stacks = change_maps(
+                    self.embedder,
+                    images.base[mapped],
+                    images.tuned[mapped],
+                    np.stack([units[a] for a in names]),
+                    steps=cfg.map_steps,
+                )
             except NotImplementedError as err:
                 logger.warning("no change maps: %s", err)
                 stacks = None
@@ -577,11 +759,16 @@ class ExplainPipeline:
                 maps[a] = m[[position[i] for i in keep]]
                 mean_maps[a] = normalized(m[:n_mean]).mean(axis=0)  # ``mapped`` starts with 0 .. n_mean - 1
         return Samples(
-            prompts=[images.prompts[i] for i in keep], seeds=[int(images.seeds[i]) for i in keep], index=keep,
-            base=images.base[keep], tuned=images.tuned[keep],
+            prompts=[images.prompts[i] for i in keep],
+            seeds=[int(images.seeds[i]) for i in keep],
+            index=keep,
+            base=images.base[keep],
+            tuned=images.tuned[keep],
             moves={a: [round(float(m[i]), 5) for i in keep] for a, m in moves.items()},
-            maps=maps, mean_maps=mean_maps, n_mean=n_mean if maps else 0,
-        )  # fmt: skip
+            maps=maps,
+            mean_maps=mean_maps,
+            n_mean=n_mean if maps else 0,
+        )
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -596,8 +783,6 @@ class ExplainPipeline:
 
     def _base(self):
         """The base pipeline, with the base's exact weights (a LoRA of an earlier stage switched off)."""
-        from finexl.loading import load_pipeline
-
         if self._base_pipe is None:
             cfg = self.config
             self._base_pipe = load_pipeline(self.base_dir, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
@@ -606,33 +791,35 @@ class ExplainPipeline:
             self._lora_on_base = False
         return self._base_pipe
 
-    def _tuned_pipe(self, target: Personalization, checked: dict):
+    def _tuned_pipe(self, target: Personalization, checked: Checked):
         """The personalized pipeline: a fine-tuned folder, or the base with the LoRA fused in (read and checked once
         per LoRA; later rounds switch the fused weights back in)."""
-        from finexl.loading import fuse_lora, load_lora, load_pipeline
-
         cfg = self.config
         if target.model:
             return load_pipeline(target.model, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
         pipe = self._base()
-        if self._fused is not None and self._fused[0] == checked["fingerprint"] and self._fused[1].tuned is not None:
+        if self._fused is not None and self._fused[0] == checked.fingerprint and self._fused[1].tuned is not None:
             self._fused[1].apply(pipe)
         else:
             self._fused = None  # another LoRA's weights are not kept
-            name = load_lora(pipe, checked["lora_file"], scale=target.scale)  # checks every module against the base
+            name = load_lora(pipe, checked.lora_file, scale=target.scale)  # checks every module against the base
             # sampled at the base's speed; the personalized weights kept only for the rounds of samples='auto'
-            self._fused = (checked["fingerprint"], fuse_lora(pipe, name, keep_tuned=cfg.samples == "auto"))
+            self._fused = (checked.fingerprint, fuse_lora(pipe, name, keep_tuned=cfg.samples == "auto"))
         self._lora_on_base = True
         return pipe
 
     def _propose(self, images: PairedImages):
-        from finexl.explanation.proposals import propose_concepts
-        from finexl.narrate.llm import LLMError, make_chat
-
         cfg = self.config
         try:
-            backend = make_chat(cfg.vlm, cfg.vlm_endpoint, cfg.vlm_model, self.cache.root, vision=True,
-                                device=cfg.device, api_key_env=cfg.api_key_env)  # fmt: skip
+            backend = make_chat(
+                cfg.vlm,
+                cfg.vlm_endpoint,
+                cfg.vlm_model,
+                self.cache.root,
+                vision=True,
+                device=cfg.device,
+                api_key_env=cfg.api_key_env,
+            )
             proposals = propose_concepts(backend, images.base, images.tuned, images.prompts, cfg.vlm_pairs)
         except LLMError as err:  # the explanation goes on with the bank as it is
             note = f"VLM proposals failed ({err}); the concept bank was used as it is"

@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from finexl.narrate.llm import LLMError, image_part
+from finexl.chat import LLMError, image_part
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,16 @@ def propose_concepts(
     first_form: dict[str, str] = {}
     failures = []
     for i in picks:
-        messages = [{"role": "user", "content": [
-            {"type": "text", "text": PROMPT.format(prompt=prompts[i])},
-            image_part(base_images[i]),
-            image_part(tuned_images[i]),
-        ]}]  # fmt: skip
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": PROMPT.format(prompt=prompts[i])},
+                    image_part(base_images[i]),
+                    image_part(tuned_images[i]),
+                ],
+            }
+        ]
         try:
             reply = backend.chat(messages)
         except LLMError as err:

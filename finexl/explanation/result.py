@@ -8,8 +8,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from finexl.errors import InputError, MissingInputError
+from finexl.errors import InputError, MissingInputError, OutputError
+from finexl.narrate.narrator import narrate
+from finexl.utils import atomic_dir, atomic_write_json, writing
+from finexl.validation import load_json, read_json, validate
 
 SCHEMA = "finexl-explanation/1"
 SAMPLES_DIR = "samples"  # beside explanation.json: the kept pairs (PNG), samples.json and maps.npz
@@ -62,10 +66,6 @@ class Samples:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder`` whole (atomically): ``base_000.png``, ``tuned_000.png``, ..., ``samples.json``,
         ``maps.npz``."""
-        from PIL import Image
-
-        from finexl.utils import atomic_dir
-
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             for j in range(len(self.index)):
@@ -74,18 +74,20 @@ class Samples:
             arrays = {f"map/{a}": m.astype(np.float16) for a, m in self.maps.items()}
             arrays |= {f"mean/{a}": m.astype(np.float32) for a, m in self.mean_maps.items()}
             np.savez_compressed(tmp / "maps.npz", **arrays)
-            meta = {"prompts": self.prompts, "seeds": self.seeds, "index": self.index, "moves": self.moves,
-                    "n_mean": self.n_mean, "aspects": sorted(self.maps)}  # fmt: skip
+            meta = {
+                "prompts": self.prompts,
+                "seeds": self.seeds,
+                "index": self.index,
+                "moves": self.moves,
+                "n_mean": self.n_mean,
+                "aspects": sorted(self.maps),
+            }
             (tmp / "samples.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> Samples:
         """Read a folder written by :meth:`save`; a missing or damaged file is named in the error."""
-        from PIL import Image, UnidentifiedImageError
-
-        from finexl.validation import read_json
-
         folder = Path(folder)
         meta_path = folder / "samples.json"
         if not meta_path.is_file():
@@ -118,8 +120,17 @@ class Samples:
         for a, m in maps.items():
             if len(m) != len(index):
                 raise InputError(f"{maps_path} is damaged: {len(m)} maps of {a!r} for {len(index)} pairs")
-        return cls(prompts, seeds, index, base, tuned, dict(meta.get("moves", {})), maps, mean_maps,
-                   int(meta.get("n_mean", 0)))  # fmt: skip
+        return cls(
+            prompts,
+            seeds,
+            index,
+            base,
+            tuned,
+            dict(meta.get("moves", {})),
+            maps,
+            mean_maps,
+            int(meta.get("n_mean", 0)),
+        )
 
 
 @dataclass
@@ -166,8 +177,6 @@ class Explanation:
 
     def narrate(self, form: str = "bullets", aspects: list[str] | None = None, backend=None, retries: int = 2):
         """Sentences for this explanation (templated, or by a chat ``backend``); stored in ``sentences``."""
-        from finexl.narrate.narrator import narrate
-
         narration = narrate(self.to_dict(), backend, form, aspects, retries=retries)
         self.sentences = narration.to_json()
         return narration
@@ -177,13 +186,11 @@ class Explanation:
         del out["samples"], out["embeddings"]
         return out
 
-    def save(self, folder: str | Path, report: bool = True, overwrite: bool = False) -> Path:
-        """Write ``folder/explanation.json``, the kept pairs and maps (``folder/samples/``) and, with ``report``,
-        ``folder/report.html``. Each file is written atomically, the JSON after the samples it refers to, so a folder
-        with an ``explanation.json`` is complete. Refuses to replace an existing explanation unless ``overwrite``."""
-        from finexl.errors import OutputError
-        from finexl.utils import writing
-
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write ``folder/explanation.json`` and the kept pairs and maps (``folder/samples/``); the report page is
+        :func:`finexl.write_report` of the folder. Each file is written atomically, the JSON after the samples it
+        refers to, so a folder with an ``explanation.json`` is complete. Refuses to replace an existing explanation
+        unless ``overwrite``."""
         folder = Path(folder)
         if (folder / "explanation.json").exists() and not overwrite:
             raise OutputError(f"{folder / 'explanation.json'} exists; pass --overwrite (overwrite=True) to replace it")
@@ -191,17 +198,21 @@ class Explanation:
             folder.mkdir(parents=True, exist_ok=True)
         if self.samples is not None:
             self.samples.save(folder / SAMPLES_DIR)
-        path = self.to_json(folder / "explanation.json")
-        if report:
-            from finexl.report import write_report
+        return self.to_json(folder / "explanation.json")
 
-            write_report(folder, overwrite=True)
-        return path
+    @property
+    def target(self) -> dict:
+        """What was explained, as :class:`~finexl.explanation.pipeline.ExplainPipeline` takes it: ``lora``,
+        ``model`` and ``scale``."""
+        p = self.models.get("personalized", {})
+        return {"lora": p.get("lora"), "model": p.get("model"), "scale": p.get("scale", 1.0)}
+
+    def check(self) -> None:
+        """Raise ``InputError`` if this explanation breaks its schema (what :meth:`from_dict` reads)."""
+        validate(self.to_dict(), "explanation", "<explanation>")
 
     def to_json(self, path: str | Path) -> Path:
         """Write ``path`` (a file, or a folder that gets ``explanation.json``) atomically; returns the file."""
-        from finexl.utils import atomic_write_json
-
         path = Path(path)
         if path.is_dir():
             path = path / "explanation.json"
@@ -211,8 +222,6 @@ class Explanation:
     @classmethod
     def from_dict(cls, obj: dict, source: str = "<explanation>") -> Explanation:
         """An explanation from its decoded JSON, checked against ``finexl/schemas/explanation.schema.json``."""
-        from finexl.validation import validate
-
         if isinstance(obj, dict) and obj.get("schema", SCHEMA) != SCHEMA:
             raise InputError(f"{source} has schema {obj.get('schema')!r}; this finexl reads {SCHEMA!r}")
         validate(obj, "explanation", source)
@@ -224,8 +233,6 @@ class Explanation:
     @classmethod
     def from_json(cls, path: str | Path) -> Explanation:
         """Read an ``explanation.json`` (or a folder holding one), checked against its schema."""
-        from finexl.validation import load_json
-
         path = Path(path)
         if path.is_dir():
             path = path / "explanation.json"
@@ -234,8 +241,10 @@ class Explanation:
 
 def changed_rule(confidence: float, joint: bool) -> str:
     """The CHANGED rule as :func:`~finexl.explanation.scoring.decompose_divergence` computes it, in words."""
-    first = (f"An aspect is CHANGED when its {int(round(confidence * 100))}% interval lies wholly above its null "
-             "threshold (what the base reaches against itself with other seeds)")  # fmt: skip
+    first = (
+        f"An aspect is CHANGED when its {int(round(confidence * 100))}% interval lies wholly above its null "
+        "threshold (what the base reaches against itself with other seeds)"
+    )
     if not joint:
         return f"{first}."
     return f"{first}, and the joint fit's interval lies wholly above the joint fit's own null: the fit needs it too."
@@ -268,8 +277,10 @@ def not_changed_reason(a: dict | AspectScore) -> str:
     joint = a.get("joint_interval")
     if joint is None:
         return f"above its null (low {low:.3f} > {a['threshold']:.3f}); {accounted_text(a)}"
-    return (f"above its null (low {low:.3f} > {a['threshold']:.3f}), not needed by the joint fit (low "
-            f"{joint[0]:.3f} <= {a['joint_threshold']:.3f}); {accounted_text(a)}")  # fmt: skip
+    return (
+        f"above its null (low {low:.3f} > {a['threshold']:.3f}), not needed by the joint fit (low "
+        f"{joint[0]:.3f} <= {a['joint_threshold']:.3f}); {accounted_text(a)}"
+    )
 
 
 def format_explanation(expl: dict, top: int | None = None) -> str:
@@ -277,8 +288,11 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
     and, for each aspect above its null but not CHANGED, why."""
     conf = expl.get("settings", {}).get("confidence", 0.9)
     joint = any(a.get("joint_score") is not None for a in expl["aspects"])  # two-part methods (finexl)
-    lines = [f"{'aspect':<12} {'group':<12} {'score':>6}  {int(conf * 100)}% interval   {'null':>5}  "
-             + ("joint  j-low  j-null  " if joint else "") + f"{'change':<8} toward"]  # fmt: skip
+    lines = [
+        f"{'aspect':<12} {'group':<12} {'score':>6}  {int(conf * 100)}% interval   {'null':>5}  "
+        + ("joint  j-low  j-null  " if joint else "")
+        + f"{'change':<8} toward"
+    ]
     for row in expl["aspects"][:top]:
         lo, hi = row["interval"]
         thr = "" if row["threshold"] is None else f"{row['threshold']:.3f}"
@@ -288,18 +302,26 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
             j_low = "" if row.get("joint_interval") is None else f"{row['joint_interval'][0]:.3f}"
             j_thr = "" if row.get("joint_threshold") is None else f"{row['joint_threshold']:.3f}"
             joint_cell = f"{row['joint_score']:.3f}  {j_low:>5}  {j_thr:>6}  "
-        lines.append(f"{row['aspect']:<12} {row['group']:<12} {row['score']:6.3f}  [{lo:.3f}, {hi:.3f}]   {thr:>5}  "
-                     f"{joint_cell}{change:<8} {row['toward']}")  # fmt: skip
+        lines.append(
+            f"{row['aspect']:<12} {row['group']:<12} {row['score']:6.3f}  [{lo:.3f}, {hi:.3f}]   {thr:>5}  "
+            f"{joint_cell}{change:<8} {row['toward']}"
+        )
     tested = any(a["threshold"] is not None for a in expl["aspects"])
     if tested:
         lines.extend(textwrap.wrap(changed_rule(conf, joint), 119))
     if joint:
         lines.append("joint: the joint fit's score; j-low: its interval's low end; j-null: its null threshold")
-    above = [a for a in expl["aspects"][:top] if not a["changed"] and a["threshold"] is not None
-             and a["interval"][0] > a["threshold"]]  # fmt: skip
+    above = [
+        a
+        for a in expl["aspects"][:top]
+        if not a["changed"] and a["threshold"] is not None and a["interval"][0] > a["threshold"]
+    ]
     if above:
-        lines.append("above their null but not CHANGED, as the joint fit does not need them (j-low <= j-null):"
-                     if joint else "above their null but not CHANGED:")  # fmt: skip
+        lines.append(
+            "above their null but not CHANGED, as the joint fit does not need them (j-low <= j-null):"
+            if joint
+            else "above their null but not CHANGED:"
+        )
         lines.extend(f"  {a['aspect']:<12} {accounted_text(a)}" for a in above)
     res = expl["residual"]
     lines.append("")

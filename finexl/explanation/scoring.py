@@ -20,28 +20,17 @@ when both its scores pass this test against their own nulls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import norm
 from sklearn.base import clone
 
 from finexl.explanation.concepts import ConceptBank, ConceptDirections, Design
-from finexl.explanation.decompose import DEFAULT_METHOD, make_estimator
-
-
-def spreads(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """q95 - q05 of the projections of ``embeddings`` onto each unit row."""
-    norms = np.linalg.norm(rows, axis=1)
-    unit = rows / np.where(norms > 0, norms, 1.0)[:, None]
-    proj = embeddings @ unit.T
-    spread = np.quantile(proj, 0.95, axis=0) - np.quantile(proj, 0.05, axis=0)
-    return np.maximum(spread, 1e-6)
-
-
-def row_scores(coef: np.ndarray, rows: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """Signed score of every row (see the module docstring)."""
-    return np.clip(coef * np.linalg.norm(rows, axis=1) / spread, -1.0, 1.0)
+from finexl.explanation.decompose import DEFAULT_METHOD, Decomposition, make_estimator
+from finexl.explanation.result import AspectScore
+from finexl.explanation.sequential import Evidence
+from finexl.stats import bootstrap_indices, null_threshold, percentile_interval, spreads, swap_masks
 
 
 @dataclass
@@ -79,65 +68,43 @@ def aggregate(row: np.ndarray, design: Design, bank: ConceptBank) -> Aggregated:
     return Aggregated(concept, aspect, sign, which)
 
 
-def fit_row_scores(estimator, design: Design, D: np.ndarray, spread: np.ndarray, reference: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, float, np.ndarray | None]:  # fmt: skip
-    """One fit: the row scores, the residual, and the joint fit's row scores of a two-part estimator (finexl's
-    default, see :class:`~finexl.explanation.decompose.FinexlDecomposition`; None for the others)."""
-    sides = {"two_sided": design.two_sided} if estimator.design == "axes" else {}
-    est = clone(estimator).fit(design.rows, D, reference=reference, **sides)
-    joint = est.joint_row_scores(design.rows, spread) if hasattr(est, "joint_row_scores") else None
-    return est.row_scores(design.rows, spread), est.residual_, joint
+def fit_row_scores(
+    estimator: Decomposition, design: Design, D: np.ndarray, spread: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """One fit: the row scores, the residual, and the joint fit's row scores (None for a one-part method)."""
+    est = clone(estimator).fit(design.rows, D, reference, design.two_sided)
+    return est.row_scores(design.rows, spread), est.residual_, est.joint_row_scores(design.rows, spread)
 
 
 def bootstrap_row_scores(
-    estimator, design: Design, D: np.ndarray, spread: np.ndarray, n_boot: int, seed: int,
+    estimator: Decomposition,
+    design: Design,
+    D: np.ndarray,
+    spread: np.ndarray,
+    n_boot: int,
+    seed: int,
     reference: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Row scores, residuals and joint-fit row scores (two-part estimators; else None) refitted on ``n_boot``
+):
+    """Row scores, residuals and joint-fit row scores (None for a one-part method) refitted on ``n_boot``
     resamples of the pairs (rows of ``D`` and ``reference``)."""
-    rng = np.random.default_rng(seed)
-    scores, residuals = np.zeros((n_boot, len(design.rows))), np.zeros(n_boot)
-    if getattr(estimator, "per_pair", False):  # per-image methods: resample the pairs' contributions
-        delta, code_spread = clone(estimator).pair_codes(design.rows, D, reference)
-        for b in range(n_boot):
-            idx = rng.integers(0, len(D), len(D))
-            scores[b] = np.clip(delta[idx].mean(axis=0) / code_spread, -1.0, 1.0)
-        return scores, np.full(n_boot, np.nan), None
-    joints = []
-    for b in range(n_boot):
-        idx = rng.integers(0, len(D), len(D))
-        ref = reference[idx] if reference is not None else None
-        scores[b], residuals[b], joint = fit_row_scores(estimator, design, D[idx], spread, ref)
-        joints.append(joint)
-    return scores, residuals, (np.stack(joints) if joints[0] is not None else None)
+    draws = bootstrap_indices(np.random.default_rng(seed), len(D), n_boot)
+    return estimator.bootstrap_scores(design.rows, D, spread, draws, reference, design.two_sided)
 
 
-def null_row_scores(estimator, design: Design, base: np.ndarray, null_base: np.ndarray, spread: np.ndarray,
-                    n_null: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Row scores (and joint-fit row scores of a two-part estimator) of the base against itself (``null_base``:
-    other seeds) under ``n_null`` random swaps of the two images of a pair, which flips the sign of its difference
-    and leaves its distribution unchanged under "no change"."""
-    rng = np.random.default_rng(seed)
-    scores = np.zeros((n_null, len(design.rows)))
-    if getattr(estimator, "per_pair", False):  # a swap flips the sign of the pair's code difference
-        delta, code_spread = clone(estimator).pair_codes(design.rows, null_base - base, base)
-        for m in range(n_null):
-            flips = np.where(rng.random(len(base)) < 0.5, -1.0, 1.0)
-            scores[m] = np.clip((delta * flips[:, None]).mean(axis=0) / code_spread, -1.0, 1.0)
-        return scores, None
-    joints = []
-    for m in range(n_null):
-        swap = rng.random(len(base)) < 0.5
-        first = np.where(swap[:, None], null_base, base)
-        second = np.where(swap[:, None], base, null_base)
-        scores[m], _, joint = fit_row_scores(estimator, design, second - first, spread, first)
-        joints.append(joint)
-    return scores, (np.stack(joints) if joints[0] is not None else None)
-
-
-def interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    tail = (1 - confidence) / 2
-    return np.quantile(samples, tail, axis=0), np.quantile(samples, 1 - tail, axis=0)
+def null_row_scores(
+    estimator: Decomposition,
+    design: Design,
+    base: np.ndarray,
+    null_base: np.ndarray,
+    spread: np.ndarray,
+    n_null: int,
+    seed: int,
+):
+    """Row scores (and joint-fit row scores of a two-part method) of the base against itself (``null_base``: other
+    seeds) under ``n_null`` random swaps of the two images of a pair, which flip the sign of its difference and
+    leave its distribution unchanged under "no change"."""
+    swaps = swap_masks(np.random.default_rng(seed), n_null, len(base))
+    return estimator.null_scores(design.rows, base, null_base, spread, swaps, design.two_sided)
 
 
 def _margin(distance: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -190,6 +157,31 @@ def accounted_for(
     return out
 
 
+@dataclass
+class Decomposed:
+    """Stage 6's result: the parts of an explanation it computes, and the evidence the sequential rule reads."""
+
+    aspects: list[AspectScore]  # CHANGED first, then the rest, each by score
+    concepts: list[dict]
+    residual: dict
+    divergence: dict
+    evidence: Evidence
+
+    def to_dict(self) -> dict:
+        """The explanation's parts as its JSON holds them (the evidence stays out)."""
+        return {
+            "aspects": [asdict(a) for a in self.aspects],
+            "concepts": self.concepts,
+            "residual": self.residual,
+            "divergence": self.divergence,
+        }
+
+    def score_of(self, aspects: list[str]) -> np.ndarray:
+        """The scores of ``aspects``, in that order."""
+        score = {a.aspect: a.score for a in self.aspects}
+        return np.array([score[a] for a in aspects])
+
+
 def decompose_divergence(
     base: np.ndarray,
     tuned: np.ndarray,
@@ -201,16 +193,13 @@ def decompose_divergence(
     confidence: float = 0.9,
     null_quantile: float = 0.95,
     seed: int = 0,
-    evidence: dict | None = None,
-) -> dict:
+) -> Decomposed:
     """Scores, intervals and null thresholds from paired embeddings (rows of ``base`` and ``tuned`` are pairs).
 
     ``null_base``: embeddings of the base on the same prompts with other seeds; without it no aspect is tested.
     Returns the ``aspects`` (those reported as changed first, then the rest, each by score), ``concepts``,
-    ``residual`` and ``divergence`` parts of an explanation. ``evidence``, a dict, is filled with what the
-    sequential rule of :mod:`finexl.explanation.sequential` reads: ``z`` (per aspect in the bank's order, the
-    margin of the CHANGED test in bootstrap standard errors, shifted so that CHANGED is ``z > z_crit``; the smaller
-    of a two-part method's two tests), ``z_crit``, and ``boot`` (the bootstrap aspect scores).
+    ``residual`` and ``divergence`` parts of an explanation, and the ``evidence`` the sequential rule of
+    :mod:`finexl.explanation.sequential` reads.
     """
     if base.shape != tuned.shape:
         raise ValueError(f"base and personalized embeddings differ in shape: {base.shape} vs {tuned.shape}")
@@ -224,9 +213,11 @@ def decompose_divergence(
     if boot_joint is not None:  # two-part (finexl): the joint fit reports the median over refits (bagging)
         joint, residual = np.median(boot_joint, axis=0), float(np.median(boot_residual))
     agg, agg_boot = aggregate(point, design, bank), aggregate(boot, design, bank)
-    a_low, a_high = interval(agg_boot.aspect, confidence)
-    c_low, c_high = interval(agg_boot.concept, confidence)
-    r_low, r_high = interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
+    a_low, a_high = percentile_interval(agg_boot.aspect, confidence)
+    c_low, c_high = percentile_interval(agg_boot.concept, confidence)
+    r_low, r_high = (
+        percentile_interval(boot_residual, confidence) if np.isfinite(boot_residual).all() else (np.nan, np.nan)
+    )
     n_aspects = len(bank.aspects)
     threshold, changed = np.full(n_aspects, np.nan), np.zeros(n_aspects, dtype=bool)
     z_crit = float(norm.ppf(1 - (1 - confidence) / 2))
@@ -234,61 +225,70 @@ def decompose_divergence(
     j_low = j_high = j_threshold = None
     if null_base is not None:
         null, null_joint = null_row_scores(estimator, design, base, null_base, spread, n_null, seed + 1)
-        threshold = np.quantile(aggregate(null, design, bank).aspect, null_quantile, axis=0)
+        threshold = null_threshold(aggregate(null, design, bank).aspect, null_quantile)
         changed = a_low > threshold
         z = z_crit + _margin(a_low - threshold, agg_boot.aspect.std(axis=0))
         if joint is not None:  # the joint fit must see the change too
             joint_boot = aggregate(boot_joint, design, bank).aspect
-            j_low, j_high = interval(joint_boot, confidence)
-            j_threshold = np.quantile(aggregate(null_joint, design, bank).aspect, null_quantile, axis=0)
+            j_low, j_high = percentile_interval(joint_boot, confidence)
+            j_threshold = null_threshold(aggregate(null_joint, design, bank).aspect, null_quantile)
             changed &= j_low > j_threshold
             z = np.minimum(z, z_crit + _margin(j_low - j_threshold, joint_boot.std(axis=0)))
-    if evidence is not None:
-        evidence.update(z=z, z_crit=z_crit, boot=agg_boot.aspect)
     # which concept and direction: the joint fit's where it picked one in the aspect, else the score's own
     agg_joint = aggregate(joint, design, bank) if joint is not None else None
-    accounted = (accounted_for(joint, point, agg, design, bank, spread, changed, a_low > threshold)
-                 if joint is not None and null_base is not None else {})  # fmt: skip
+    accounted = (
+        accounted_for(joint, point, agg, design, bank, spread, changed, a_low > threshold)
+        if joint is not None and null_base is not None
+        else {}
+    )
     aspects = []
     for a, name in enumerate(bank.aspects):
         source = agg_joint if agg_joint is not None and agg_joint.aspect[0, a] > 0 else agg
         concept = bank.concepts[source.aspect_concept[0, a]]
         sign = source.aspect_sign[0, a]
-        aspects.append({
-            "aspect": name,
-            "group": bank.group_of(name),
-            "score": float(agg.aspect[0, a]),
-            "interval": [float(a_low[a]), float(a_high[a])],
-            "direction": "increase" if sign > 0 else ("decrease" if sign < 0 else "none"),
-            "concept": concept.phrase,
-            "toward": concept.phrase if sign >= 0 else (concept.antonym or f"less {concept.phrase}"),
-            "threshold": None if np.isnan(threshold[a]) else float(threshold[a]),
-            "changed": bool(changed[a]),
-            "joint_score": None if agg_joint is None else float(agg_joint.aspect[0, a]),
-            "joint_interval": None if j_low is None else [float(j_low[a]), float(j_high[a])],
-            "joint_threshold": None if j_threshold is None else float(j_threshold[a]),
-            "accounted_for": accounted.get(name),
-        })  # fmt: skip
+        aspects.append(
+            AspectScore(
+                aspect=name,
+                group=bank.group_of(name),
+                score=float(agg.aspect[0, a]),
+                interval=[float(a_low[a]), float(a_high[a])],
+                direction="increase" if sign > 0 else ("decrease" if sign < 0 else "none"),
+                concept=concept.phrase,
+                toward=concept.phrase if sign >= 0 else (concept.antonym or f"less {concept.phrase}"),
+                threshold=None if np.isnan(threshold[a]) else float(threshold[a]),
+                changed=bool(changed[a]),
+                joint_score=None if agg_joint is None else float(agg_joint.aspect[0, a]),
+                joint_interval=None if j_low is None else [float(j_low[a]), float(j_high[a])],
+                joint_threshold=None if j_threshold is None else float(j_threshold[a]),
+                accounted_for=accounted.get(name),
+            )
+        )
     # the aspects reported as changed first, then the rest, each by score: a concept that only correlates with the
     # change (the joint fit gives it no weight) can outscore it when the images spread less along it
-    aspects.sort(key=lambda r: (not r["changed"], -r["score"]))
+    aspects.sort(key=lambda r: (not r.changed, -r.score))
     concepts = [
-        {"phrase": c.phrase, "antonym": c.antonym, "aspect": c.aspect, "score": float(agg.concept[0, i]),
-         "interval": [float(c_low[i]), float(c_high[i])]}
+        {
+            "phrase": c.phrase,
+            "antonym": c.antonym,
+            "aspect": c.aspect,
+            "score": float(agg.concept[0, i]),
+            "interval": [float(c_low[i]), float(c_high[i])],
+        }
         for i, c in enumerate(bank.concepts)
-    ]  # fmt: skip
+    ]
     v = D.mean(axis=0)
     rng = np.random.default_rng(seed + 2)
-    boot_norms = [np.linalg.norm(D[rng.integers(0, len(D), len(D))].mean(axis=0)) for _ in range(n_bootstrap)]
-    n_low, n_high = interval(np.asarray(boot_norms), confidence)
-    return {
-        "aspects": aspects,
-        "concepts": concepts,
-        "residual": {"value": _finite(residual), "interval": [_finite(r_low), _finite(r_high)]},
-        "divergence": {
+    boot_norms = [np.linalg.norm(D[idx].mean(axis=0)) for idx in bootstrap_indices(rng, len(D), n_bootstrap)]
+    n_low, n_high = percentile_interval(np.asarray(boot_norms), confidence)
+    return Decomposed(
+        aspects=aspects,
+        concepts=concepts,
+        residual={"value": _finite(residual), "interval": [_finite(r_low), _finite(r_high)]},
+        divergence={
             "n_pairs": int(len(D)),
             "norm": float(np.linalg.norm(v)),
             "norm_interval": [float(n_low), float(n_high)],
             "mean_pair_distance": float(np.linalg.norm(D, axis=1).mean()),
-        },  # fmt: skip
-    }
+        },
+        evidence=Evidence(z=z, z_crit=z_crit, boot=agg_boot.aspect),
+    )

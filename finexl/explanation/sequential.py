@@ -74,13 +74,24 @@ def rounds(first: int, step: int, cap: int) -> list[int]:
     return list(range(first, cap, step)) + [cap]
 
 
+@dataclass
+class Evidence:
+    """What the rule reads of a decomposition, per aspect in the concept bank's order: ``z``, the margin of the
+    CHANGED test in bootstrap standard errors, shifted so that CHANGED is ``z > z_crit`` (the smaller of a
+    two-part method's two tests; NaN without the null test), and ``boot``, the bootstrap aspect scores."""
+
+    z: np.ndarray  # (n_aspects,)
+    z_crit: float
+    boot: np.ndarray  # (n_bootstrap, n_aspects)
+
+
 def unsettled(
-    evidence: dict, aspects: list[str], scores: np.ndarray, n: int, cap: int, error: float, verdicts: str = "each"
+    evidence: Evidence, aspects: list[str], scores: np.ndarray, n: int, cap: int, error: float, verdicts: str = "each"
 ) -> list[str]:
     """What is not yet settled after ``n`` of ``cap`` pairs (see the module docstring).
 
     Args:
-        evidence: ``z``, ``z_crit`` and ``boot`` of :func:`finexl.explanation.scoring.decompose_divergence`.
+        evidence: of :func:`finexl.explanation.scoring.decompose_divergence`.
         aspects: the aspect names in the order of ``evidence`` (the concept bank's).
         scores: each aspect's score, same order.
         n: pairs drawn so far.
@@ -95,7 +106,7 @@ def unsettled(
     if n >= cap:
         return []
     t = n / cap
-    z, z_crit, boot = np.asarray(evidence["z"], float), float(evidence["z_crit"]), np.asarray(evidence["boot"])
+    z, z_crit, boot = np.asarray(evidence.z, float), float(evidence.z_crit), np.asarray(evidence.boot)
     if np.isnan(z).any():  # no null test, no verdicts: nothing can be settled before the cap
         return list(aspects)
     changed = z > z_crit
@@ -111,8 +122,11 @@ def unsettled(
         # the expected share of verdicts that differ is within error: only a verdict more likely than not to be
         # overturned still holds (stopping on it would report the less likely verdict)
         loose &= become_changed > 0.5
-    out = [a for a, c, keep, hold in zip(aspects, changed, keep_changed, loose, strict=True)
-           if (c and keep < 1 - error) or hold]  # fmt: skip
+    out = [
+        a
+        for a, c, keep, hold in zip(aspects, changed, keep_changed, loose, strict=True)
+        if (c and keep < 1 - error) or hold
+    ]
     order = [i for i in np.argsort(-scores, kind="stable") if changed[i]]
     for i, j in zip(order, order[1:], strict=False):
         difference = boot[:, i] - boot[:, j]

@@ -29,9 +29,20 @@ from finexl.narrate.templates import band
 BAND_WORDS = {
     "slight": ("slight", "slightly", "subtle", "subtly", "mild", "mildly", "a little", "a bit"),
     "moderate": ("moderate", "moderately", "noticeable", "noticeably", "medium"),
-    "strong": ("strong", "strongly", "substantial", "substantially", "dramatic", "dramatically", "marked",
-               "markedly", "major", "heavily", "large shift"),
-}  # fmt: skip
+    "strong": (
+        "strong",
+        "strongly",
+        "substantial",
+        "substantially",
+        "dramatic",
+        "dramatically",
+        "marked",
+        "markedly",
+        "major",
+        "heavily",
+        "large shift",
+    ),
+}
 INCREASE_WORDS = ("more", "increase", "increases", "increased", "higher", "greater", "stronger", "toward", "towards")
 DECREASE_WORDS = (
     "less",
@@ -56,13 +67,51 @@ DECREASE_WORDS = (
 )
 NEGATIONS = ("not", "no", "no longer", "never", "hardly", "barely", "neither", "nor", "none")
 FUNCTION_WORDS = {"a", "an", "the", "on", "of", "in", "at", "its", "it", "to", "by", "with", "and", "made", "for"}
-UNCHANGED_WORDS = ("unchanged", "no change", "not change", "no significant", "stays the same", "remains the same",
-                   "stay the same", "remain the same", "remain unchanged", "stay unchanged",
-                   "does not change", "doesn't change", "did not change", "not changed")  # fmt: skip
+UNCHANGED_WORDS = (
+    "unchanged",
+    "no change",
+    "not change",
+    "no significant",
+    "stays the same",
+    "remains the same",
+    "stay the same",
+    "remain the same",
+    "remain unchanged",
+    "stay unchanged",
+    "does not change",
+    "doesn't change",
+    "did not change",
+    "not changed",
+)
 GENERIC_LABELS = {"changed", "summary", "note", "unchanged", "in short", "overall"}
-ASPECT_NOUNS = ("pose", "style", "background", "colour", "lighting", "texture", "composition", "size", "shape",
-                "blur", "brightness", "saturation", "contrast", "mood", "medium", "palette", "subject", "framing",
-                "pattern", "grain", "position", "material", "weather", "fill", "sharpness", "hue")  # fmt: skip
+ASPECT_NOUNS = (
+    "pose",
+    "style",
+    "background",
+    "colour",
+    "lighting",
+    "texture",
+    "composition",
+    "size",
+    "shape",
+    "blur",
+    "brightness",
+    "saturation",
+    "contrast",
+    "mood",
+    "medium",
+    "palette",
+    "subject",
+    "framing",
+    "pattern",
+    "grain",
+    "position",
+    "material",
+    "weather",
+    "fill",
+    "sharpness",
+    "hue",
+)
 
 
 @dataclass

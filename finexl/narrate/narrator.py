@@ -11,9 +11,10 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 
+from finexl.chat import LLMError, make_chat
 from finexl.narrate.faithfulness import check
-from finexl.narrate.llm import LLMError
 from finexl.narrate.templates import band, render
+from finexl.utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,19 @@ class Narration:
 def scores_for_llm(expl: dict, asked: list[str] | None = None) -> dict:
     """The structured scores the LLM sees."""
     changed = [
-        {"aspect": a["aspect"], "group": a["group"], "level": band(a["score"]), "direction": a["direction"],
-         "concept": a["concept"], "toward": a["toward"], "score": round(a["score"], 2),
-         "interval": [round(x, 2) for x in a["interval"]]}
-        for a in expl["aspects"] if a["changed"]
-    ]  # fmt: skip
+        {
+            "aspect": a["aspect"],
+            "group": a["group"],
+            "level": band(a["score"]),
+            "direction": a["direction"],
+            "concept": a["concept"],
+            "toward": a["toward"],
+            "score": round(a["score"], 2),
+            "interval": [round(x, 2) for x in a["interval"]],
+        }
+        for a in expl["aspects"]
+        if a["changed"]
+    ]
     asked_unchanged = [a["aspect"] for a in expl["aspects"] if not a["changed"] and a["aspect"] in (asked or [])]
     return {"changed": changed, "asked_unchanged": asked_unchanged}
 
@@ -63,8 +72,9 @@ def narration_messages(expl: dict, asked: list[str] | None = None) -> list[dict]
     ]
 
 
-def narrate(expl: dict, backend=None, form: str = "bullets", asked: list[str] | None = None, retries: int = 2
-            ) -> Narration:  # fmt: skip
+def narrate(
+    expl: dict, backend=None, form: str = "bullets", asked: list[str] | None = None, retries: int = 2
+) -> Narration:
     """Sentences for ``expl``: templated without ``backend``; else the LLM's, if faithful, else templated."""
     template = render(expl, form, asked)
     if backend is None:
@@ -76,8 +86,9 @@ def narrate(expl: dict, backend=None, form: str = "bullets", asked: list[str] | 
             reply = backend.chat(messages)
         except LLMError as err:
             logger.warning("LLM narration failed: %s; using the templated sentences", err)
-            return Narration(template, "template", form, attempt, f"LLM failed ({err}); templated sentences used",
-                             problems)  # fmt: skip
+            return Narration(
+                template, "template", form, attempt, f"LLM failed ({err}); templated sentences used", problems
+            )
         report = check(reply, expl)
         if report.ok:
             return Narration(reply.strip(), "llm", form, attempt, None, problems)
@@ -86,11 +97,17 @@ def narrate(expl: dict, backend=None, form: str = "bullets", asked: list[str] | 
         messages = [
             *messages,
             {"role": "assistant", "content": reply},
-            {"role": "user", "content": "These statements are not supported by the scores: "
-             + "; ".join(report.problems) + ". Rewrite all lines following the rules."},
-        ]  # fmt: skip
-    note = (f"LLM answers failed the faithfulness check {retries + 1} times ({'; '.join(problems[-1])}); "
-            "templated sentences used")  # fmt: skip
+            {
+                "role": "user",
+                "content": "These statements are not supported by the scores: "
+                + "; ".join(report.problems)
+                + ". Rewrite all lines following the rules.",
+            },
+        ]
+    note = (
+        f"LLM answers failed the faithfulness check {retries + 1} times ({'; '.join(problems[-1])}); "
+        "templated sentences used"
+    )
     logger.warning(note)
     return Narration(template, "template", form, retries + 1, note, problems)
 
@@ -111,14 +128,20 @@ def narrate_explanation(
     """Sentences for an explanation (an :class:`~finexl.explanation.result.Explanation` or its dict): templated,
     or by the chat model named (a local folder ``llm`` or an endpoint), falling back to the template with a note
     when that model cannot be used."""
-    from finexl.explanation.paired import default_cache_dir
-    from finexl.narrate.llm import make_chat
 
     expl = expl if isinstance(expl, dict) else expl.to_dict()
     try:
-        backend = make_chat(llm, llm_endpoint, llm_model, cache_dir or default_cache_dir(), timeout=timeout,
-                            device=device, api_key_env=api_key_env)  # fmt: skip
+        backend = make_chat(
+            llm,
+            llm_endpoint,
+            llm_model,
+            cache_dir or default_cache_dir(),
+            timeout=timeout,
+            device=device,
+            api_key_env=api_key_env,
+        )
     except LLMError as err:
-        return Narration(render(expl, form, asked), "template", form, 0,
-                         f"LLM unavailable ({err}); templated sentences used")  # fmt: skip
+        return Narration(
+            render(expl, form, asked), "template", form, 0, f"LLM unavailable ({err}); templated sentences used"
+        )
     return narrate(expl, backend, form, asked, retries=retries)

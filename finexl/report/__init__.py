@@ -8,11 +8,17 @@ charts as inline SVG, no script and no request to anywhere.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from finexl import __version__
 from finexl.errors import InputError, MissingInputError, OutputError
 from finexl.explanation.result import (
     SAMPLES_DIR,
@@ -23,6 +29,9 @@ from finexl.explanation.result import (
     changed_rule,
     not_changed_reason,
 )
+from finexl.narrate.narrator import narrate
+from finexl.report.images import data_uri, heat, overlay, png_bytes, scaled, strip
+from finexl.utils import atomic_write_bytes, atomic_write_text
 
 REPORT_FILE = "report.html"
 CARD_FILE = "card.md"
@@ -55,14 +64,18 @@ def load_folder(folder: str | Path) -> Loaded:
 def _environment(markdown: bool = False):
     """The pages' templates. HTML ones (``*.html.j2``) are autoescaped; with ``markdown`` (the card) every printed
     value goes through :func:`markdown_text`. No value a user or a file supplied becomes markup in either."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
 
     loader = PackageLoader("finexl.report", "templates")
     if markdown:
-        return Environment(loader=loader, autoescape=False, finalize=markdown_text, undefined=StrictUndefined,
-                           trim_blocks=True, lstrip_blocks=True)  # fmt: skip
-    return Environment(loader=loader, autoescape=True, undefined=StrictUndefined, trim_blocks=True,
-                       lstrip_blocks=True)  # fmt: skip
+        return Environment(
+            loader=loader,
+            autoescape=False,
+            finalize=markdown_text,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    return Environment(loader=loader, autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
@@ -71,9 +84,6 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
 def markdown_text(value) -> str:
     """``value`` as Markdown text that renders as itself: HTML's ``& < >`` as entities (Markdown passes raw HTML
     through), Markdown's own punctuation backslash-escaped, line breaks as spaces (a value is one table cell)."""
-    import html
-
-    from markupsafe import Markup
 
     if isinstance(value, Markup):  # finexl's own text (a file name it chose): as it is
         return str(value)
@@ -82,7 +92,6 @@ def markdown_text(value) -> str:
 
 
 def _write(path: Path, text: str, overwrite: bool) -> Path:
-    from finexl.utils import atomic_write_text
 
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
@@ -113,8 +122,6 @@ def sentences(e: Explanation) -> list[str]:
     if e.sentences and e.sentences.get("text"):
         text = e.sentences["text"]
     else:
-        from finexl.narrate.narrator import narrate
-
         text = narrate(e.to_dict()).text
     return [line.strip().lstrip("-• ").strip() for line in text.splitlines() if line.strip()]
 
@@ -127,15 +134,29 @@ def axis_x(value: float) -> float:
 def chart_rows(e: Explanation) -> list[dict]:
     """Every aspect, CHANGED first (the explanation's order), with its numbers and SVG positions."""
     return [
-        {"aspect": a.aspect, "group": a.group, "score": a.score, "low": a.interval[0], "high": a.interval[1],
-         "threshold": a.threshold, "changed": a.changed, "toward": a.toward, "direction": a.direction,
-         "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]), "x_high": axis_x(a.interval[1]),
-         "x_threshold": None if a.threshold is None else axis_x(a.threshold), "joint": a.joint_score,
-         "joint_low": a.joint_interval[0] if a.joint_interval else None,
-         "joint_high": a.joint_interval[1] if a.joint_interval else None, "joint_threshold": a.joint_threshold,
-         "why": "" if a.changed else not_changed_reason(a), "above_null": a.above_null}
+        {
+            "aspect": a.aspect,
+            "group": a.group,
+            "score": a.score,
+            "low": a.interval[0],
+            "high": a.interval[1],
+            "threshold": a.threshold,
+            "changed": a.changed,
+            "toward": a.toward,
+            "direction": a.direction,
+            "x_score": axis_x(a.score),
+            "x_low": axis_x(a.interval[0]),
+            "x_high": axis_x(a.interval[1]),
+            "x_threshold": None if a.threshold is None else axis_x(a.threshold),
+            "joint": a.joint_score,
+            "joint_low": a.joint_interval[0] if a.joint_interval else None,
+            "joint_high": a.joint_interval[1] if a.joint_interval else None,
+            "joint_threshold": a.joint_threshold,
+            "why": "" if a.changed else not_changed_reason(a),
+            "above_null": a.above_null,
+        }
         for a in e.aspects
-    ]  # fmt: skip
+    ]
 
 
 def rule(e: Explanation) -> str:
@@ -164,21 +185,27 @@ def residual_line(e: Explanation) -> str:
     if r.get("value") is None:
         return f"Method {e.method} scores concepts one by one; it has no unexplained part to report."
     low, high = r["interval"]
-    return (f"Unexplained: {r['value']:.0%} of the length of the mean change (interval {low:.0%} to {high:.0%}) is "
-            "not accounted for by any aspect of the concept bank.")  # fmt: skip
+    return (
+        f"Unexplained: {r['value']:.0%} of the length of the mean change (interval {low:.0%} to {high:.0%}) is "
+        "not accounted for by any aspect of the concept bank."
+    )
 
 
 def _pairs(samples: Samples) -> list[dict]:
-    from finexl.report.images import data_uri
 
-    return [{"base": data_uri(samples.base[j]), "tuned": data_uri(samples.tuned[j]), "prompt": samples.prompts[j],
-             "seed": samples.seeds[j], "pair": samples.index[j]} for j in range(len(samples.index))]  # fmt: skip
+    return [
+        {
+            "base": data_uri(samples.base[j]),
+            "tuned": data_uri(samples.tuned[j]),
+            "prompt": samples.prompts[j],
+            "seed": samples.seeds[j],
+            "pair": samples.index[j],
+        }
+        for j in range(len(samples.index))
+    ]
 
 
 def _maps(e: Explanation, samples: Samples) -> list[dict]:
-    import numpy as np
-
-    from finexl.report.images import data_uri, heat, overlay, scaled
 
     out = []
     for a in e.aspects:
@@ -186,31 +213,55 @@ def _maps(e: Explanation, samples: Samples) -> list[dict]:
             continue
         moves = np.asarray(samples.moves.get(a.aspect, [0.0] * len(samples.index)))
         top = list(np.argsort(-moves, kind="stable")[:OVERLAYS_PER_ASPECT])
-        out.append({
-            "aspect": a.aspect, "toward": a.toward, "n_mean": samples.n_mean,
-            "mean": data_uri(heat(scaled(samples.mean_maps[a.aspect]))),
-            "overlays": [{"uri": data_uri(overlay(samples.tuned[j], samples.maps[a.aspect][j])),
-                          "tuned": data_uri(samples.tuned[j]), "prompt": samples.prompts[j],
-                          "seed": samples.seeds[j]} for j in top],
-        })  # fmt: skip
+        out.append(
+            {
+                "aspect": a.aspect,
+                "toward": a.toward,
+                "n_mean": samples.n_mean,
+                "mean": data_uri(heat(scaled(samples.mean_maps[a.aspect]))),
+                "overlays": [
+                    {
+                        "uri": data_uri(overlay(samples.tuned[j], samples.maps[a.aspect][j])),
+                        "tuned": data_uri(samples.tuned[j]),
+                        "prompt": samples.prompts[j],
+                        "seed": samples.seeds[j],
+                    }
+                    for j in top
+                ],
+            }
+        )
     return out
 
 
 def render_report(e: Explanation, samples: Samples | None) -> str:
     """The HTML of one explanation's report."""
-    from finexl import __version__
 
-    return _environment().get_template("report.html.j2").render(
-        title=model_name(e), verdict=verdict(e), sentences=sentences(e), rows=chart_rows(e), width=CHART_WIDTH,
-        rule=rule(e), joint=any(a.joint_score is not None for a in e.aspects),
-        residual=residual_line(e), method=e.method, divergence=e.divergence,
-        pairs=_pairs(samples) if samples is not None else [], in_view=PAIRS_IN_VIEW,
-        maps=_maps(e, samples) if samples is not None else [],
-        settings=json.dumps(e.settings, indent=1, sort_keys=True, default=str),
-        models=provenance(e)[0], seconds=e.seconds, bank=provenance(e)[1],
-        made_with=e.finexl_version or "unknown", version=__version__,
-        confidence=int(round(100 * e.settings.get("confidence", 0.9))),
-    )  # fmt: skip
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=model_name(e),
+            verdict=verdict(e),
+            sentences=sentences(e),
+            rows=chart_rows(e),
+            width=CHART_WIDTH,
+            rule=rule(e),
+            joint=any(a.joint_score is not None for a in e.aspects),
+            residual=residual_line(e),
+            method=e.method,
+            divergence=e.divergence,
+            pairs=_pairs(samples) if samples is not None else [],
+            in_view=PAIRS_IN_VIEW,
+            maps=_maps(e, samples) if samples is not None else [],
+            settings=json.dumps(e.settings, indent=1, sort_keys=True, default=str),
+            models=provenance(e)[0],
+            seconds=e.seconds,
+            bank=provenance(e)[1],
+            made_with=e.finexl_version or "unknown",
+            version=__version__,
+            confidence=int(round(100 * e.settings.get("confidence", 0.9))),
+        )
+    )
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -229,8 +280,10 @@ def check_comparable(loaded: list[Loaded]) -> None:
     """Scores made with different concept banks or CLIPs are not on one scale: refused with the reason."""
     first = loaded[0]
     for other in loaded[1:]:
-        for what, get in (("concept bank", lambda e: e.concept_bank.get("digest")),
-                          ("CLIP", lambda e: e.models.get("clip", {}).get("fingerprint"))):  # fmt: skip
+        for what, get in (
+            ("concept bank", lambda e: e.concept_bank.get("digest")),
+            ("CLIP", lambda e: e.models.get("clip", {}).get("fingerprint")),
+        ):
             a, b = get(first.explanation), get(other.explanation)
             if a != b:
                 raise InputError(
@@ -240,18 +293,26 @@ def check_comparable(loaded: list[Loaded]) -> None:
 
 
 def render_compare(loaded: list[Loaded]) -> str:
-    from finexl import __version__
 
     check_comparable(loaded)
-    models = [{"name": model_name(x.explanation), "folder": x.folder.name, "colour": COLOURS[i % len(COLOURS)],
-               "verdict": verdict(x.explanation)} for i, x in enumerate(loaded)]  # fmt: skip
+    models = [
+        {
+            "name": model_name(x.explanation),
+            "folder": x.folder.name,
+            "colour": COLOURS[i % len(COLOURS)],
+            "verdict": verdict(x.explanation),
+        }
+        for i, x in enumerate(loaded)
+    ]
     order = []  # aspects in order of their best score, CHANGED anywhere first
     by_model = [{a.aspect: a for a in x.explanation.aspects} for x in loaded]
     names = {a for m in by_model for a in m}
 
     def key(name: str) -> tuple:
-        return (not any(m[name].changed for m in by_model if name in m),
-                -max(m[name].score for m in by_model if name in m))  # fmt: skip
+        return (
+            not any(m[name].changed for m in by_model if name in m),
+            -max(m[name].score for m in by_model if name in m),
+        )
 
     for name in sorted(names, key=key):
         entries = []
@@ -259,18 +320,39 @@ def render_compare(loaded: list[Loaded]) -> str:
             a = m.get(name)
             if a is None:
                 continue
-            entries.append({"model": i, "colour": models[i]["colour"], "score": a.score, "low": a.interval[0],
-                            "high": a.interval[1], "changed": a.changed, "threshold": a.threshold,
-                            "toward": a.toward, "joint": a.joint_score, "joint_threshold": a.joint_threshold,
-                            "joint_low": a.joint_interval[0] if a.joint_interval else None,
-                            "why": "" if a.changed or not a.above_null else not_changed_reason(a),
-                            "x_score": axis_x(a.score), "x_low": axis_x(a.interval[0]),
-                            "x_high": axis_x(a.interval[1])})  # fmt: skip
+            entries.append(
+                {
+                    "model": i,
+                    "colour": models[i]["colour"],
+                    "score": a.score,
+                    "low": a.interval[0],
+                    "high": a.interval[1],
+                    "changed": a.changed,
+                    "threshold": a.threshold,
+                    "toward": a.toward,
+                    "joint": a.joint_score,
+                    "joint_threshold": a.joint_threshold,
+                    "joint_low": a.joint_interval[0] if a.joint_interval else None,
+                    "why": "" if a.changed or not a.above_null else not_changed_reason(a),
+                    "x_score": axis_x(a.score),
+                    "x_low": axis_x(a.interval[0]),
+                    "x_high": axis_x(a.interval[1]),
+                }
+            )
         order.append({"aspect": name, "entries": entries})
-    return _environment().get_template("compare.html.j2").render(
-        models=models, aspects=order, width=CHART_WIDTH, version=__version__, rule=rule(loaded[0].explanation),
-        bank=provenance(loaded[0].explanation)[1], clip=provenance(loaded[0].explanation)[0]["clip"],
-    )  # fmt: skip
+    return (
+        _environment()
+        .get_template("compare.html.j2")
+        .render(
+            models=models,
+            aspects=order,
+            width=CHART_WIDTH,
+            version=__version__,
+            rule=rule(loaded[0].explanation),
+            bank=provenance(loaded[0].explanation)[1],
+            clip=provenance(loaded[0].explanation)[0]["clip"],
+        )
+    )
 
 
 def write_compare(folders: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
@@ -288,11 +370,6 @@ def write_compare(folders: list[str | Path], out: str | Path, overwrite: bool = 
 
 def model_card(folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``folder/card.md`` (a section to paste into a model card) and its image strip ``card_strip.png``."""
-    from markupsafe import Markup
-
-    from finexl import __version__
-    from finexl.report.images import png_bytes, strip
-    from finexl.utils import atomic_write_bytes
 
     loaded = load_folder(folder)
     e, samples = loaded.explanation, loaded.samples
@@ -304,12 +381,25 @@ def model_card(folder: str | Path, overwrite: bool = False) -> Path:
         k = min(4, len(samples.index))
         atomic_write_bytes(loaded.folder / CARD_STRIP, png_bytes(strip(samples.base[:k], samples.tuned[:k]), 1024))
     n_prompts = len(dict.fromkeys(samples.prompts)) if samples is not None else None
-    text = _environment(markdown=True).get_template("card.md.j2").render(
-        name=model_name(e), verdict=verdict(e), changed=[a for a in e.aspects if a.changed],
-        within=[a.aspect for a in e.aspects if not a.changed and not a.above_null],
-        accounted=[accounted_line(a) for a in e.aspects if not a.changed and a.above_null], rule=rule(e), e=e,
-        strip=Markup(CARD_STRIP) if has_strip else None, models=provenance(e)[0], bank=provenance(e)[1],
-        strip_pairs=min(4, len(samples.index)) if has_strip else 0, n_prompts=n_prompts, version=__version__,
-        confidence=int(round(100 * e.settings.get("confidence", 0.9))), residual=residual_line(e),
-    )  # fmt: skip
+    text = (
+        _environment(markdown=True)
+        .get_template("card.md.j2")
+        .render(
+            name=model_name(e),
+            verdict=verdict(e),
+            changed=[a for a in e.aspects if a.changed],
+            within=[a.aspect for a in e.aspects if not a.changed and not a.above_null],
+            accounted=[accounted_line(a) for a in e.aspects if not a.changed and a.above_null],
+            rule=rule(e),
+            e=e,
+            strip=Markup(CARD_STRIP) if has_strip else None,
+            models=provenance(e)[0],
+            bank=provenance(e)[1],
+            strip_pairs=min(4, len(samples.index)) if has_strip else 0,
+            n_prompts=n_prompts,
+            version=__version__,
+            confidence=int(round(100 * e.settings.get("confidence", 0.9))),
+            residual=residual_line(e),
+        )
+    )
     return _write(path, text, overwrite=True)

@@ -6,7 +6,7 @@ Its text tower doubles as the text encoder of the toy text-to-image pipeline, as
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,57 +14,63 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from finexl.config import Config, setting
 from finexl.errors import InputError, MissingInputError
-from finexl.toyworld.aspects import CATEGORICAL
+from finexl.records import read_train_record, train_record, write_train_record
+from finexl.toyworld.aspects import CATEGORICAL, CATEGORICAL_BY_NAME, sample_aspects
 from finexl.toyworld.captions import caption, is_true_of, prompt_for
-from finexl.toyworld.dataset import render_set
+from finexl.toyworld.dataset import item_seed, render_set
+from finexl.toyworld.render import render
 from finexl.utils import (
     TrainingClock,
     atomic_dir,
-    atomic_write_json,
     data_dir,
     images_to_tensor,
-    read_train_record,
     seed_everything,
-    train_record,
 )
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ToyClipConfig:
-    image_size: int = field(default=32, metadata={"help": "input resolution"})
-    patch_size: int = field(default=4, metadata={"help": "ViT patch size"})
-    hidden_size: int = field(default=96, metadata={"help": "width of both towers"})
-    num_layers: int = field(default=4, metadata={"help": "transformer layers per tower"})
-    num_heads: int = field(default=4, metadata={"help": "attention heads"})
-    projection_dim: int = field(default=96, metadata={"help": "joint embedding size"})
-    max_length: int = field(default=40, metadata={"help": "text context length"})
+class ToyClipConfig(Config):
+    image_size: int = setting(32, help="input resolution")
+    patch_size: int = setting(4, help="ViT patch size")
+    hidden_size: int = setting(96, help="width of both towers")
+    num_layers: int = setting(4, help="transformer layers per tower")
+    num_heads: int = setting(4, help="attention heads")
+    projection_dim: int = setting(96, help="joint embedding size")
+    max_length: int = setting(40, help="text context length")
 
 
 @dataclass
-class ToyClipTrainConfig:
-    model: ToyClipConfig = field(default_factory=ToyClipConfig)
-    n_images: int = 30000
-    steps: int = 4000
-    max_minutes: float = 1e9  # the schedule anneals to whichever ends first: steps or minutes
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 200
-    # Batches of minimal pairs (two images that differ in one aspect, captions naming it) with multi-positive
-    # targets from the exact labels; plain InfoNCE over random images when False.
-    minimal_pairs: bool = True
-    # Fraction of steps whose batch shares colour, background and pattern (rendered on the fly, captions silent on
-    # them), so that only shape, pose, position, fill, size and style tell its images apart.
-    hard_batch_fraction: float = 0.0
-    # Fraction of steps whose batch is made of groups of images identical but for one aspect (pose or shape, in
-    # turn), each group showing every value of it, with captions that name it: rotation and shape become the only
-    # thing that tells the images of a group apart.
-    group_batch_fraction: float = 0.0
-    init_from: str | None = None  # a toy CLIP folder to continue training
-    seed: int = 0
+class ToyClipTrainConfig(Config):
+    model: ToyClipConfig = setting(default_factory=ToyClipConfig, help="the architecture")
+    n_images: int = setting(30000, help="rendered training images")
+    steps: int = setting(4000, help="optimizer steps")
+    max_minutes: float = setting(1e9, help="the schedule anneals to whichever ends first: steps or minutes")
+    batch_size: int = setting(128, help="images per step")
+    lr: float = setting(1e-3, help="learning rate")
+    weight_decay: float = setting(0.1, help="AdamW weight decay")
+    warmup: int = setting(200, help="warm-up steps")
+    minimal_pairs: bool = setting(
+        True,
+        help="Batches of minimal pairs (two images that differ in one aspect, captions naming it) with multi-positive"
+        " targets from the exact labels; plain InfoNCE over random images when False.",
+    )
+    hard_batch_fraction: float = setting(
+        0.0,
+        help="Fraction of steps whose batch shares colour, background and pattern (rendered on the fly, captions "
+        "silent on them), so that only shape, pose, position, fill, size and style tell its images apart.",
+    )
+    group_batch_fraction: float = setting(
+        0.0,
+        help="Fraction of steps whose batch is made of groups of images identical but for one aspect (pose or shape, "
+        "in turn), each group showing every value of it, with captions that name it: rotation and shape become "
+        "the only thing that tells the images of a group apart.",
+    )
+    init_from: str | None = setting(None, kind=str, help="a toy CLIP folder to continue training")
+    seed: int = setting(0, help="random seed")
 
 
 # Aspects varied between the two images of a minimal pair, with their weights: the ones that colour and
@@ -116,9 +122,6 @@ def build_clip_model(vocab_size: int, cfg: ToyClipConfig, bos_id: int, eos_id: i
 
 def render_minimal_pairs(n_pairs: int, seed: int, size: int) -> tuple[np.ndarray, list, list[str]]:
     """Pairs of images that differ in exactly one aspect. Returns images (2 n, h, w, 3), aspects, varied aspect."""
-    from finexl.toyworld.aspects import CATEGORICAL_BY_NAME, sample_aspects
-    from finexl.toyworld.dataset import item_seed
-    from finexl.toyworld.render import render
 
     names = list(PAIR_ASPECTS)
     weights = np.array([PAIR_ASPECTS[n] for n in names])
@@ -154,8 +157,6 @@ def hard_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tenso
 
     Returns pixels (n, 3, size, size), aspects, and ``(text, mentions)`` captions.
     """
-    from finexl.toyworld.aspects import sample_aspects
-    from finexl.toyworld.render import render
 
     extra = HARD_BATCH_EXTRA[int(rng.integers(len(HARD_BATCH_EXTRA)))]
     shared_names = HARD_BATCH_SHARED + ((extra,) if extra else ())
@@ -177,8 +178,6 @@ def group_batch(n: int, rng: np.random.Generator, size: int) -> tuple[torch.Tens
     Captions name that aspect (and a random subset of the rest). Returns pixels, aspects and captions, as
     :func:`hard_batch` does; the batch holds ``n // k * k`` images for an aspect of ``k`` values.
     """
-    from finexl.toyworld.aspects import CATEGORICAL_BY_NAME, sample_aspects
-    from finexl.toyworld.render import render
 
     name = GROUP_BATCH_ASPECTS[int(rng.integers(len(GROUP_BATCH_ASPECTS)))]
     values = CATEGORICAL_BY_NAME[name].values
@@ -276,9 +275,7 @@ def train_toy_clip(out_dir: str | Path, cfg: ToyClipTrainConfig, tokenizer_dir: 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
-        )
+        write_train_record(tmp, train_record(cfg, step + 1, clock.elapsed(), continued_from))
     return model, tokenizer
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +22,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from finexl.config import Config, setting
+from finexl.loading import load_pipeline
+from finexl.records import read_train_record, train_record, write_train_record
 from finexl.toyworld.captions import caption
+from finexl.toyworld.clip import load_toy_clip
 from finexl.toyworld.dataset import render_set
 from finexl.utils import (
     TrainingClock,
     atomic_dir,
-    atomic_write_json,
     encode_prompts,
     images_to_tensor,
-    read_train_record,
     seed_everything,
-    train_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,18 +44,21 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ToyVaeTrainConfig:
-    image_size: int = 32
-    block_out_channels: tuple[int, ...] = (32, 64)
-    latent_channels: int = 4
-    n_images: int = 20000
-    steps: int = 4000
-    max_minutes: float = 1e9
-    batch_size: int = 32
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
-    warmup: int = 100
-    seed: int = 0
+class ToyVaeTrainConfig(Config):
+    image_size: int = setting(32, help="image resolution")
+    block_out_channels: tuple[int, ...] = setting((32, 64), help="channels of each block")
+    latent_channels: int = setting(4, help="channels of the latent")
+    n_images: int = setting(20000, help="rendered training images")
+    steps: int = setting(4000, help="optimizer steps")
+    max_minutes: float = setting(
+        1e9,
+        help="wall-clock limit; the schedule anneals to whichever ends first: steps or minutes",
+    )
+    batch_size: int = setting(32, help="images per step")
+    lr: float = setting(1e-3, help="learning rate")
+    kl_weight: float = setting(1e-6, help="weight of the KL term")
+    warmup: int = setting(100, help="warm-up steps")
+    seed: int = setting(0, help="random seed")
 
 
 def build_vae(cfg: ToyVaeTrainConfig):
@@ -115,9 +119,7 @@ def train_toy_vae(out_dir: str | Path, cfg: ToyVaeTrainConfig, progress: bool = 
     logger.info("toy VAE: scaling factor %.4f, reconstruction MAE %.2f / 255", 1.0 / latents.std(), mae)
     with atomic_dir(out_dir) as tmp:
         vae.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), recon_mae_255=mae)
-        )
+        write_train_record(tmp, train_record(cfg, step + 1, clock.elapsed(), recon_mae_255=mae))
     return vae
 
 
@@ -126,41 +128,58 @@ def train_toy_vae(out_dir: str | Path, cfg: ToyVaeTrainConfig, progress: bool = 
 
 
 @dataclass
-class ToyUnetConfig:
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    layers_per_block: int = 1
-    attention_heads: int = 4
+class ToyUnetConfig(Config):
+    block_out_channels: tuple[int, ...] = setting((32, 64, 128), help="channels of each block")
+    layers_per_block: int = setting(1, help="ResNet layers per block")
+    attention_heads: int = setting(4, help="attention heads")
 
 
 @dataclass
-class ToyDiffusionTrainConfig:
-    unet: ToyUnetConfig = field(default_factory=ToyUnetConfig)
-    image_size: int = 32
-    n_images: int = 60000
-    steps: int = 100000
-    max_minutes: float = 1e9
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 500
-    caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0
-    ema_decay: float = 0.999
-    save_every_minutes: float = 15.0
-    init_from: str | None = None  # a pipeline folder whose UNet and text encoder to continue training
-    # The text encoder starts as the toy CLIP's text tower; trained with the UNet it learns to keep apart the words
-    # that the CLIP loss left collapsed (shape, pose, position). Its learning rate is this fraction of the UNet's.
-    train_text_encoder: bool = True
-    text_encoder_lr_scale: float = 0.3
-    # Start the text encoder from random weights (the toy CLIP's text architecture and tokenizer) instead of its
-    # trained tower: a tower whose contrastive training collapsed some words cannot be trained back apart quickly.
-    fresh_text_encoder: bool = False
-    # Continue the UNet of ``init_from`` with the toy CLIP's text tower and tokenizer in place of the pipeline's
-    # text encoder (freeze it with ``train_text_encoder=False``): a text encoder trained only through the denoising
-    # loss lets the words the UNet does not yet use drift together, which the contrastive tower keeps apart.
-    clip_text_encoder: bool = False
-    seed: int = 0
+class ToyDiffusionTrainConfig(Config):
+    unet: ToyUnetConfig = setting(default_factory=ToyUnetConfig, help="the UNet's architecture")
+    image_size: int = setting(32, help="image resolution")
+    n_images: int = setting(60000, help="rendered training images")
+    steps: int = setting(100000, help="optimizer steps")
+    max_minutes: float = setting(
+        1e9,
+        help="wall-clock limit; the schedule anneals to whichever ends first: steps or minutes",
+    )
+    batch_size: int = setting(32, help="images per step")
+    lr: float = setting(5e-4, help="learning rate")
+    warmup: int = setting(500, help="warm-up steps")
+    caption_dropout: float = setting(0.1, help="fraction of captions replaced by the empty prompt")
+    min_snr_gamma: float = setting(5.0, help="min-SNR loss weighting gamma")
+    ema_decay: float = setting(0.999, help="decay of the EMA weights that are saved")
+    save_every_minutes: float = setting(15.0, help="minutes between saves of the pipeline")
+    init_from: str | None = setting(
+        None,
+        kind=str,
+        help="a pipeline folder whose UNet and text encoder to continue training",
+    )
+    train_text_encoder: bool = setting(
+        True,
+        help="The text encoder starts as the toy CLIP's text tower; trained with the UNet it learns to keep apart the"
+        " words that the CLIP loss left collapsed (shape, pose, position). Its learning rate is this fraction of"
+        " the UNet's.",
+    )
+    text_encoder_lr_scale: float = setting(0.3, help="the text encoder's learning rate as a fraction of the UNet's")
+    fresh_text_encoder: bool = setting(
+        False,
+        help="Start the text encoder from random weights (the toy CLIP's text architecture and tokenizer) instead of "
+        "its trained tower: a tower whose contrastive training collapsed some words cannot be trained back apart"
+        " quickly.",
+    )
+    clip_text_encoder: bool = setting(
+        False,
+        help="Continue the UNet of ``init_from`` with the toy CLIP's text tower and tokenizer in place of the "
+        "pipeline's text encoder (freeze it with ``train_text_encoder=False``): a text encoder trained only "
+        "through the denoising loss lets the words the UNet does not yet use drift together, which the "
+        "contrastive tower keeps apart.",
+    )
+    seed: int = setting(0, help="random seed")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.clip_text_encoder and self.fresh_text_encoder:
             raise ValueError("clip_text_encoder and fresh_text_encoder exclude each other")
         if self.clip_text_encoder and self.init_from is None:
@@ -242,8 +261,6 @@ def train_toy_diffusion(
 ):
     """Train the toy UNet (and text encoder) and save the whole pipeline to ``out_dir`` (checkpoints on the way)."""
     from diffusers import AutoencoderKL
-
-    from finexl.toyworld.clip import load_toy_clip
 
     seed_everything(cfg.seed)
     continued_from = read_train_record(cfg.init_from)  # before any save: out_dir may be the folder continued
@@ -339,9 +356,7 @@ def train_toy_diffusion(
             with atomic_dir(out_dir) as tmp:
                 ema_text_encoder = emas[1] if cfg.train_text_encoder else text_encoder.eval()
                 make_pipeline(vae, ema_text_encoder, tokenizer, emas[0]).save_pretrained(tmp)
-                atomic_write_json(
-                    tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
-                )
+                write_train_record(tmp, train_record(cfg, step + 1, clock.elapsed(), continued_from))
             logger.info("saved pipeline at step %d to %s", step + 1, out_dir)
         if finished:
             break
@@ -350,6 +365,5 @@ def train_toy_diffusion(
 
 def load_toy_pipeline(path: str | Path | None = None):
     """Load the toy text-to-image pipeline (default: the shipped ``data/toy_sd``); see ``finexl.loading``."""
-    from finexl.loading import load_pipeline
 
     return load_pipeline(path)

@@ -13,11 +13,14 @@ Held-out sets use seeds that no training script uses (training scripts use seed 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from finexl.config import Config, setting
+from finexl.loading import load_pipeline
 from finexl.sampling import SamplerConfig, sample_images
 from finexl.toyworld.aspects import CATEGORICAL, GRADED, sample_aspects
 from finexl.toyworld.captions import NOUNS_WITHOUT_SHAPE, OPENERS, compose
@@ -30,12 +33,14 @@ NEUTRAL_PROMPTS = tuple(f"{opener} {noun}" for opener in OPENERS for noun in NOU
 
 
 @dataclass
-class EvalConfig:
-    n_held_out: int = field(default=2000, metadata={"help": "rendered images for judge and CLIP accuracy"})
-    n_per_value: int = field(default=24, metadata={"help": "generated images per prompted aspect value"})
-    n_neutral: int = field(default=256, metadata={"help": "generated images from neutral prompts"})
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    seed: int = HELD_OUT_SEED
+class EvalConfig(Config):
+    """What the toy world's evaluation renders and generates."""
+
+    n_held_out: int = setting(2000, minimum=1, help="rendered images for judge and CLIP accuracy")
+    n_per_value: int = setting(24, minimum=1, help="generated images per prompted aspect value")
+    n_neutral: int = setting(256, minimum=1, help="generated images from neutral prompts")
+    sampler: SamplerConfig = setting(default_factory=SamplerConfig, help="how the images are sampled")
+    seed: int = setting(HELD_OUT_SEED, minimum=0, cli=False, help="seed of the held-out renders")
 
 
 def adherence_prompts(aspect: str, value: str, n: int, seed: int) -> list[str]:
@@ -74,7 +79,6 @@ def evaluate(
 ) -> dict:
     """Load the toy world's models (the shipped ones unless paths are given) and measure them; ``pipeline=None``
     skips the measurements that generate images (``"toy"``: the shipped pipeline)."""
-    from finexl.loading import load_pipeline
     from finexl.toyworld.clip import load_toy_clip
     from finexl.toyworld.judge import load_judge
 
@@ -144,7 +148,6 @@ def evaluate_models(
 
 def write_grids(grids: dict[str, list[np.ndarray]], out_dir: Path, scale: int = 2) -> None:
     """One PNG per aspect: a row of samples per prompted value (upscaled ``scale`` x, nearest neighbour)."""
-    from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for aspect, rows in grids.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from finexl.config import Config, setting
 from finexl.errors import InputError, MissingInputError
+from finexl.records import read_train_record, train_record, write_train_record
 from finexl.toyworld.aspects import CATEGORICAL, GRADED
 from finexl.toyworld.dataset import render_set
 from finexl.utils import (
@@ -28,9 +30,7 @@ from finexl.utils import (
     atomic_write_json,
     data_dir,
     images_to_tensor,
-    read_train_record,
     seed_everything,
-    train_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ HEAD_SIZES = tuple(len(a.values) for a in CATEGORICAL)
 
 
 @dataclass
-class JudgeConfig:
-    image_size: int = field(default=32, metadata={"help": "input resolution"})
-    width: int = field(default=32, metadata={"help": "channels of the first stage; doubled at each stage"})
-    hidden: int = field(default=256, metadata={"help": "width of the shared fully connected layer"})
+class JudgeConfig(Config):
+    image_size: int = setting(32, help="input resolution")
+    width: int = setting(32, help="channels of the first stage; doubled at each stage")
+    hidden: int = setting(256, help="width of the shared fully connected layer")
 
 
 class Judge(nn.Module):
@@ -80,18 +80,25 @@ class Judge(nn.Module):
 
 
 @dataclass
-class JudgeTrainConfig:
-    model: JudgeConfig = field(default_factory=JudgeConfig)
-    n_images: int = 60000
-    steps: int = 20000
-    max_minutes: float = 1e9
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup: int = 200
-    graded_weight: float = 10.0
-    vae_fraction: float = 0.5
-    init_from: str | None = None  # a judge folder to continue training
-    seed: int = 0
+class JudgeTrainConfig(Config):
+    model: JudgeConfig = setting(default_factory=JudgeConfig, help="the architecture")
+    n_images: int = setting(60000, help="rendered training images")
+    steps: int = setting(20000, help="optimizer steps")
+    max_minutes: float = setting(
+        1e9,
+        help="wall-clock limit; the schedule anneals to whichever ends first: steps or minutes",
+    )
+    batch_size: int = setting(128, help="images per step")
+    lr: float = setting(2e-3, help="learning rate")
+    warmup: int = setting(200, help="warm-up steps")
+    graded_weight: float = setting(10.0, help="weight of the graded aspects' loss against the categorical ones")
+    vae_fraction: float = setting(
+        0.5,
+        help="fraction of training images passed through the VAE first, so the judge reads generated images as it "
+        "reads renders",
+    )
+    init_from: str | None = setting(None, kind=str, help="a judge folder to continue training")
+    seed: int = setting(0, help="random seed")
 
 
 @torch.no_grad()
@@ -159,9 +166,7 @@ def train_judge(out_dir: str | Path, cfg: JudgeTrainConfig, vae_dir: str | Path 
     with atomic_dir(out_dir) as tmp:
         save_file(model.state_dict(), tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", asdict(cfg.model))
-        atomic_write_json(
-            tmp / "finexl_train_config.json", train_record(cfg, step + 1, clock.elapsed(), continued_from)
-        )
+        write_train_record(tmp, train_record(cfg, step + 1, clock.elapsed(), continued_from))
     return model
 
 

@@ -8,7 +8,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from finexl.errors import ConfigError, InputError
-from finexl.train.trainer import TrainConfig, TrainResult
+from finexl.loading import fingerprint_folder, load_pipeline
+from finexl.loading.pipelines import read_model_index
+from finexl.presets import toy_base
+from finexl.train.data import load_image_folder
+from finexl.train.dreambooth import ensure_class_images
+from finexl.train.trainer import TrainConfig, TrainResult, native_resolution, train
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +51,14 @@ TRAINABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "
 
 def check_trainable(base: Path) -> None:
     """Refuse, before anything loads, a base whose pipeline class the trainer does not know."""
-    from finexl.loading import _read_model_index
 
     if not (base / "model_index.json").is_file():
         return  # load_pipeline names what is missing
-    name = _read_model_index(base).get("_class_name")
+    name = read_model_index(base).get("_class_name")
     if name not in TRAINABLE_PIPELINES:
-        raise ConfigError(f"finexl trains {', '.join(TRAINABLE_PIPELINES)} bases; {base} is a {name}, which it "
-                          "cannot train")  # fmt: skip
+        raise ConfigError(
+            f"finexl trains {', '.join(TRAINABLE_PIPELINES)} bases; {base} is a {name}, which it cannot train"
+        )
 
 
 def run_training(
@@ -70,11 +75,6 @@ def run_training(
     progress: bool = False,
 ) -> TrainResult:
     """Load the base (default: the toy preset's), read the images, and train ``config`` into ``out``."""
-    from finexl.loading import fingerprint_folder, load_pipeline
-    from finexl.presets import toy_base
-    from finexl.train.data import load_image_folder
-    from finexl.train.dreambooth import ensure_class_images
-    from finexl.train.trainer import native_resolution, train
 
     base = Path(base) if base is not None else toy_base()
     check_trainable(base)
@@ -84,10 +84,20 @@ def run_training(
     prepare_output(out, resume, overwrite)
     class_set = None
     if class_data is not None:
-        class_set = ensure_class_images(pipe, class_data, config.class_prompt, num_class_images, resolution,
-                                        seed=config.seed, progress=progress)  # fmt: skip
-    return train(pipe, images, config, out, class_data=class_set, resume=resume or False,
-                 base_fingerprint=fingerprint_folder(base), device=device, progress=progress)  # fmt: skip
+        class_set = ensure_class_images(
+            pipe, class_data, config.class_prompt, num_class_images, resolution, seed=config.seed, progress=progress
+        )
+    return train(
+        pipe,
+        images,
+        config,
+        out,
+        class_data=class_set,
+        resume=resume or False,
+        base_fingerprint=fingerprint_folder(base),
+        device=device,
+        progress=progress,
+    )
 
 
 def train_lora(
@@ -113,8 +123,9 @@ def train_lora(
     cfg = _config(config, settings)
     if cfg.method != "lora":
         raise ConfigError(f"train_lora trains a LoRA; got method {cfg.method!r}")
-    return run_training(data, out, cfg, base=base, resume=resume, overwrite=overwrite, device=device,
-                        progress=progress)  # fmt: skip
+    return run_training(
+        data, out, cfg, base=base, resume=resume, overwrite=overwrite, device=device, progress=progress
+    )
 
 
 def train_dreambooth(
@@ -145,6 +156,15 @@ def train_dreambooth(
         cfg = _config(config, settings)
     if class_prompt and class_data is None:
         class_data = Path(out).with_name(Path(out).name + "-class-images")
-    return run_training(instance_data, out, cfg, base=base, class_data=class_data if class_prompt else None,
-                        num_class_images=num_class_images, resume=resume, overwrite=overwrite, device=device,
-                        progress=progress)  # fmt: skip
+    return run_training(
+        instance_data,
+        out,
+        cfg,
+        base=base,
+        class_data=class_data if class_prompt else None,
+        num_class_images=num_class_images,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        progress=progress,
+    )

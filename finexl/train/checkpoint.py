@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from finexl.errors import InputError
 from finexl.utils import atomic_dir, atomic_write_json
+from finexl.validation import SchemaError, validate
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """``(weights, state, info)`` of one checkpoint folder; ``CheckpointError`` when it is damaged."""
-    from finexl.validation import SchemaError, validate
 
     try:
-        info = validate(json.loads((path / "state.json").read_text(encoding="utf-8")), "checkpoint_state",
-                        path / "state.json")  # fmt: skip
+        info = validate(
+            json.loads((path / "state.json").read_text(encoding="utf-8")), "checkpoint_state", path / "state.json"
+        )
         weights = load_file(str(path / "trainable.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
     except SchemaError as err:

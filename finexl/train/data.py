@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from finexl.errors import InputError
+from finexl.utils import atomic_dir, atomic_write_json, writing
+from finexl.validation import SchemaError, validate
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ class ImageSet:
 
 def _check(obj, schema: str, source) -> None:
     """``obj`` against a shipped schema (``finexl/schemas``); a mismatch is a :class:`DataError` in one line."""
-    from finexl.validation import SchemaError, validate
 
     try:
         validate(obj, schema, source)
@@ -91,7 +93,6 @@ def _caption_records(folder: Path) -> list[tuple[str, str | None]] | None:
 
 
 def _read_image(path: Path) -> tuple[np.ndarray, str]:
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -111,7 +112,6 @@ def _read_caption(path: Path) -> str:
 
 def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
     """Centre-crop to a square and resize to ``resolution`` (what diffusers' training scripts do)."""
-    from PIL import Image
 
     h, w = image.shape[:2]
     side = min(h, w)
@@ -202,21 +202,23 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, require
 
 
 def write_image_folder(
-    out: str | Path, images: np.ndarray, captions: list[str], extra_records: list[dict] | None = None,
+    out: str | Path,
+    images: np.ndarray,
+    captions: list[str],
+    extra_records: list[dict] | None = None,
     extra_json: dict[str, object] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``out/images/NNNNN.png`` and ``out/metadata.json`` (finexl's layout, read by
     :func:`load_image_folder`), plus ``extra_json`` files; all or nothing: an interruption leaves no folder.
 
     ``extra_records``: more fields for each image's metadata record (e.g. its exact aspect values).
     """
-    from PIL import Image
-
-    from finexl.utils import atomic_dir, atomic_write_json, writing
 
     if len(images) != len(captions) or (extra_records is not None and len(extra_records) != len(images)):
-        raise ValueError(f"got {len(images)} images, {len(captions)} captions and "
-                         f"{len(extra_records or [])} records; need one of each per image")  # fmt: skip
+        raise ValueError(
+            f"got {len(images)} images, {len(captions)} captions and "
+            f"{len(extra_records or [])} records; need one of each per image"
+        )
     with atomic_dir(out) as tmp, writing(out):
         (tmp / "images").mkdir()
         records = []

@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from finexl.errors import ConfigError
 from finexl.sampling import SamplerConfig, sample_images
 from finexl.train.data import IMAGE_SUFFIXES, ImageSet, load_image_folder
@@ -29,7 +31,6 @@ def ensure_class_images(
     progress: bool = True,
 ) -> ImageSet:
     """Top ``class_dir`` up to ``num_class_images`` images of ``class_prompt`` from ``pipe`` and read them all."""
-    from PIL import Image
 
     if not class_prompt or not class_prompt.strip():
         raise ConfigError("prior preservation needs a non-empty class prompt")

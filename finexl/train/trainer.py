@@ -18,24 +18,29 @@ alpha) as metadata, or a full pipeline folder; ``finexl_train_config.json`` besi
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm.auto import tqdm
 
+from finexl.config import Config, setting
 from finexl.errors import ConfigError, InputError, NumericalError
 from finexl.loading import LORA_WEIGHTS_NAME, denoiser
+from finexl.records import TRAIN_RECORD, write_train_record
+from finexl.sampling import SamplerConfig, sample_images
 from finexl.train.checkpoint import (
     CheckpointError,
     check_same_run,
@@ -48,7 +53,6 @@ from finexl.train.checkpoint import (
 from finexl.train.data import DataError, ImageSet
 from finexl.utils import (
     atomic_dir,
-    atomic_write_json,
     encode_prompts,
     give_default_mode,
     give_default_modes,
@@ -59,7 +63,6 @@ from finexl.utils import (
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "finexl_train_config.json"
 METHODS = ("lora", "full")
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Flux: the guidance a guidance-distilled transformer (FLUX.1-dev) is conditioned on in training: the value
@@ -67,95 +70,146 @@ PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16
 FLUX_TRAIN_GUIDANCE = 3.5
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # Settings that only decide what is written along the way; a run may be resumed with other values of these.
-OUTPUT_SETTINGS = ("validation_prompts", "validation_steps", "checkpointing_steps", "checkpoints_total_limit",
-                   "snapshot_steps")  # fmt: skip
+OUTPUT_SETTINGS = (
+    "validation_prompts",
+    "validation_steps",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "snapshot_steps",
+)
 
 
 DEFAULT_TARGET_MODULES = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"
-)  # fmt: skip
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+)
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")`` (an argparse type)."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
+
+
+def step_list(text: str) -> tuple[int, ...]:
+    """``"50,100,200"`` -> ``(50, 100, 200)`` (an argparse type)."""
+    try:
+        steps = tuple(int(s) for s in comma_list(text))
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive step counts like 50,100,200, got {text!r}")
+    return steps
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Settings of one personalization run (saved as ``finexl_train_config.json`` beside the result)."""
 
-    method: str = field(default="lora", metadata={"help": "'lora' (peft adapters) or 'full' (the whole UNet)"})
-    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
-    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank); update x alpha / r"})
+    method: str = setting("lora", choices=METHODS, cli=False, help="'lora' (peft adapters) or 'full' (the whole UNet)")
+    rank: int = setting(4, minimum=1, help="LoRA rank r")
+    alpha: float | None = setting(
+        None, kind=float, above=0, help="LoRA alpha; the update is scaled by alpha / rank", default_text="the rank"
+    )
     # Attention, the transformer blocks' projections and feed-forward, and the ResNet convolutions (kohya's
     # "LoCon" set); why not attention alone: docs/notes/2026-12-02-module-comments.md.
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    train_text_encoder: bool = False
-    text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
-    lr: float = 5e-3  # for the toy model; diffusers' scripts use 1e-4 for SD-size LoRAs
-    lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 20
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 800
-    # Fraction of training captions replaced by the empty prompt (diffusers' --proportion_empty_prompts): trains
-    # the unconditional branch too, so classifier-free guidance carries the change.
-    caption_dropout: float = 0.2
-    seed: int = 0
-    resolution: int | None = field(default=None, metadata={"help": "training size; default the pipeline's own"})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' for the frozen weights"})
-    gradient_checkpointing: bool = False
+    target_modules: tuple[str, ...] = setting(
+        DEFAULT_TARGET_MODULES,
+        parse=comma_list,
+        metavar="NAMES",
+        help="comma-separated UNet module names that get a LoRA (diffusers' scripts use to_q,to_k,to_v,to_out.0)",
+        default_text="attention, transformer projections and feed-forward, ResNet convolutions",
+    )
+    train_text_encoder: bool = setting(False, help="also put a LoRA on the text encoder (both of SDXL's; not Flux)")
+    text_encoder_target_modules: tuple[str, ...] = setting(
+        ("q_proj", "k_proj", "v_proj", "out_proj"),
+        parse=comma_list,
+        metavar="NAMES",
+        help="comma-separated text-encoder module names that get a LoRA",
+        default_text="its attention projections",
+    )
+    lr: float = setting(5e-3, above=0, help="learning rate (for the toy model; 1e-4 is usual for SD-size models)")
+    lr_scheduler: str = setting("cosine", choices=LR_SCHEDULERS, help="learning-rate schedule")
+    lr_warmup_steps: int = setting(20, minimum=0, help="warm-up steps")
+    weight_decay: float = setting(1e-2, minimum=0, help="AdamW weight decay")
+    max_grad_norm: float = setting(1.0, above=0, help="gradient clipping norm")
+    batch_size: int = setting(16, minimum=1, help="images per micro-batch")
+    gradient_accumulation_steps: int = setting(1, minimum=1, help="micro-batches per optimizer step")
+    max_steps: int = setting(
+        800, minimum=1, help="optimizer steps (with --snapshots and no --max-steps: the last snapshot)"
+    )
+    # diffusers' --proportion_empty_prompts: trains the unconditional branch too, so guidance carries the change
+    caption_dropout: float = setting(
+        0.2,
+        minimum=0,
+        below=1,
+        help="fraction of captions replaced by the empty prompt, so classifier-free guidance carries the change",
+    )
+    seed: int = setting(0, minimum=0, help="random seed")
+    resolution: int | None = setting(
+        None,
+        kind=int,
+        minimum=8,
+        help="train at this size; images are centre-cropped and resized to it",
+        default_text="the pipeline's native size",
+    )
+    mixed_precision: str = setting("no", choices=tuple(PRECISIONS), help="dtype of the frozen weights")
+    gradient_checkpointing: bool = setting(False, help="trade compute for memory")
     # DreamBooth: one prompt for every instance image, and the prior-preservation loss on class images
-    instance_prompt: str | None = None
-    class_prompt: str | None = None
-    prior_loss_weight: float = 1.0
+    instance_prompt: str | None = setting(None, cli=False, help="DreamBooth: the prompt of every instance image")
+    class_prompt: str | None = setting(None, cli=False, help="DreamBooth: the prompt of the class images")
+    prior_loss_weight: float = setting(1.0, minimum=0, help="DreamBooth: weight of the prior-preservation loss")
     # Written along the way
-    validation_prompts: tuple[str, ...] = ()
-    validation_steps: int = 0
-    checkpointing_steps: int = 0
-    checkpoints_total_limit: int | None = None
-    snapshot_steps: tuple[int, ...] = ()
+    validation_prompts: tuple[str, ...] = setting(
+        (),
+        flag="--validation-prompt",
+        repeat=True,
+        metavar="PROMPT",
+        help="prompt rendered for validation (repeatable)",
+    )
+    validation_steps: int = setting(100, minimum=1, help="render the validation prompts every N steps")
+    checkpointing_steps: int = setting(0, minimum=0, help="save a checkpoint every N steps (0: none)")
+    checkpoints_total_limit: int | None = setting(
+        None, kind=int, minimum=1, help="keep only the newest N checkpoints", default_text="all"
+    )
+    snapshot_steps: tuple[int, ...] = setting(
+        (),
+        flag="--snapshots",
+        parse=step_list,
+        metavar="STEPS",
+        help="keep LoRA snapshots at these steps, e.g. 50,100,200,400",
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field's own range and choices
         self.target_modules = tuple(self.target_modules)
         self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
         self.validation_prompts = tuple(self.validation_prompts)
         self.snapshot_steps = tuple(sorted(set(int(s) for s in self.snapshot_steps)))
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.rank < 1:
-            raise ConfigError(f"rank must be >= 1, got {self.rank}")
         if self.alpha is None:
             self.alpha = float(self.rank)
-        if self.alpha <= 0:
-            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
-        if min(self.max_steps, self.batch_size, self.gradient_accumulation_steps) < 1:
-            raise ConfigError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        if not all(math.isfinite(x) for x in (self.lr, self.alpha, self.prior_loss_weight, self.caption_dropout)):
-            raise ConfigError("lr, alpha, prior_loss_weight and caption_dropout must be finite numbers")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ConfigError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
-        if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.method == "full" and self.train_text_encoder:
             raise ConfigError("train_text_encoder is for LoRA; a full fine-tune trains the UNet (or transformer) only")
         if any(s < 1 or s > self.max_steps for s in self.snapshot_steps):
             raise ConfigError(f"snapshot steps must lie in [1, max_steps={self.max_steps}], got {self.snapshot_steps}")
         if self.snapshot_steps and self.method != "lora":
             raise ConfigError("snapshots are LoRA snapshots; a full fine-tune keeps checkpoints instead")
-        if self.validation_steps and not self.validation_prompts:
-            raise ConfigError("validation_steps needs at least one validation prompt")
         if self.validation_prompts and any(not p.strip() for p in self.validation_prompts):
             raise ConfigError("validation prompts must not be empty")
 
     def trajectory(self) -> dict:
         """The settings that decide the trained weights (what must match to resume)."""
         return {k: v for k, v in asdict(self).items() if k not in OUTPUT_SETTINGS}
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -198,8 +252,9 @@ def encode_conditioning(pipe, prompts: list[str], resolution: int) -> tuple[torc
     Gradients flow when enabled (a text encoder with a LoRA); wrap in ``torch.no_grad()`` otherwise.
     """
     if is_flow_matching(pipe):  # Flux: T5 hidden states and the pooled CLIP embedding
-        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe.transformer.device,
-                                               max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH)  # fmt: skip
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=pipe.transformer.device, max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH
+        )
         return embeds, {"pooled_projections": pooled}
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: two text encoders, pooled text, size ids
         embeds, _, pooled, _ = pipe.encode_prompt(
@@ -221,7 +276,7 @@ def data_fingerprint(images: np.ndarray, captions: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Run:
+class TrainingRun:
     """The state of one training run: model parts, data, optimizer and random streams."""
 
     def __init__(self, pipe, data: ImageSet, cfg: TrainConfig, class_data: ImageSet | None, device: torch.device):
@@ -267,8 +322,10 @@ class _Run:
         self.trained_encoders = []
         if cfg.train_text_encoder:
             if self.flow:
-                raise ConfigError("train_text_encoder: a Flux LoRA trains the transformer only (its T5 encoder is "
-                                  "4.7 B parameters); drop --train-text-encoder")  # fmt: skip
+                raise ConfigError(
+                    "train_text_encoder: a Flux LoRA trains the transformer only (its T5 encoder is "
+                    "4.7 B parameters); drop --train-text-encoder"
+                )
             self.trained_encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None)]
             self.te_lora_config = LoraConfig(
                 r=cfg.rank,
@@ -390,29 +447,46 @@ class _Run:
         sigma = self.scheduler.sigmas[index].to(self.device, x0.dtype).view(b, 1, 1, 1)
         noisy = (1 - sigma) * x0 + sigma * noise
         transformer = pipe.transformer
-        guidance = (torch.full((b,), FLUX_TRAIN_GUIDANCE, device=self.device)
-                    if transformer.config.guidance_embeds else None)  # fmt: skip
+        guidance = (
+            torch.full((b,), FLUX_TRAIN_GUIDANCE, device=self.device) if transformer.config.guidance_embeds else None
+        )
         with torch.autocast(self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32):
             pred = transformer(
-                hidden_states=pipe._pack_latents(noisy, b, c, h, w), timestep=sigma.view(b), guidance=guidance,
-                pooled_projections=added["pooled_projections"], encoder_hidden_states=embeds,
+                hidden_states=pipe._pack_latents(noisy, b, c, h, w),
+                timestep=sigma.view(b),
+                guidance=guidance,
+                pooled_projections=added["pooled_projections"],
+                encoder_hidden_states=embeds,
                 txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=embeds.dtype),
                 img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, embeds.dtype),
                 return_dict=False,
-            )[0]  # fmt: skip
+            )[0]
         return F.mse_loss(pred.float(), pipe._pack_latents(noise - x0, b, c, h, w).float())
+
+    def micro_batch_loss(self, i: int) -> torch.Tensor:
+        """The loss of one micro-batch drawn from the data (and the prior loss on the class images)."""
+        cfg = self.cfg
+        loss = self._loss_on(self.latents, self.captions, self.cond, cfg.batch_size)
+        if self.class_latents is not None:
+            prior = self._loss_on(self.class_latents, self.class_captions, self.class_cond, cfg.batch_size)
+            loss = loss + cfg.prior_loss_weight * prior
+        return loss
+
+    def accumulate_gradients(self, micro_batch_loss: Callable[[int], torch.Tensor]) -> float:
+        """Backpropagate ``gradient_accumulation_steps`` micro-batch losses, each divided by their number, so that
+        the gradients add up to those of their mean: the gradient of one batch that large. Returns the mean loss."""
+        k, total = self.cfg.gradient_accumulation_steps, 0.0
+        for i in range(k):
+            loss = micro_batch_loss(i)
+            self.scaler.scale(loss / k).backward()
+            total += loss.item() / k
+        return total
 
     def step(self) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
-        cfg, total = self.cfg, 0.0
+        cfg = self.cfg
         denoiser(self.pipe).train()
-        for _ in range(cfg.gradient_accumulation_steps):
-            loss = self._loss_on(self.latents, self.captions, self.cond, cfg.batch_size)
-            if self.class_latents is not None:
-                prior = self._loss_on(self.class_latents, self.class_captions, self.class_cond, cfg.batch_size)
-                loss = loss + cfg.prior_loss_weight * prior
-            self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-            total += loss.item() / cfg.gradient_accumulation_steps
+        total = self.accumulate_gradients(self.micro_batch_loss)
         if not np.isfinite(total):
             raise NumericalError("the training loss became NaN or infinite; lower the learning rate")
         self.scaler.unscale_(self.optimizer)
@@ -468,7 +542,7 @@ def _numpy_state_from_saved(saved: dict) -> dict:
     }
 
 
-def _lora_layers(run: _Run) -> dict:
+def _lora_layers(run: TrainingRun) -> dict:
     """LoRA tensors in peft naming (``unet.<module>.lora_A.weight``), which diffusers loads for every layer type.
 
     (``diffusers.utils.convert_state_dict_to_diffusers`` renames only attention layers to the older
@@ -484,36 +558,39 @@ def _lora_layers(run: _Run) -> dict:
     return {**layers, **meta}
 
 
-def _write_lora(run: _Run, folder: Path) -> None:
+def _write_lora(run: TrainingRun, folder: Path) -> None:
     """``pytorch_lora_weights.safetensors`` via the pipeline's ``save_lora_weights`` (rank, alpha in the metadata)."""
     type(run.pipe).save_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, **_lora_layers(run))
 
 
-def save_lora(run: _Run, folder: Path, record: dict) -> None:
+def save_lora(run: TrainingRun, folder: Path, record: dict) -> None:
     """The LoRA and the config, into ``folder`` atomically (a snapshot)."""
     with atomic_dir(folder) as tmp:
         _write_lora(run, tmp)
-        atomic_write_json(tmp / CONFIG_NAME, record)
+        write_train_record(tmp, record)
 
 
 def _publish(tmp: Path, out_dir: Path, names: list[str]) -> None:
     """Move finished files from ``tmp`` into ``out_dir`` one rename each, the config file last."""
-    for name in sorted(names, key=lambda n: (n == "model_index.json", n == CONFIG_NAME)):
+    for name in sorted(names, key=lambda n: (n == "model_index.json", n == TRAIN_RECORD)):
         target = out_dir / name
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp / name, target)
 
 
-def _save_result(run: _Run, out_dir: Path, record: dict) -> None:
+def _save_result(run: TrainingRun, out_dir: Path, record: dict) -> None:
     checkpoints = list_checkpoints(out_dir)
-    advice = (f"; the last checkpoint ({checkpoints[-1][1].name}) is kept: free space and run again with --resume"
-              if checkpoints else "")  # fmt: skip
+    advice = (
+        f"; the last checkpoint ({checkpoints[-1][1].name}) is kept: free space and run again with --resume"
+        if checkpoints
+        else ""
+    )
     with writing(out_dir, advice):
         _write_result(run, out_dir, record)
 
 
-def _write_result(run: _Run, out_dir: Path, record: dict) -> None:
+def _write_result(run: TrainingRun, out_dir: Path, record: dict) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".result.", suffix=".tmp"))
     give_default_mode(tmp, folder=True)
     try:
@@ -521,17 +598,14 @@ def _write_result(run: _Run, out_dir: Path, record: dict) -> None:
             _write_lora(run, tmp)
         else:
             run.pipe.save_pretrained(tmp)
-        atomic_write_json(tmp / CONFIG_NAME, record)
+        write_train_record(tmp, record)
         give_default_modes(tmp)  # safetensors writes its files 0600
         _publish(tmp, out_dir, [p.name for p in tmp.iterdir()])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _validate(run: _Run, out_dir: Path, step: int) -> None:
-    from PIL import Image
-
-    from finexl.sampling import SamplerConfig, sample_images
+def _validate(run: TrainingRun, out_dir: Path, step: int) -> None:
 
     denoiser(run.pipe).eval()
     prompts = list(run.cfg.validation_prompts)
@@ -580,7 +654,7 @@ def train(
     if class_data is not None and cfg.class_prompt is None:
         raise ConfigError("class images need a class prompt")
     seed_everything(cfg.seed)
-    run = _Run(pipe, data, cfg, class_data, device)
+    run = TrainingRun(pipe, data, cfg, class_data, device)
     identity = {  # JSON-normalised, as it is read back from a checkpoint
         **{f"config.{k}": json.loads(json.dumps(v)) for k, v in cfg.trajectory().items()},
         "data": data_fingerprint(data.images, run.captions),
@@ -601,11 +675,16 @@ def train(
         if start >= cfg.max_steps:
             logger.info("checkpoint %s is already at max_steps=%d: saving the result again", path, cfg.max_steps)
 
-    record = {**cfg.to_json(), "identity": identity}
+    record = {**cfg.to_dict(), "identity": identity}
     losses: list[float] = []
     step_seconds: list[float] = []
-    bar = tqdm(range(start, cfg.max_steps), desc=f"train {cfg.method}", disable=not progress, initial=start,
-               total=cfg.max_steps)  # fmt: skip
+    bar = tqdm(
+        range(start, cfg.max_steps),
+        desc=f"train {cfg.method}",
+        disable=not progress,
+        initial=start,
+        total=cfg.max_steps,
+    )
     for step in bar:
         t0 = time.perf_counter()
         loss = run.step()
@@ -620,13 +699,15 @@ def train(
         if cfg.checkpointing_steps and (done % cfg.checkpointing_steps == 0 or done == cfg.max_steps):
             weights = {k: p for k, p in run.params.items()}
             with writing(out_dir):
-                save_checkpoint(out_dir, done, weights, run.state(), {"identity": identity},
-                                cfg.checkpoints_total_limit)  # fmt: skip
-        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_steps):
+                save_checkpoint(
+                    out_dir, done, weights, run.state(), {"identity": identity}, cfg.checkpoints_total_limit
+                )
+        if cfg.validation_prompts and (done % cfg.validation_steps == 0 or done == cfg.max_steps):
             _validate(run, out_dir, done)
     denoiser(pipe).eval()
     final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
-    _save_result(run, out_dir, {**record, "steps_done": cfg.max_steps, "final_loss": final_loss,
-                                "resumed_from": start})  # fmt: skip
+    _save_result(
+        run, out_dir, {**record, "steps_done": cfg.max_steps, "final_loss": final_loss, "resumed_from": start}
+    )
     logger.info("saved the %s result to %s", cfg.method, out_dir)
     return TrainResult(out_dir, cfg.max_steps, final_loss, float(sum(step_seconds)), step_seconds, start)

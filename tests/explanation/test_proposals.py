@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from finexl.narrate.llm import LLMError, LocalChat, LocalVisionChat, image_part
+from finexl.chat import LLMError, LocalChat, LocalVisionChat, image_part
 
 
 @pytest.fixture(scope="module")

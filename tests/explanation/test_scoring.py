@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from finexl.explanation.concepts import ConceptDirections, parse_concept_bank
+from finexl.explanation.decompose import row_scores
 from finexl.explanation.result import format_explanation
-from finexl.explanation.scoring import aggregate, decompose_divergence, row_scores, spreads
+from finexl.explanation.scoring import aggregate, decompose_divergence
+from finexl.stats import spreads
 
 
 def test_score_is_the_shift_over_the_image_spread():
@@ -47,15 +49,15 @@ def test_a_real_shift_is_changed_and_the_base_against_itself_is_not():
     shifted = base + 1.5 * axis / np.linalg.norm(axis) + rng.normal(size=base.shape) * 0.05
     null_base = rng.normal(size=base.shape)
     res = decompose_divergence(base, shifted, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    top = res["aspects"][0]
-    assert top["aspect"] == "blur" and top["direction"] == "increase" and top["changed"]
-    assert top["interval"][0] <= top["score"] <= top["interval"][1]
+    top = res.aspects[0]
+    assert top.aspect == "blur" and top.direction == "increase" and top.changed
+    assert top.interval[0] <= top.score <= top.interval[1]
     smaller = base - 1.5 * axis / np.linalg.norm(axis)
     res = decompose_divergence(base, smaller, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    assert res["aspects"][0]["direction"] == "decrease" and res["aspects"][0]["toward"] == "sharp"
+    assert res.aspects[0].direction == "decrease" and res.aspects[0].toward == "sharp"
     same = base + rng.normal(size=base.shape) * 0.01  # paired, nothing systematic
     res = decompose_divergence(base, same, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    assert not any(a["changed"] for a in res["aspects"])
+    assert not any(a.changed for a in res.aspects)
 
 
 def _vivid_near_bright(rng, d):
@@ -88,21 +90,21 @@ def test_finexl_scores_how_much_by_projection_and_reports_only_what_the_joint_fi
     rng, directions, unit, base, null_base, tuned = _bright_shift()
     d, n = base.shape[1], len(base)
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    by = {a["aspect"]: a for a in res["aspects"]}
-    assert by["brightness"]["changed"] and by["brightness"]["direction"] == "increase"
-    assert by["saturation"]["score"] > 0.5 * by["brightness"]["score"]  # it did move along vivid...
-    assert by["saturation"]["joint_score"] == 0.0 and not by["saturation"]["changed"]  # ...but is not a change
-    table = format_explanation({**res, "method": "finexl"}).splitlines()
+    by = {a.aspect: a for a in res.aspects}
+    assert by["brightness"].changed and by["brightness"].direction == "increase"
+    assert by["saturation"].score > 0.5 * by["brightness"].score  # it did move along vivid...
+    assert by["saturation"].joint_score == 0.0 and not by["saturation"].changed  # ...but is not a change
+    table = format_explanation({**res.to_dict(), "method": "finexl"}).splitlines()
     assert "joint" in table[0] and table[1].split()[0] == "brightness" and "CHANGED" in table[1]
     row = next(line for line in table if line.startswith("saturation"))
     assert "0.000" in row and "CHANGED" not in row
     # the projection alone (gsclip on the same axes) would call it changed: the joint fit is what stops it
     gs = decompose_divergence(base, tuned, directions, "gsclip", null_base=null_base, n_bootstrap=50, n_null=50)
-    assert {a["aspect"]: a for a in gs["aspects"]}["saturation"]["changed"]
+    assert {a.aspect: a for a in gs.aspects}["saturation"].changed
     # and weaker shifts get smaller scores, in order
     weak = [decompose_divergence(base, base + s * unit + rng.normal(size=(n, d)) * 0.02, directions, "finexl",
                                  n_bootstrap=30) for s in (0.02, 0.05, 0.1)]  # fmt: skip
-    scores = [{a["aspect"]: a["score"] for a in w["aspects"]}["brightness"] for w in weak]
+    scores = [{a.aspect: a.score for a in w.aspects}["brightness"] for w in weak]
     assert 0 < scores[0] < scores[1] < scores[2]
 
 
@@ -119,10 +121,10 @@ def test_aspects_reported_as_changed_come_first_even_when_a_correlated_one_score
     base, null_base = squeeze(rng.normal(size=(n, d)) * 0.3), squeeze(rng.normal(size=(n, d)) * 0.3)
     tuned = base + 0.4 * bright + rng.normal(size=(n, d)) * 0.02
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    by = {a["aspect"]: a for a in res["aspects"]}
-    assert by["saturation"]["score"] > by["brightness"]["score"] and not by["saturation"]["changed"]
-    assert [a["aspect"] for a in res["aspects"]] == ["brightness", "saturation", "size"]
-    assert format_explanation({**res, "method": "finexl"}).splitlines()[1].split()[0] == "brightness"
+    by = {a.aspect: a for a in res.aspects}
+    assert by["saturation"].score > by["brightness"].score and not by["saturation"].changed
+    assert [a.aspect for a in res.aspects] == ["brightness", "saturation", "size"]
+    assert format_explanation({**res.to_dict(), "method": "finexl"}).splitlines()[1].split()[0] == "brightness"
 
 
 def test_the_changed_rule_is_the_one_stated_and_a_correlated_aspect_is_accounted_for_by_the_change():
@@ -130,23 +132,23 @@ def test_the_changed_rule_is_the_one_stated_and_a_correlated_aspect_is_accounted
     # explains the shift with brightness alone, and brightness's part of the fit accounts for saturation's score
     _, directions, _, base, null_base, tuned = _bright_shift()
     res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50)
-    for a in res["aspects"]:  # CHANGED is exactly: interval above the null, and the joint interval above its own
-        both = a["interval"][0] > a["threshold"] and a["joint_interval"][0] > a["joint_threshold"]
-        assert a["changed"] == both and a["joint_interval"][0] <= a["joint_score"] <= a["joint_interval"][1]
-    by = {a["aspect"]: a for a in res["aspects"]}
+    for a in res.aspects:  # CHANGED is exactly: interval above the null, and the joint interval above its own
+        both = a.interval[0] > a.threshold and a.joint_interval[0] > a.joint_threshold
+        assert a.changed == both and a.joint_interval[0] <= a.joint_score <= a.joint_interval[1]
+    by = {a.aspect: a for a in res.aspects}
     sat = by["saturation"]
-    assert sat["interval"][0] > sat["threshold"] and not sat["changed"]  # above its null, not CHANGED
-    assert list(sat["accounted_for"]) == ["brightness"]
+    assert sat.interval[0] > sat.threshold and not sat.changed  # above its null, not CHANGED
+    assert list(sat.accounted_for) == ["brightness"]
     # brightness's part of the joint fit is (nearly) the whole mean shift, so seen along vivid it is the score
-    assert abs(sat["accounted_for"]["brightness"] - sat["score"]) < 0.1 * sat["score"]
-    assert by["brightness"]["accounted_for"] is None and by["size"]["accounted_for"] in ({}, None)
-    table = format_explanation({**res, "method": "finexl"})
+    assert abs(sat.accounted_for["brightness"] - sat.score) < 0.1 * sat.score
+    assert by["brightness"].accounted_for is None and by["size"].accounted_for in ({}, None)
+    table = format_explanation({**res.to_dict(), "method": "finexl"})
     assert "saturation   brightness accounts for" in table and "j-null" in table.splitlines()[0]
     # the interval width follows the confidence asked for
     wide = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=50, n_null=50,
                                 confidence=0.99)  # fmt: skip
-    low, high = {a["aspect"]: a for a in wide["aspects"]}["brightness"]["interval"]
-    assert high - low > by["brightness"]["interval"][1] - by["brightness"]["interval"][0]
+    low, high = {a.aspect: a for a in wide.aspects}["brightness"].interval
+    assert high - low > by["brightness"].interval[1] - by["brightness"].interval[0]
 
 
 def test_the_null_keeps_the_false_positive_rate_on_seeded_null_worlds():
@@ -159,7 +161,7 @@ def test_the_null_keeps_the_false_positive_rate_on_seeded_null_worlds():
         tuned, null_base = rng.normal(size=base.shape), rng.normal(size=base.shape)
         res = decompose_divergence(base, tuned, directions, "finexl", null_base=null_base, n_bootstrap=40, n_null=40,
                                    seed=seed)  # fmt: skip
-        flags.extend(a["changed"] for a in res["aspects"])
+        flags.extend(a.changed for a in res.aspects)
     assert len(flags) == 120 and np.mean(flags) <= 0.05
 
 
@@ -177,8 +179,8 @@ def test_the_null_swaps_each_pair_at_random():
     assert scores.shape == (200, len(design.rows)) and joint.shape == scores.shape
     assert (scores.std(axis=0) > 0).all()
     # without swaps every draw would be the same large one-signed move; with them it centres on zero
-    fixed = decompose_divergence(base, null_base, directions, "finexl", n_bootstrap=10)["aspects"]
-    assert max(a["score"] for a in fixed) > 0.2
+    fixed = decompose_divergence(base, null_base, directions, "finexl", n_bootstrap=10).aspects
+    assert max(a.score for a in fixed) > 0.2
     two = design.two_sided  # antonym axes take either sign (a value without an antonym only moves toward itself)
     assert two.sum() == 2 and (np.abs(scores[:, two].mean(axis=0)) < 0.3 * scores[:, two].std(axis=0)).all()
 
@@ -196,10 +198,10 @@ def test_the_thresholds_are_the_null_quantiles_of_both_fits():
     null, joint = null_row_scores(make_estimator("finexl"), design, base, null_base, spread, 60, seed=6)  # seed + 1
     expected = np.quantile(aggregate(null, design, bank).aspect, 0.9, axis=0)
     expected_joint = np.quantile(aggregate(joint, design, bank).aspect, 0.9, axis=0)
-    by = {a["aspect"]: a for a in res["aspects"]}
+    by = {a.aspect: a for a in res.aspects}
     for i, name in enumerate(bank.aspects):
-        assert by[name]["threshold"] == pytest.approx(expected[i]) and by[name]["threshold"] > 0
-        assert by[name]["joint_threshold"] == pytest.approx(expected_joint[i])
+        assert by[name].threshold == pytest.approx(expected[i]) and by[name].threshold > 0
+        assert by[name].joint_threshold == pytest.approx(expected_joint[i])
 
 
 def test_with_nothing_changed_an_aspect_above_its_null_is_accounted_for_by_nothing():

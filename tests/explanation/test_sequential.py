@@ -8,7 +8,7 @@ from scipy.stats import norm
 from finexl.errors import ConfigError
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization, requests
 from finexl.explanation.pipeline import explain as explain_
-from finexl.explanation.sequential import rounds, unsettled
+from finexl.explanation.sequential import Evidence, rounds, unsettled
 from finexl.sampling import SamplerConfig
 
 Z_CRIT = float(norm.ppf(0.95))
@@ -17,7 +17,7 @@ Z_CRIT = float(norm.ppf(0.95))
 def evidence(z, boot=None):
     z = np.asarray(z, float)
     boot = np.zeros((50, len(z))) if boot is None else boot
-    return {"z": z, "z_crit": Z_CRIT, "boot": boot}
+    return Evidence(z, Z_CRIT, boot)
 
 
 def test_rounds_end_at_the_cap():
@@ -144,18 +144,18 @@ def test_auto_draws_rounds_of_the_fixed_rules_pairs(tmp_path, tiny_pipeline_dir,
     assert np.array_equal(embeddings.tuned, auto.embeddings.tuned)
     assert np.array_equal(embeddings.null, auto.embeddings.null)
     result = fixed.decompose(embeddings, fixed.directions(requests(fixed.prompts, 8, 0)[0]))
-    assert result["aspects"] == auto.to_dict()["aspects"]
+    assert result.to_dict()["aspects"] == auto.to_dict()["aspects"]
 
 
 def test_rounds_switch_the_fused_lora_on_and_off_without_reading_it_again(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
                                                                          tiny_lora_dir, monkeypatch):  # fmt: skip
     """Round two of one pipeline (LoRA weights switched back in, then the base's restored) makes the images a fresh
     pipeline makes in one go; the LoRA file is read once."""
-    import finexl.loading
+    import finexl.explanation.pipeline as pipeline_module
 
     reads = []
-    load_lora = finexl.loading.load_lora
-    monkeypatch.setattr(finexl.loading, "load_lora", lambda *a, **k: reads.append(a[1]) or load_lora(*a, **k))
+    load_lora = pipeline_module.load_lora
+    monkeypatch.setattr(pipeline_module, "load_lora", lambda *a, **k: reads.append(a[1]) or load_lora(*a, **k))
     target = Personalization(lora=str(tiny_lora_dir))
     rounds = ExplainPipeline(config(tmp_path / "a", tiny_pipeline_dir, tiny_clip_dir, samples="auto", auto_round=4,
                                     auto_cap=8))  # fmt: skip

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from finexl.narrate.llm import EndpointChat, LLMError, LocalChat
+from finexl.chat import EndpointChat, LLMError, LocalChat
 from finexl.narrate.narrator import narrate, narration_messages
 from finexl.narrate.templates import render
 
@@ -148,8 +148,8 @@ def test_transient_failures_are_retried_and_a_deadline_bounds_every_answer(chat_
 
 
 def test_secrets_are_sent_but_never_shown_or_kept(chat_server, expl, monkeypatch):
+    from finexl.chat import make_chat, redact_url
     from finexl.errors import ConfigError
-    from finexl.narrate.llm import make_chat, redact_url
 
     host = chat_server.url.replace("http://", "")
     with_credentials = EndpointChat(f"http://alice:s3cret@{host}", "good")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from finexl.architectures import build_pipeline, kohya_lora_state_dict, sgm_name
 from finexl.loading import fuse_lora, load_lora
+from finexl.testing.architectures import build_pipeline, kohya_lora_state_dict, sgm_name
 
 WIDTH = 1 / 16
 
@@ -510,7 +510,7 @@ def test_a_kohya_flux_single_block_linear1_splits_onto_its_four_layers_at_full_w
     fixture's text encoders and VAE around it)."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    from finexl.architectures import FLUX_TRANSFORMER
+    from finexl.testing.architectures import FLUX_TRANSFORMER
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(**{

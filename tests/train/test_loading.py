@@ -194,7 +194,7 @@ def test_a_hub_style_folder_loads_without_its_safety_checker(tiny_pipeline_dir, 
 def test_large_weights_are_hashed_once_per_size_and_modification_time(tmp_path, monkeypatch):
     import os
 
-    import finexl.loading as loading
+    from finexl.loading import fingerprints
 
     monkeypatch.setenv("FINEXL_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "base"
@@ -203,10 +203,10 @@ def test_large_weights_are_hashed_once_per_size_and_modification_time(tmp_path, 
     weights.write_bytes(b"a" * 4096)
     (folder / "model_index.json").write_text("{}")
     uncached = fingerprint_folder(folder)  # below the size limit: hashed, nothing kept
-    assert not (tmp_path / "cache" / loading.FINGERPRINT_CACHE_FILE).exists()
-    monkeypatch.setattr(loading, "FINGERPRINT_CACHE_BYTES", 1024)
+    assert not (tmp_path / "cache" / fingerprints.FINGERPRINT_CACHE_FILE).exists()
+    monkeypatch.setattr(fingerprints, "FINGERPRINT_CACHE_BYTES", 1024)
     assert fingerprint_folder(folder) == uncached  # the same digest, now kept
-    assert (tmp_path / "cache" / loading.FINGERPRINT_CACHE_FILE).is_file()
+    assert (tmp_path / "cache" / fingerprints.FINGERPRINT_CACHE_FILE).is_file()
     # new bytes with the same size and modification time: the kept digest answers without reading the file
     stat = weights.stat()
     weights.write_bytes(b"b" * 4096)
@@ -216,7 +216,7 @@ def test_large_weights_are_hashed_once_per_size_and_modification_time(tmp_path, 
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     changed = fingerprint_folder(folder)
     assert changed != uncached
-    monkeypatch.setattr(loading, "FINGERPRINT_CACHE_BYTES", 1 << 40)
+    monkeypatch.setattr(fingerprints, "FINGERPRINT_CACHE_BYTES", 1 << 40)
     assert fingerprint_folder(folder) == changed  # what hashing from scratch gives
 
 

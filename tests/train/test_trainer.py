@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from finexl.loading import LORA_WEIGHTS_NAME, load_lora, load_pipeline
+from finexl.records import TRAIN_RECORD
 from finexl.sampling import SamplerConfig, sample_images
 from finexl.toyworld.dataset import render_set
 from finexl.train.checkpoint import CheckpointError, list_checkpoints
 from finexl.train.data import DataError, ImageSet
-from finexl.train.trainer import CONFIG_NAME, TrainConfig, train
+from finexl.train.trainer import TrainConfig, train
 
 SAMPLER = SamplerConfig(num_inference_steps=3, batch_size=4)
 PROMPTS, SEEDS = ["a red heart", "a shape", "a blue moon", "a striped background"], [0, 1, 2, 3]
@@ -53,7 +54,7 @@ def test_lora_file_records_rank_alpha_and_config(trained):
     assert keys and all(k.startswith("unet.") and "lora" in k for k in keys)
     adapter = json.loads(metadata["lora_adapter_metadata"])
     assert adapter["unet.r"] == 4 and adapter["unet.lora_alpha"] == 8.0
-    record = json.loads((out / CONFIG_NAME).read_text())
+    record = json.loads((out / TRAIN_RECORD).read_text())
     assert record["steps_done"] == 6 and record["rank"] == 4 and np.isfinite(record["final_loss"])
 
 
@@ -83,7 +84,7 @@ def test_snapshots_and_validation_images(trained):
     w2 = load_file(out / "snapshots/step-000002" / LORA_WEIGHTS_NAME)
     w6 = load_file(out / LORA_WEIGHTS_NAME)
     assert set(w2) == set(w6) and any(not torch.equal(w2[k], w6[k]) for k in w2)
-    assert json.loads((out / "snapshots/step-000004" / CONFIG_NAME).read_text())["steps_done"] == 4
+    assert json.loads((out / "snapshots/step-000004" / TRAIN_RECORD).read_text())["steps_done"] == 4
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000003.png", "step-000006.png"]
 
 
@@ -95,7 +96,7 @@ def test_resume_continues_the_same_run_exactly(tiny_pipeline_dir, tmp_path):
     # First half: stop after step 3 by training a run whose checkpoint we keep, then resume to 6.
     part = tmp_path / "resumed"
     train(load_pipeline(tiny_pipeline_dir), data, cut, part, progress=False)
-    for name in (LORA_WEIGHTS_NAME, CONFIG_NAME):
+    for name in (LORA_WEIGHTS_NAME, TRAIN_RECORD):
         (part / name).unlink()
     assert [s for s, _ in list_checkpoints(part)] == [3, 6]  # the last step is checkpointed too
     shutil.rmtree(dict(list_checkpoints(part))[6])  # as if the run had stopped after step 3
@@ -178,7 +179,7 @@ def test_sigkill_mid_save_leaves_whole_checkpoints_and_resumes(tiny_pipeline_dir
     assert result.resumed_from == 2
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     straight = tmp_path / "straight"
-    train(load_pipeline(tiny_pipeline_dir), data, TrainConfig(**{**cfg.to_json(), "checkpointing_steps": 0}),
+    train(load_pipeline(tiny_pipeline_dir), data, TrainConfig(**{**cfg.to_dict(), "checkpointing_steps": 0}),
           straight, progress=False)  # fmt: skip
     a, b = load_file(straight / LORA_WEIGHTS_NAME), load_file(out / LORA_WEIGHTS_NAME)
     for k in a:
@@ -249,3 +250,47 @@ def test_training_at_another_resolution(tiny_pipeline_dir, tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "validation" / "step-000001.png").size == (48, 48)
+
+
+def test_gradient_accumulation_gives_the_gradient_of_one_large_batch(tiny_pipeline_dir):
+    """Two micro-batches of 2 accumulated are the gradient of one batch of 4: each micro-batch loss is divided by
+    their number (without it the gradient doubles; the mutant fails here)."""
+    from dataclasses import replace
+
+    from finexl.train.trainer import TrainingRun, encode_conditioning, training_target
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    run = TrainingRun(pipe, toy_data(8), quick(batch_size=2, gradient_accumulation_steps=2), None, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x0 = run.latents[:4]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, run.scheduler.config.num_train_timesteps, (4,), generator=g)
+    with torch.no_grad():
+        embeds, _ = encode_conditioning(pipe, run.captions[:4], run.resolution)
+    noisy = run.scheduler.add_noise(x0, noise, t)
+    target = training_target(run.scheduler, x0, noise, t)
+
+    def loss_of(rows):
+        def micro_batch(i):
+            sl = rows[i]
+            pred = pipe.unet(noisy[sl], t[sl], encoder_hidden_states=embeds[sl]).sample
+            return torch.nn.functional.mse_loss(pred, target[sl])
+
+        return micro_batch
+
+    def gradients():
+        out = {k: p.grad.detach().clone() for k, p in run.params.items() if p.grad is not None}
+        for p in run.params.values():
+            p.grad = None
+        return out
+
+    accumulated_loss = run.accumulate_gradients(loss_of([slice(0, 2), slice(2, 4)]))
+    accumulated = gradients()
+    run.cfg = replace(run.cfg, batch_size=4, gradient_accumulation_steps=1)
+    large_loss = run.accumulate_gradients(loss_of([slice(0, 4)]))
+    large = gradients()
+    assert accumulated.keys() == large.keys() and len(large) > 0
+    assert accumulated_loss == pytest.approx(large_loss, rel=1e-5)
+    for k in large:
+        torch.testing.assert_close(accumulated[k], large[k], rtol=1e-4, atol=1e-7)
+    assert max(float(v.abs().max()) for v in large.values()) > 0  # a gradient to compare

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from finexl.bench.measure import compare_readings
 from finexl.toyworld.judge import load_judge
-from finexl.toyworld.measure import compare_readings
 from finexl.toyworld.render import render
 
 N = 240

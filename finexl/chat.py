@@ -16,17 +16,31 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
+import requests
+import urllib3
+from PIL import Image
 
 from finexl.errors import BackendError, ConfigError
+from finexl.loading import fingerprint_folder
+from finexl.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-REFUSAL_MARKERS = ("i can't help", "i cannot help", "i can't assist", "i cannot assist", "i'm sorry, but i can",
-                   "i am unable to", "i won't be able")  # fmt: skip
+REFUSAL_MARKERS = (
+    "i can't help",
+    "i cannot help",
+    "i can't assist",
+    "i cannot assist",
+    "i'm sorry, but i can",
+    "i am unable to",
+    "i won't be able",
+)
 
 
 class LLMError(BackendError):
@@ -35,7 +49,6 @@ class LLMError(BackendError):
 
 def image_part(image: np.ndarray) -> dict:
     """An OpenAI-style image content part (PNG data URL) for a uint8 (h, w, 3) image."""
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
@@ -78,8 +91,6 @@ class ChatBackend:
         if _is_refusal(reply):
             raise LLMError(f"{self.identity} refused: {reply.strip()[:120]!r}")
         if path is not None:
-            from finexl.utils import atomic_write_json
-
             atomic_write_json(path, {"identity": self.identity, "messages": messages, "reply": reply})
         return reply
 
@@ -96,7 +107,6 @@ class _Transient(Exception):
 
 def redact_url(url: str) -> str:
     """``url`` with any user name and password replaced by ``***``, for messages and saved settings."""
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if not (parts.username or parts.password):
@@ -116,9 +126,9 @@ class EndpointChat(ChatBackend):
     message or kept in the backend's identity.
     """
 
-    def __init__(self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, retries: int = 2,
-                 **kw):  # fmt: skip
-        from urllib.parse import unquote, urlsplit, urlunsplit
+    def __init__(
+        self, url: str, model: str, timeout: float = 60.0, api_key: str | None = None, retries: int = 2, **kw
+    ):
 
         super().__init__(**kw)
         if not url.startswith(("http://", "https://")):
@@ -136,8 +146,12 @@ class EndpointChat(ChatBackend):
         self.identity = f"endpoint:{self.url}:{model}"
 
     def _generate(self, messages: list[dict]) -> str:
-        body = {"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
-                "temperature": self.temperature}  # fmt: skip
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+        }
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -164,15 +178,19 @@ class EndpointChat(ChatBackend):
         return reply
 
     def _post(self, body: dict, headers: dict, deadline: float) -> bytes:
-        import requests
-        import urllib3
 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Transient(f"timed out after {self.timeout:g} s")
         try:
-            response = requests.post(self.url, json=body, headers=headers, auth=self._auth, stream=True,
-                                     timeout=(min(remaining, 10.0), remaining))  # fmt: skip
+            response = requests.post(
+                self.url,
+                json=body,
+                headers=headers,
+                auth=self._auth,
+                stream=True,
+                timeout=(min(remaining, 10.0), remaining),
+            )
         except requests.Timeout:
             raise _Transient(f"timed out after {self.timeout:g} s") from None
         except requests.ConnectionError as err:
@@ -218,8 +236,6 @@ class _LocalModel(ChatBackend):
         super().__init__(**kw)
         import torch
 
-        from finexl.loading import fingerprint_folder
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise LLMError(f"no transformers model at {path}: config.json is missing")
@@ -262,10 +278,13 @@ class LocalChat(_LocalModel):
         ids = ids.to(self.device)
         with torch.no_grad():
             out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                do_sample=self.temperature > 0, temperature=self.temperature or None,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=self.temperature > 0,
+                temperature=self.temperature or None,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            )  # fmt: skip
+            )
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
@@ -285,7 +304,6 @@ class LocalVisionChat(_LocalModel):
 
     def _generate(self, messages: list[dict]) -> str:
         import torch
-        from PIL import Image
 
         images, converted = [], []
         for m in messages:
@@ -320,7 +338,6 @@ def make_chat(
 
     ``api_key_env``: the name of an environment variable holding the endpoint's API key (read here, never stored).
     """
-    import os
 
     api_key = None
     if api_key_env:

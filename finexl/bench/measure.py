@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from finexl.presets import get_preset
 from finexl.sampling import SamplerConfig
 from finexl.toyworld.aspects import CATEGORICAL, GRADED
 
@@ -34,18 +35,32 @@ def measure(
     seed + n - 1``, the image cache), so the images are the very ones an explanation with the same settings uses.
     """
     from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization
-    from finexl.presets import get_preset
     from finexl.toyworld.judge import load_judge
 
-    cfg = ExplainConfig(preset="toy", base=base, samples=n, seed=seed, null=False,
-                        sampler=sampler or SamplerConfig(), cache_dir=cache_dir, device=device)  # fmt: skip
+    cfg = ExplainConfig(
+        preset="toy",
+        base=base,
+        samples=n,
+        seed=seed,
+        null=False,
+        sampler=sampler or SamplerConfig(),
+        cache_dir=cache_dir,
+        device=device,
+    )
     pipeline = ExplainPipeline(cfg, progress=progress)
     reader = load_judge(judge or get_preset("toy").judge)
     images = pipeline.sample(Personalization(lora=lora, model=model, scale=scale))
     result = compare_readings(reader, images.base, images.tuned)
-    result["settings"] = {"lora": lora, "model": model, "base": str(pipeline.base_dir), "scale": scale, "n": n,
-                          "seed": seed, "steps": cfg.sampler.num_inference_steps,
-                          "guidance_scale": cfg.sampler.guidance_scale}  # fmt: skip
+    result["settings"] = {
+        "lora": lora,
+        "model": model,
+        "base": str(pipeline.base_dir),
+        "scale": scale,
+        "n": n,
+        "seed": seed,
+        "steps": cfg.sampler.num_inference_steps,
+        "guidance_scale": cfg.sampler.guidance_scale,
+    }
     return result
 
 
