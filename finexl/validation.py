@@ -33,6 +33,7 @@ SCHEMAS = (
     "checkpoint_state",
     "truth",
     "bench_results",
+    "task",
 )
 
 

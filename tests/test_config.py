@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from finexl.cli import build_parser
-from finexl.cli.explain import config_from_args
 from finexl.bench.runner import BenchConfig
 from finexl.bench.suites import BuildConfig
+from finexl.cli import build_parser
+from finexl.cli.explain import config_from_args
 from finexl.config import Config, add_arguments, from_args
 from finexl.errors import ConfigError
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
@@ -67,8 +67,24 @@ def test_the_command_line_defaults_are_the_dataclasses():
     assert (cfg.n_bootstrap, cfg.null, cfg.samples, cfg.sampler.num_inference_steps, cfg.cache_dir) == (
         50, False, 16, 3, "c")  # fmt: skip
     assert cfg.sampler.scheduler == ExplainConfig().sampler.scheduler  # the rest of the nested config: its default
-    args = parser.parse_args(["train", "lora", "--data", "d", "--out", "o", "--snapshots", "5,10",
-                              "--target-modules", "to_q,to_v", "--validation-prompt", "a", "--validation-prompt", "b"])
+    args = parser.parse_args(
+        [
+            "train",
+            "lora",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--snapshots",
+            "5,10",
+            "--target-modules",
+            "to_q,to_v",
+            "--validation-prompt",
+            "a",
+            "--validation-prompt",
+            "b",
+        ]
+    )
     from finexl.cli.train import _settings
 
     settings = _settings(args)

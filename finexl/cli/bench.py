@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from finexl.bench.labels import labels_from_records, score_explanations, write_labels
+from finexl.bench.labels import labels_from_records, people_table, score_explanations, write_labels
 from finexl.bench.metrics import UNIT_NAMES, compare_bench, comparison_table, markdown_table
 from finexl.bench.runner import BenchConfig, run_bench
 from finexl.bench.suites import SUITES, BuildConfig, build_suite
@@ -81,8 +81,13 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 def cmd_bench_score(args: argparse.Namespace) -> int:
 
     result = score_explanations(args.labels, args.explanations)
-    for key, value in result.items():
-        print(f"{key:<20} {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
+    print(f"{result['scores']['overall']['labels']} labels of {len(args.explanations)} explanations")
+    print(people_table(result))
+    if result["ceiling"] is None:
+        print("no rater ceiling: the labels carry no votes of two or more raters (finexl label merge writes them)")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -149,10 +154,15 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = bench_sub.add_parser(
         "score",
         parents=[common],
-        help="score explanations against a JSONL label file (human labels)",
-        description="Each line of LABELS: {model, aspect, direction (increase|decrease|none), level 0-3, text}. "
-        "EXPLANATIONS are explanation.json files or folders holding one; the model id is the folder name.",
+        help="score explanations and their sentences against labels (a consensus of raters, or any label file)",
+        description="Each line of LABELS: {model, aspect, direction (increase|decrease|none), level 0-3, text}; "
+        "a consensus written by 'finexl label merge' also holds each rater's vote. EXPLANATIONS are "
+        "explanation.json files or folders holding one; the model id is the folder name. Prints precision, recall, "
+        "F1, direction accuracy and Spearman(score, level) per aspect and overall, for the scores, for the "
+        "templated sentences and the stored LLM sentences (read with the faithfulness check's parser), beside the "
+        "raters' ceiling: how well one rater predicts the consensus of the others on the same metric.",
     )
-    p.add_argument("labels", help="JSONL label file")
+    p.add_argument("labels", help="JSONL label file (e.g. consensus.jsonl)")
     p.add_argument("explanations", nargs="+", help="explanation.json files or their folders")
+    p.add_argument("--json", help="write the scores to this JSON file")
     p.set_defaults(func=cmd_bench_score)

@@ -180,6 +180,47 @@ def _negated(low: str) -> bool:
     return any(_has(low, w) for w in NEGATIONS) or re.search(r"\w+n't\b", low) is not None
 
 
+@dataclass
+class _Unit:
+    """One sentence as the rules read it: its text (lower case), the aspects it names, whether it calls them
+    unchanged, its ``NAME:`` label and the labels it may use."""
+
+    low: str
+    names: list[str]
+    says_unchanged: bool
+    label: str | None
+    allowed: set[str]
+
+
+def _read(text: str, expl: dict) -> list[_Unit]:
+    """Every sentence of ``text`` with the aspects of ``expl`` it names (by name, by a changed aspect's concept
+    phrase, or by a word of an unchanged aspect's concepts in any form)."""
+    aspects = {_norm(a["aspect"]): a for a in expl["aspects"]}
+    changed = {name: a for name, a in aspects.items() if a["changed"]}
+    changed_groups = {_norm(a["group"]) for a in changed.values()}
+    all_groups = {_norm(a["group"]) for a in aspects.values()}
+    words = _concept_words(expl)
+    out = []
+    for unit in _units(text):
+        low = _norm(unit)
+        prefix = re.match(r"^([\w\- ]{1,40}):", low)
+        says_unchanged = any(w in low for w in UNCHANGED_WORDS)
+        allowed = set(aspects) | changed_groups | GENERIC_LABELS | (all_groups if says_unchanged else set())
+        names = [n for n in aspects if _has(low, n)]
+        for a in changed.values():  # a concept phrase names its aspect too
+            for phrase in (a.get("concept"), a.get("toward")):
+                if phrase and _norm(a["aspect"]) not in names and _has(low, _norm(phrase)):
+                    names.append(_norm(a["aspect"]))
+        for word, owners in words.items():  # "blurrier", "darker": the concepts of unchanged aspects, in any form
+            if owners & set(changed) or not _has(low, word):
+                continue
+            for owner in sorted(owners):
+                if owner not in names:
+                    names.append(owner)
+        out.append(_Unit(low, names, says_unchanged, prefix.group(1).strip() if prefix else None, allowed))
+    return out
+
+
 def check(text: str, expl: dict) -> FaithfulnessReport:
     """Problems with ``text`` as a rendering of explanation ``expl`` (empty when faithful)."""
     report = FaithfulnessReport()
@@ -188,47 +229,64 @@ def check(text: str, expl: dict) -> FaithfulnessReport:
         return report
     aspects = {_norm(a["aspect"]): a for a in expl["aspects"]}
     changed = {name: a for name, a in aspects.items() if a["changed"]}
-    changed_groups = {_norm(a["group"]) for a in changed.values()}
-    all_groups = {_norm(a["group"]) for a in aspects.values()}
-    words = _concept_words(expl)
     mentioned: set[str] = set()
-    for unit in _units(text):
-        low = _norm(unit)
-        prefix = re.match(r"^([\w\- ]{1,40}):", low)
-        says_unchanged = any(w in low for w in UNCHANGED_WORDS)
-        allowed = set(aspects) | changed_groups | GENERIC_LABELS | (all_groups if says_unchanged else set())
-        label = prefix.group(1).strip() if prefix else None
-        if label and label not in allowed:
-            report.problems.append(f"names {label!r}, which is not an aspect of the explanation")
-        names = [n for n in aspects if _has(low, n)]
-        for a in changed.values():  # a concept phrase names its aspect too
-            for phrase in (a.get("concept"), a.get("toward")):
-                if phrase and _norm(a["aspect"]) not in names and _has(low, _norm(phrase)):
-                    names.append(_norm(a["aspect"]))
+    for unit in _read(text, expl):
+        if unit.label and unit.label not in unit.allowed:
+            report.problems.append(f"names {unit.label!r}, which is not an aspect of the explanation")
         for noun in ASPECT_NOUNS:
-            if _has(low, noun) and noun not in allowed:
+            if _has(unit.low, noun) and noun not in unit.allowed:
                 report.problems.append(f"names {noun!r}, which is not an aspect of the explanation")
-        for word, owners in words.items():  # "blurrier", "darker": the concepts of unchanged aspects, in any form
-            if owners & set(changed) or not _has(low, word):
-                continue
-            for owner in sorted(owners):
-                if owner not in names:
-                    names.append(owner)
-        for name in names:
+        for name in unit.names:
             a = aspects[name]
             if not a["changed"]:
-                if not says_unchanged:
+                if not unit.says_unchanged:
                     report.problems.append(f"says {a['aspect']!r} changed, but its change is not significant")
                 continue
             mentioned.add(name)
-            if says_unchanged or _negated(low):
+            if unit.says_unchanged or _negated(unit.low):
                 report.problems.append(f"negates or denies {a['aspect']!r}, a significant change")
                 continue
-            _check_changed(low, a, report)
+            _check_changed(unit.low, a, report)
     for name, a in changed.items():
         if name not in mentioned:
             report.problems.append(f"drops {a['aspect']!r}, a significant change ({band(a['score'])})")
     return report
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a sentence says of an aspect: ``direction`` ("increase", "decrease" or "none") and ``level`` (1 slight,
+    2 moderate, 3 strong; 0 for "unchanged"; None when a change is claimed with no level)."""
+
+    direction: str
+    level: int | None
+
+
+LEVELS = {"slight": 1, "moderate": 2, "strong": 3}
+
+
+def claims(text: str, expl: dict) -> dict[str, Claim]:
+    """What ``text`` claims of each aspect of ``expl`` it names, read with the rules of :func:`check`: a sentence
+    that calls an aspect unchanged or negates it claims no change; otherwise its band words give the level and its
+    direction words (or the antonym it points to) the direction. Aspects it does not name are absent."""
+    aspects = {_norm(a["aspect"]): a for a in expl["aspects"]}
+    out: dict[str, Claim] = {}
+    for unit in _read(text or "", expl):
+        for name in unit.names:
+            a = aspects[name]
+            if unit.says_unchanged or _negated(unit.low):
+                out.setdefault(a["aspect"], Claim("none", 0))
+                continue
+            bands = [b for b, words in BAND_WORDS.items() if any(_has(unit.low, w) for w in words)]
+            level = max((LEVELS[b] for b in bands), default=None)
+            up = any(_has(unit.low, w) for w in INCREASE_WORDS if w not in ("toward", "towards"))
+            down = any(_has(unit.low, w) for w in DECREASE_WORDS)
+            toward = _norm(a.get("toward") or "")
+            antonym = bool(toward) and toward != _norm(a.get("concept") or "") and _has(unit.low, toward)
+            to_antonym = antonym and not _has(unit.low, f"less {toward}")
+            direction = "decrease" if to_antonym or (down and not up) else "increase"
+            out[a["aspect"]] = Claim(direction, level)
+    return out
 
 
 def _check_changed(low: str, a: dict, report: FaithfulnessReport) -> None:

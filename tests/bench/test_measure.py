@@ -51,3 +51,25 @@ def test_identical_sets_read_no_change(pairs):
     reading = compare_readings(load_judge(), base, base)
     assert all(r["total_variation"] == 0 for r in reading["categorical"].values())
     assert all(r["difference"] == 0 for r in reading["graded"].values())
+
+
+def test_the_judges_null_moves_the_shifted_aspects_and_only_them(pairs):
+    """With other renders of the same aspect distribution as the null (the base on other seeds), colour and blur
+    clear the judge's null; aspects the shift left alone do not (at most one of the ten, by chance at 95 %)."""
+    from finexl.toyworld.aspects import sample_aspects
+
+    base, shifted, _ = pairs
+    rng = np.random.default_rng(SEED + 1)
+    null = np.stack([render(sample_aspects(rng), seed=int(rng.integers(2**31))) for _ in range(N)])
+    reading = compare_readings(load_judge(), base, shifted, null)
+    assert reading["null_quantile"] == 0.95
+    assert reading["categorical"]["colour"]["moved"] and reading["graded"]["blur"]["moved"]
+    untouched = [
+        r for name, r in {**reading["categorical"], **reading["graded"]}.items() if name not in ("colour", "blur")
+    ]
+    assert sum(r["moved"] for r in untouched) <= 1
+    # the thresholds are the judge's own noise between two sets of renders: above 0, below the real shifts
+    assert all(0 < r["null_threshold"] < 0.25 for r in untouched)
+    assert reading["categorical"]["colour"]["null_threshold"] < reading["categorical"]["colour"]["difference"]["red"]
+    # without a null there is no verdict
+    assert "moved" not in compare_readings(load_judge(), base, shifted)["graded"]["blur"]

@@ -11,40 +11,6 @@ import pytest
 
 from finexl.report import write_compare
 
-REQUIRED = os.environ.get("FINEXL_REQUIRE_BROWSER") == "1"
-
-
-def _find(*names):
-    return next((p for p in map(shutil.which, names) if p), None)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium, driver_path = _find("chromium", "chromium-browser"), _find("chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        chromium = None
-    if not (chromium and driver_path):
-        if REQUIRED:
-            pytest.fail("FINEXL_REQUIRE_BROWSER=1 but chromium, chromedriver or selenium is missing")
-        pytest.skip("no chromium/chromedriver/selenium here (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
-
 
 def open_page(driver, path: Path) -> list[str]:
     """Load ``path``; returns the URL of every request the page made (from the DevTools network log)."""
