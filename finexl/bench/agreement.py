@@ -135,11 +135,13 @@ def merge(
     files = [read_rater_file(p, allowed) for p in paths]
     for f in files[1:]:
         if f.task != files[0].task:
-            raise LabelError(f"{f.path}: task {f.task!r}, but {files[0].path} is task {files[0].task!r}")
+            line = _line_numbers(f.path)[0]
+            raise LabelError(f"{f.path}:{line}: task {f.task!r}, but {files[0].path} is task {files[0].task!r}")
     seen: dict[str, Path] = {}
     for f in files:
         if f.rater in seen:
-            raise LabelError(f"{f.path}: rater {f.rater!r} again (also {seen[f.rater]}); one file per rater")
+            line = _line_numbers(f.path)[0]
+            raise LabelError(f"{f.path}:{line}: rater {f.rater!r} again (also {seen[f.rater]}); one file per rater")
         seen[f.rater] = f.path
     answered = sorted({(label.model, label.aspect) for f in files for label in f.labels})
     units = sorted(set(task_units)) if task_units is not None else answered

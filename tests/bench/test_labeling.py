@@ -201,3 +201,29 @@ def test_scores_and_sentences_against_a_consensus_beside_the_raters_ceiling():
     assert result["ceiling"]["blur"]["recall"] == pytest.approx((1 + 1 + 0 + 1) / 4)
     assert result["ceiling"]["blur"]["precision"] == pytest.approx(1.0)  # c said no blur change: left out
     assert rater_ceiling([Label("m", "colour", "none", 0)]) is None  # no votes: no ceiling
+
+
+def test_a_task_of_an_explain_many_folder_and_of_single_folders(red_folder, tmp_path):
+    import shutil
+
+    from finexl.bench.labeling import explained_folders, make_task, read_task
+    from finexl.errors import InputError
+
+    many = tmp_path / "many"
+    for name in ("a", "b"):
+        shutil.copytree(red_folder, many / "models" / name)
+    assert [m for m, _ in explained_folders([many])] == ["a", "b"]
+    with pytest.raises(InputError, match="two explanations are for model 'a'"):
+        explained_folders([many, many / "models" / "a"])
+    page = make_task([many], tmp_path / "task", pairs=2)
+    digest, units = read_task(tmp_path / "task")
+    bank = json.loads((red_folder / "explanation.json").read_text())["concept_bank"]["aspects"]
+    assert units == [(m, a) for m in ("a", "b") for a in bank]
+    html = page.read_text()
+    assert digest in html and html.count("data:image/png;base64,") == 2 * 2 * 2  # 2 models x 2 pairs x 2 images
+    assert '"changed"' not in html and "CHANGED" not in html  # the explanation's verdicts are not shown
+    with pytest.raises(InputError, match="exists"):
+        make_task([many], tmp_path / "task")
+    # another selection of pairs is another task
+    make_task([many], tmp_path / "task3", pairs=3)
+    assert read_task(tmp_path / "task3")[0] != digest
