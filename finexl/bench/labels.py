@@ -194,9 +194,9 @@ def _aspect_of(explanations: dict[str, dict], label: Label) -> dict:
     return aspects[label.aspect]
 
 
-def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
-    """Agreement of explanations (by model id) with labels: (aspect, direction) precision/recall/F1 over the
-    labelled aspects, direction accuracy on labelled changes, Spearman(score, level); missing models are errors."""
+def verdicts(labels: list[Label], explanations: dict[str, dict]):
+    """The predictor of the explanations' verdicts: a labelled unit -> (the direction said, or "none" where not
+    CHANGED; the score). A labelled model without an explanation is an error."""
     missing = sorted({label.model for label in labels} - set(explanations))
     if missing:
         raise LabelError(f"no explanation for labelled model(s) {missing}")
@@ -205,7 +205,13 @@ def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
         a = _aspect_of(explanations, label)
         return (a["direction"] if a["changed"] else "none"), a["score"]
 
-    return score_predictions(labels, said)
+    return said
+
+
+def score_labels(labels: list[Label], explanations: dict[str, dict]) -> dict:
+    """Agreement of explanations (by model id) with labels: (aspect, direction) precision/recall/F1 over the
+    labelled aspects, direction accuracy on labelled changes, Spearman(score, level); missing models are errors."""
+    return score_predictions(labels, verdicts(labels, explanations))
 
 
 def sentence_claims(expl: dict) -> dict[str, dict[str, Claim]]:
@@ -255,14 +261,7 @@ def _mean_scores(rows: list[dict]) -> dict:
 def score_against_people(labels: list[Label], explanations: dict[str, dict]) -> dict:
     """The explanations' scores and sentences against (consensus) labels, per aspect and overall, beside the
     raters' ceiling."""
-    missing = sorted({label.model for label in labels} - set(explanations))
-    if missing:
-        raise LabelError(f"no explanation for labelled model(s) {missing}")
-
-    def scores(label: Label):
-        a = _aspect_of(explanations, label)
-        return (a["direction"] if a["changed"] else "none"), a["score"]
-
+    scores = verdicts(labels, explanations)
     said = {model: sentence_claims(expl) for model, expl in explanations.items()}
 
     def sentences(source: str):
