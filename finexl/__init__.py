@@ -27,6 +27,8 @@ from finexl.version import __version__
 # public name -> module that defines it
 _API = {
     "explain": "finexl.explanation.pipeline",
+    "inspect": "finexl.loading.inspection",
+    "Inspection": "finexl.loading.inspection",
     "ExplainConfig": "finexl.explanation.pipeline",
     "ExplainPipeline": "finexl.explanation.pipeline",
     "Explanation": "finexl.explanation.result",

@@ -7,8 +7,8 @@ One JSON object per line::
 ``model`` names an explanation (``explanation.json`` files are matched by the ``--model-id`` they were given, or
 the folder name), ``aspect`` must be an aspect of the concept bank, ``direction`` is ``increase``, ``decrease`` or
 ``none``, ``level`` 0 (no change) to 3 (strong), ``text`` free. A model's unlabelled aspects are not scored. The
-toy suites export their ground truth in this format (:func:`labels_from_records`), with levels from what the judge
-measured.
+toy suites export their ground truth in this format (:func:`labels_from_records`): what the judge reads moving past
+its own null, at the level of the change it reads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from finexl.bench.metrics import expected_direction
+from finexl.bench.metrics import expected_direction, judge_change, truth_of
 from finexl.errors import InputError, MissingInputError
 from finexl.explanation.result import Explanation
 from finexl.narrate.faithfulness import Claim, claims
@@ -109,12 +109,26 @@ def level_of(change: float) -> int:
     return 0 if magnitude < 0.05 else 1 if magnitude < 0.15 else 2 if magnitude < 0.35 else 3
 
 
-def labels_from_records(records: list[dict]) -> list[Label]:
-    """The toy suites' ground truth as labels: each shifted aspect, with the level the judge measured (for a
-    categorical aspect the change in the share of the target value); null models get level 0 on every aspect."""
+def labels_from_records(records: list[dict], truth: str = "judge") -> list[Label]:
+    """The toy suites' ground truth as labels (``truth`` as in :func:`finexl.bench.metrics.truth_of`).
+
+    ``judge`` and ``fixed``: every aspect the judge read, changed toward what it read moving where its change clears
+    the judge's null (or exceeds the fixed threshold), at the level of that change (at least 1), else ``none``.
+    ``spec``: each shifted aspect at the level the judge measured toward its target (0 below 0.05), and every aspect
+    of a null model at 0: the export before the judge had a null."""
 
     out = []
     for r in records:
+        if truth != "spec":
+            changed = truth_of(r, truth)
+            for aspect, reading in r["judge"].items():
+                size, target = judge_change(reading)
+                if aspect in changed:
+                    level, direction = max(1, level_of(size)), expected_direction(target)
+                    out.append(Label(r["id"], aspect, direction, level, f"judge: {target} by {size:.3f}"))
+                else:
+                    out.append(Label(r["id"], aspect, "none", 0, f"judge: not moved ({target} by {size:.3f})"))
+            continue
         if r["kind"] == "null":
             out.extend(Label(r["id"], a, "none", 0, "no change (null model)") for a in r["judge"])
             continue

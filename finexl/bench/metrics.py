@@ -11,8 +11,11 @@
   top-1 against the measured ground truth, which differs from the spec's where a LoRA's side effect outgrows its
   shifted aspect. ``_top1_of_judge`` is how often the judge itself ranks the shifted aspect first: the ``top1``
   that an explanation reporting exactly what the judge measured would get;
-* ``precision`` / ``recall`` / ``f1`` of (aspect, direction) pairs reported as changed, against the shifted
-  aspects of single-aspect, mixture and null models (a null has none);
+* ``precision`` / ``recall`` / ``f1`` of (aspect, direction) pairs reported as changed, against what changed on
+  single-aspect, mixture and null models (``truth``, :func:`truth_of`): by default the aspects the judge reads moving
+  past its own null (the base's images on other seeds, 95 %), toward the value or the side it reads; ``spec`` (the
+  shifted aspects, what the tables used before issue 37) and ``fixed`` (the judge's change above a fixed 0.10) are
+  kept for comparison;
 * ``direction``: share of single-aspect models whose shifted aspect is reported in the right direction;
 * ``multi_selection``: for each mixture model, pick among all mixtures the spec whose strength vector is closest
   (cosine) to the explanation's score vector; share picked right (a tie for closest earns the share of the tied
@@ -24,7 +27,7 @@
 * ``null_fpr``: share of (null model, aspect) checks reported as changed;
 * ``dreambooth_recall``: share of a DreamBooth subject's aspects (shape, colour, ...) reported changed toward the
   subject's value, on the instance prompt;
-* ``sentence_f1``: F1 of the aspects the templated sentences name as changed, against the shifted aspects.
+* ``sentence_f1``: F1 of the aspects the templated sentences name as changed, against the same ``truth``.
 
 Every metric is computed from what each unit (a single-aspect family, a mixture, a null, a DreamBooth subject)
 contributes (``metric_units``, ``aggregate_units``), so that ``compare_methods`` can resample the units: a paired
@@ -129,30 +132,69 @@ def _families(single: list[dict]) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
-def _counts(r: dict, method: str) -> tuple[int, int, int]:
+TRUTHS = ("judge", "spec", "fixed")  # what counts as changed for precision, recall and F1; the first is the default
+JUDGE_FIXED_THRESHOLD = 0.10  # ``fixed``: the judge's change that counted as moved before the judge had a null
+TRUTH_NAMES = {
+    "judge": "the aspects the judge reads moving past its own null (95 %)",
+    "spec": "the spec's shifted aspects",
+    "fixed": f"the aspects whose judged change exceeds {JUDGE_FIXED_THRESHOLD:g} (no null)",
+}
+
+
+def judge_change(reading) -> tuple[float, str]:
+    """How far the judge reads one aspect moving, and toward what: a categorical aspect's largest gain in a value's
+    share and that value, a graded aspect's |mean level change| and ``more`` or ``less``."""
+    if isinstance(reading, dict):
+        top = max(reading, key=reading.get)
+        return float(reading[top]), top
+    return abs(float(reading)), "less" if reading < 0 else "more"
+
+
+def truth_of(r: dict, truth: str = "judge") -> dict[str, str]:
+    """What changed on a record's model, as ``{aspect: target}`` (a categorical value, ``more`` or ``less``, or a
+    spec's target): ``judge``, the aspects whose change clears the judge's null; ``fixed``, those whose change
+    exceeds ``JUDGE_FIXED_THRESHOLD``; ``spec``, the spec's shifted aspects."""
+    if truth not in TRUTHS:
+        raise ConfigError(f"unknown truth {truth!r}; choose from {', '.join(TRUTHS)}")
+    if truth == "spec":
+        return {a: t for a, t, _ in r["shifts"]}
+    if truth == "judge" and "judge_moved" not in r:
+        raise InputError(
+            f"record {r['id']} has no judge null (made before issue 37): re-run `finexl bench run`, or score it "
+            "with --truth spec"
+        )
+    out = {}
+    for aspect, reading in r["judge"].items():
+        size, target = judge_change(reading)
+        if r["judge_moved"][aspect] if truth == "judge" else size > JUDGE_FIXED_THRESHOLD:
+            out[aspect] = target
+    return out
+
+
+def _counts(r: dict, method: str, truth: str) -> tuple[int, int, int]:
     """(true positives, false positives, false negatives) of the (aspect, direction) pairs a record's explanation
-    reports as changed, against its shifted aspects."""
+    reports as changed, against what changed (:func:`truth_of`)."""
     res = r["methods"][method]["aspects"]
-    truth = {a: t for a, t, _ in r["shifts"]}
+    changed = truth_of(r, truth)
     tp = fp = 0
     for aspect, x in res.items():
         if x["changed"]:
-            if aspect in truth and direction_correct(aspect, truth[aspect], x):
+            if aspect in changed and direction_correct(aspect, changed[aspect], x):
                 tp += 1
             else:
                 fp += 1
-    fn = sum(1 for a, t in truth.items() if not (res[a]["changed"] and direction_correct(a, t, res[a])))
+    fn = sum(1 for a, t in changed.items() if not (res[a]["changed"] and direction_correct(a, t, res[a])))
     return tp, fp, fn
 
 
-def _sentence_counts(r: dict, method: str) -> tuple[int, int, int]:
-    """(tp, fp, fn) of the aspects that the templated bullet sentences name as changed, against the shifted ones."""
+def _sentence_counts(r: dict, method: str, truth: str) -> tuple[int, int, int]:
+    """(tp, fp, fn) of the aspects that the templated bullet sentences name as changed, against what changed."""
 
     aspects = [{"aspect": a, **x} for a, x in r["methods"][method]["aspects"].items()]
     text = render({"aspects": aspects}, "bullets")
     named = {line[2:].split(":", 1)[0] for line in text.splitlines() if ":" in line and "unchanged" not in line}
-    truth = {a for a, _, _ in r["shifts"]}
-    return len(named & truth), len(named - truth), len(truth - named)
+    changed = set(truth_of(r, truth))
+    return len(named & changed), len(named - changed), len(changed - named)
 
 
 # the resampling units of the benchmark, by kind, as a report names them
@@ -164,7 +206,7 @@ UNIT_NAMES = {
 }
 
 
-def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
+def metric_units(records: list[dict], method: str, truth: str = "judge") -> dict[str, list[dict]]:
     """What each resampling unit contributes to every metric of ``method``: a single-aspect family (its levels
     together, as they are ranked together), a mixture, a null model, a DreamBooth subject. ``aggregate_units``
     turns them into the metrics; resampling the units is the bootstrap of :func:`compare_methods`. The candidates
@@ -178,11 +220,12 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
     if len(single) > 1:
         aspects = sorted(single[0]["methods"][method]["aspects"])
         vectors = [_signed(r["methods"][method], aspects) for r in single]
-        truth = [r["shifts"][0] for r in single]
+        shifted = [r["shifts"][0] for r in single]
         for i, v in enumerate(vectors):
             others = [j for j in range(len(vectors)) if j != i]
             same = [
-                truth[j][0] == truth[i][0] and expected_direction(truth[j][1]) == expected_direction(truth[i][1])
+                shifted[j][0] == shifted[i][0]
+                and expected_direction(shifted[j][1]) == expected_direction(shifted[i][1])
                 for j in others
             ]
             credits[single[i]["id"]] = _pick_credit([_cos(v, vectors[j]) for j in others], same)
@@ -199,8 +242,8 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
                     "top1_judge": (x["ranking"][0] in judged) if judged else None,
                     "direction": direction_correct(aspect, target, x["aspects"][aspect]),
                     "retrieval": credits.get(r["id"]),
-                    "counts": _counts(r, method),
-                    "sentences": _sentence_counts(r, method),
+                    "counts": _counts(r, method, truth),
+                    "sentences": _sentence_counts(r, method, truth),
                 }
             )
         levels = np.array([r["level"] for r in family], dtype=float)
@@ -226,7 +269,11 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
                 [other["spec"] == r["spec"] for other in multi],
             )
             units["multi"].append(
-                {"multi_selection": credit, "counts": _counts(r, method), "sentences": _sentence_counts(r, method)}
+                {
+                    "multi_selection": credit,
+                    "counts": _counts(r, method, truth),
+                    "sentences": _sentence_counts(r, method, truth),
+                }
             )
     for r in records:
         if r["kind"] == "null":
@@ -235,8 +282,8 @@ def metric_units(records: list[dict], method: str) -> dict[str, list[dict]]:
                 {
                     "reported": sum(flags),
                     "checks": len(flags),
-                    "counts": _counts(r, method),
-                    "sentences": _sentence_counts(r, method),
+                    "counts": _counts(r, method, truth),
+                    "sentences": _sentence_counts(r, method, truth),
                 }
             )
         elif r["kind"] == "dreambooth":
@@ -287,8 +334,8 @@ def aggregate_units(units: dict[str, list[dict]], draw: dict[str, np.ndarray] | 
     return out
 
 
-def method_metrics(records: list[dict], method: str) -> dict:
-    return aggregate_units(metric_units(records, method))
+def method_metrics(records: list[dict], method: str, truth: str = "judge") -> dict:
+    return aggregate_units(metric_units(records, method, truth))
 
 
 def _spec_vector(r: dict, aspects: list[str]) -> np.ndarray:
@@ -329,8 +376,8 @@ def judge_multi_selection(records: list[dict]) -> float | None:
     )
 
 
-def all_metrics(records: list[dict], methods: list[str]) -> dict:
-    out = {m: method_metrics(records, m) for m in methods}
+def all_metrics(records: list[dict], methods: list[str], truth: str = "judge") -> dict:
+    out = {m: method_metrics(records, m, truth) for m in methods}
     by_judge = judge_multi_selection(records)
     if by_judge is not None:
         out["_multi_selection_by_judge"] = by_judge
@@ -385,6 +432,7 @@ def compare_methods(
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    truth: str = "judge",
 ) -> dict:
     """How sure each column's ordering is: a paired bootstrap over the benchmark's units (single-aspect families,
     mixtures, nulls, DreamBooth subjects; see :func:`metric_units`), every method scored on the same resamples.
@@ -398,7 +446,7 @@ def compare_methods(
         raise ConfigError(f"reference method {reference!r} is not among the methods {methods}")
     if n_resamples < 1:
         raise ConfigError(f"n_resamples must be positive, got {n_resamples}")
-    units = {m: metric_units(records, m) for m in methods}
+    units = {m: metric_units(records, m, truth) for m in methods}
     full = {m: aggregate_units(units[m]) for m in methods}
     sizes = {kind: len(u) for kind, u in units[reference].items()}
     rng = np.random.default_rng(seed)
@@ -433,6 +481,7 @@ def compare_methods(
         "resamples": n_resamples,
         "seed": seed,
         "level": level,
+        "truth": truth,
         "units": sizes,
         "columns": columns,
     }
@@ -464,9 +513,15 @@ def comparison_table(comparison: dict) -> str:
 
 
 def compare_bench(
-    results: str | Path, reference: str = "finexl", n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+    results: str | Path,
+    reference: str = "finexl",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    truth: str | None = None,
 ) -> dict:
-    """:func:`compare_methods` on the records of a ``finexl bench run --json`` file."""
+    """:func:`compare_methods` on the records of a ``finexl bench run --json`` file (``truth``: the file's own by
+    default, else ``spec``, as every file made before the judge had a null)."""
 
     obj = load_json(results, "benchmark results")
     if not (isinstance(obj, dict) and obj.get("records")):
@@ -475,4 +530,7 @@ def compare_bench(
     if not 0 < level < 1:
         raise ConfigError(f"--level must lie between 0 and 1, got {level}")
     methods = obj.get("config", {}).get("methods") or list(records[0]["methods"])
-    return compare_methods(records, methods, reference=reference, n_resamples=n_resamples, seed=seed, level=level)
+    truth = truth or obj.get("config", {}).get("truth", "spec")
+    return compare_methods(
+        records, methods, reference=reference, n_resamples=n_resamples, seed=seed, level=level, truth=truth
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from finexl.bench.measure import compare_readings
-from finexl.bench.metrics import all_metrics, compare_methods
+from finexl.bench.metrics import TRUTHS, all_metrics, compare_methods
 from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT, suite_models
 from finexl.config import Config, setting
 from finexl.errors import ConfigError, InputError
@@ -51,6 +51,13 @@ class BenchConfig(Config):
         help="bootstrap resamples (and the null's swaps, unless --n-null)",
     )
     n_null: int = setting(200, minimum=10, help="random swaps of the null pairs")
+    truth: str = setting(
+        "judge",
+        choices=TRUTHS,
+        help="what counts as changed for precision, recall and F1: the aspects the judge reads moving past its own "
+        "null (judge), the spec's shifted aspects (spec), or the judge's change above a fixed 0.10 (fixed; both "
+        "for comparison only)",
+    )
     seed: int = setting(0, minimum=0, help="seed of the first pair")
     unpaired: int = setting(0, minimum=0, help="models on which to also compare paired and unpaired intervals")
     cache_dir: str | None = setting(
@@ -146,7 +153,8 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
         images = pipe.sample(model, checked[truth["id"]])
         embeddings = pipe.embed(images)
         directions = pipe.directions(images.prompts)
-        reading = compare_readings(judge, images.base, images.tuned)
+        reading = compare_readings(judge, images.base, images.tuned, images.null)
+        judged = {**reading["categorical"], **reading["graded"]}
         record = {
             "id": truth["id"],
             "suite": truth["suite"],
@@ -154,10 +162,10 @@ def run_models(truths: list[dict], cfg: BenchConfig, progress: bool = True) -> l
             "spec": truth["spec"],
             "level": truth["level"],
             "shifts": spec_shifts(truth["spec"]),
-            "judge": {
-                **{a: r["difference"] for a, r in reading["categorical"].items()},
-                **{a: r["difference"] for a, r in reading["graded"].items()},
-            },
+            "judge": {a: r["difference"] for a, r in judged.items()},
+            # the judge's own null on the base's images with other seeds: an aspect "moved" clears it
+            "judge_null": {a: r["null_threshold"] for a, r in judged.items()},
+            "judge_moved": {a: r["moved"] for a, r in judged.items()},
             "methods": {},
         }
         for method in cfg.methods:
@@ -204,16 +212,19 @@ def run_bench(
     cfg = cfg or BenchConfig()
     records = run_models(load_truths(suites_dir, names), cfg, progress=progress)
     methods = list(cfg.methods)
-    comparison = compare_methods(records, methods) if "finexl" in methods and len(methods) > 1 else None
+    comparison = (
+        compare_methods(records, methods, truth=cfg.truth) if "finexl" in methods and len(methods) > 1 else None
+    )
     return {
         "suites": names,
         "config": {
             "methods": methods,
             "samples": cfg.samples,
             "bootstrap": cfg.n_bootstrap,
+            "truth": cfg.truth,
             "sampler": asdict(cfg.sampler),
         },
-        "metrics": all_metrics(records, methods),
+        "metrics": all_metrics(records, methods, cfg.truth),
         "comparison": comparison,
         "records": records,
     }

@@ -10,12 +10,12 @@ import os
 import sys
 import traceback
 
-from finexl.cli import bench, collection, env, explain, label, report, toyworld, train
+from finexl.cli import bench, collection, env, explain, inspection, label, report, toyworld, train
 from finexl.cli.common import common_parser
 from finexl.errors import FinexlError
 from finexl.logs import quiet_library_warnings
 
-GROUPS = (env, explain, collection, report, train, bench, label, toyworld)
+GROUPS = (env, inspection, explain, collection, report, train, bench, label, toyworld)
 
 
 def build_parser() -> argparse.ArgumentParser:

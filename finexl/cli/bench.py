@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from finexl.bench.labels import labels_from_records, people_table, score_explanations, write_labels
-from finexl.bench.metrics import UNIT_NAMES, compare_bench, comparison_table, markdown_table
+from finexl.bench.metrics import TRUTH_NAMES, TRUTHS, UNIT_NAMES, compare_bench, comparison_table, markdown_table
 from finexl.bench.runner import BenchConfig, run_bench
 from finexl.bench.suites import SUITES, BuildConfig, build_suite
 from finexl.cli.common import (
@@ -39,6 +39,7 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     methods = list(cfg.methods)
     result = run_bench(args.suites, names, cfg, progress=not args.quiet)
     metrics, comparison = result["metrics"], result["comparison"]
+    print(f"precision, recall and F1 against: {TRUTH_NAMES[cfg.truth]}")
     print(markdown_table(metrics, methods))
     if "_multi_selection_by_judge" in metrics:
         by_judge = metrics["_multi_selection_by_judge"]
@@ -56,7 +57,7 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.labels:
-        write_labels(args.labels, labels_from_records(result["records"]))
+        write_labels(args.labels, labels_from_records(result["records"], cfg.truth))
         print(f"wrote the suites' labels to {args.labels}")
     return 0
 
@@ -64,12 +65,17 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
 def cmd_bench_compare(args: argparse.Namespace) -> int:
 
     comparison = compare_bench(
-        args.results, reference=args.reference, n_resamples=args.resamples, seed=args.seed, level=args.level
+        args.results,
+        reference=args.reference,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        level=args.level,
+        truth=args.truth,
     )
     units = ", ".join(f"{n} {UNIT_NAMES[kind]}" for kind, n in comparison["units"].items() if n)
     print(
         f"{args.reference} against the other methods of {args.results}, paired bootstrap over {units} "
-        f"({args.resamples} resamples, seed {args.seed}):"
+        f"({args.resamples} resamples, seed {args.seed}; truth: {comparison['truth']}):"
     )
     print(comparison_table(comparison))
     if args.json:
@@ -148,6 +154,11 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument(
+        "--truth",
+        choices=TRUTHS,
+        help="what counts as changed (default: the file's own; spec for files made before the judge had a null)",
+    )
     p.add_argument("--json", help="write the comparison to this JSON file")
     p.set_defaults(func=cmd_bench_compare)
 

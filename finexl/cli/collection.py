@@ -116,7 +116,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         action="append",
         metavar="FILTER",
         help="keep models whose stored scores pass: ASPECT (CHANGED), ASPECT=WORD (CHANGED toward it), "
-        "ASPECT>X or ASPECT<X (score); repeatable",
+        "ASPECT>X or ASPECT<X (score), ASPECT@S (a weight sweep's onset at scale S or below: CHANGED by S; "
+        "explain-many --scales); repeatable",
     )
     p.add_argument("--top", type=positive_int, default=10, help="models to list (default 10)")
     add_compute_arguments(p)

@@ -17,7 +17,7 @@ from finexl.cli.common import (
 from finexl.config import add_arguments, from_args
 from finexl.errors import InputError
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
-from finexl.explanation.result import Explanation
+from finexl.explanation.result import Explanation, format_sweep
 from finexl.narrate.narrator import narrate_explanation
 from finexl.narrate.templates import check_aspects
 from finexl.report import write_report
@@ -47,8 +47,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, api_key_env=args.llm_api_key_env, **({} if out is not None else {"report_pairs": 0}))
     pipeline = ExplainPipeline(cfg, progress=not args.quiet)  # checks every setting and file up front
     check_aspects(pipeline.bank.aspects + (["proposed"] if cfg.vlm or cfg.vlm_endpoint else []), asked)
+    if getattr(args, "scales", None) is not None and args.scale != 1.0:  # an option left out is not set
+        raise InputError("give --scale or --scales (a weight sweep), not both")
     explanation = pipeline(lora=args.lora, model=args.model, scale=args.scale)
     print(explanation.table(top=args.top))
+    if explanation.sweep:
+        print()
+        print(format_sweep(explanation.sweep, top=args.top))
     if out is not None:  # saved before the optional sentences, which may fail or wait on a network
         explanation.save(out, overwrite=True)
     _narrate(explanation, args, asked, cfg.device, cfg.cache_dir)

@@ -2,7 +2,8 @@
 
 Tables: ``models`` (one row per manifest id: status ``explained`` or ``failed`` with its error, path, base, scale,
 tags, fingerprints, settings, sentences, residual, the divergence V_div itself as float32 bytes), ``aspects`` and
-``concepts`` (every score with its interval, threshold and CHANGED flag). Each model is written in one transaction,
+``concepts`` (every score with its interval, threshold and CHANGED flag), ``sweep`` (a weight sweep's onset,
+steadiness, scales, scores and verdicts per aspect). Each model is written in one transaction,
 after its folder is complete (a failure: after ``failures.json``); a run starts by indexing any finished folder the
 index lacks (a kill between the two), and ``rebuild`` makes the whole index again from the folders and
 ``failures.json``, into a new file renamed over the old one.
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS aspects (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, grp TEXT, score REAL,
     low REAL, high REAL, threshold REAL, changed INTEGER, direction TEXT, concept TEXT, toward TEXT,
     PRIMARY KEY (model_id, aspect)
+);
+CREATE TABLE IF NOT EXISTS sweep (
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, onset REAL,
+    steady INTEGER, scales TEXT, scores TEXT, changed TEXT, PRIMARY KEY (model_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS concepts (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, phrase TEXT NOT NULL, aspect TEXT, score REAL,
@@ -140,6 +145,27 @@ def put_explained(conn: sqlite3.Connection, entry: dict, folder: str, digest: st
                 for c in expl.get("concepts", [])
             ],
         )
+        _put_sweep(conn, entry["id"], expl.get("sweep"))
+
+
+def _put_sweep(conn: sqlite3.Connection, model_id: str, sweep: dict | None) -> None:
+    if not sweep:
+        return
+    conn.executemany(
+        "INSERT INTO sweep VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                model_id,
+                aspect,
+                row["onset"],
+                int(row["steady"]),
+                json.dumps(sweep["scales"]),
+                json.dumps(row["score"]),
+                json.dumps(row["changed"]),
+            )
+            for aspect, row in sweep["aspects"].items()
+        ],
+    )
 
 
 def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
@@ -160,7 +186,7 @@ def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
 
 
 def _delete(conn: sqlite3.Connection, model_id: str) -> None:
-    for table, column in (("aspects", "model_id"), ("concepts", "model_id"), ("models", "id")):
+    for table, column in (("aspects", "model_id"), ("concepts", "model_id"), ("sweep", "model_id"), ("models", "id")):
         conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (model_id,))
 
 

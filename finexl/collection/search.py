@@ -27,7 +27,7 @@ from finexl.presets import get_preset
 from finexl.stats import bootstrap_indices, null_threshold, paired_moves, percentile_interval, sign_flips, spreads
 from finexl.utils import CACHE_READ_ERRORS
 
-FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<)\s*(.+?))?\s*$")
+FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<|@)\s*(.+?))?\s*$")
 
 
 @dataclass
@@ -106,11 +106,13 @@ def move_along(
 def parse_filter(text: str, aspects: list[str]) -> tuple[str, str | None, str | None]:
     m = FILTER.match(text)
     if not m:
-        raise ConfigError(f"filter {text!r}: expected ASPECT, ASPECT=WORD, ASPECT>NUMBER or ASPECT<NUMBER")
+        raise ConfigError(
+            f"filter {text!r}: expected ASPECT, ASPECT=WORD, ASPECT>NUMBER, ASPECT<NUMBER or ASPECT@SCALE"
+        )
     name, op, value = m.groups()
     if name not in aspects:
         raise ConfigError(f"filter {text!r}: unknown aspect {name!r}; the index has {', '.join(aspects)}")
-    if op in ("<", ">"):
+    if op in ("<", ">", "@"):
         try:
             float(value)
         except ValueError as err:
@@ -131,6 +133,11 @@ def _filtered_ids(conn: sqlite3.Connection, filters: list[str]) -> set[str]:
                 "lower(?) OR EXISTS (SELECT 1 FROM concepts c WHERE c.model_id = a.model_id AND c.aspect = a.aspect "
                 "AND lower(c.phrase) = lower(?) AND c.low > 0))",
                 (name, value, value),
+            )
+        elif op == "@":  # a weight sweep's onset at or below the scale: CHANGED by then
+            rows = conn.execute(
+                "SELECT model_id FROM sweep WHERE aspect = ? AND onset IS NOT NULL AND onset <= ?",
+                (name, float(value)),
             )
         else:
             query = f"SELECT model_id FROM aspects WHERE aspect = ? AND score {op} ?"  # op is '<' or '>'

@@ -64,6 +64,17 @@ class OtherBaseError(InputError):
         self.trained_on = trained_on
 
 
+def parse_scales(text: str) -> list[float]:
+    """``--scales 0.25,0.5,1`` (an argparse type): numbers; their range is checked with the config."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
 def parse_samples(text: str) -> int | str:
     """``--samples``: ``auto`` or a number of pairs >= 2."""
     if text.strip().lower() == "auto":
@@ -139,6 +150,15 @@ class ExplainConfig(Config):
         choices=tuple(ESTIMATORS),
         help="decomposition (see finexl/explanation/decompose.py)",
     )
+    scales: list[float] | None = setting(
+        None,
+        parse=parse_scales,
+        metavar="S1,S2,...",
+        help="a weight sweep, e.g. 0.25,0.5,0.75,1: the LoRA explained at each scale on the same base and null "
+        "images; each aspect's score per scale, its onset (the smallest scale at which it is CHANGED) and whether "
+        "it grows steadily, in the explanation, the report and the index. The explanation is the one at the "
+        "largest scale",
+    )
     seed: int = setting(0, minimum=0, help="seed of the first pair; pair i uses seed + i")
     n_bootstrap: int = setting(200, minimum=10, flag="--bootstrap", help="bootstrap resamples of the pairs")
     n_null: int = setting(200, minimum=10, help="random swaps of the null pairs")
@@ -213,6 +233,10 @@ class ExplainConfig(Config):
             raise ConfigError("give either a local VLM folder or a VLM endpoint, not both")
         if self.vlm_endpoint and not self.vlm_model:
             raise ConfigError("a VLM endpoint needs a model name (vlm_model / --vlm-model)")
+        if self.scales is not None:
+            self.scales = check_scales(self.scales)
+            if self.vlm or self.vlm_endpoint:
+                raise ConfigError("a weight sweep (scales) takes no VLM concept proposals")
         if isinstance(self.prompts, (list, tuple)):
             self.prompts = check_prompts(self.prompts, "prompts")
         if isinstance(self.direction_prompts, (list, tuple)):
@@ -580,18 +604,36 @@ class ExplainPipeline:
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def __call__(self, lora: str | None = None, model: str | None = None, scale: float = 1.0) -> Explanation:
+    def __call__(
+        self,
+        lora: str | None = None,
+        model: str | None = None,
+        scale: float = 1.0,
+        scales: list[float] | None = None,
+    ) -> Explanation:
+        """Explain ``lora`` at ``scale`` (or a fine-tuned pipeline folder ``model``). ``scales`` (default: the
+        config's): a weight sweep,
+        the LoRA explained at every scale on the same base and null images (``Explanation.sweep``: each aspect's
+        score, interval and verdict per scale, its onset and whether it grows steadily); the explanation itself is
+        the one at the largest scale."""
         timings = Timings()
+        scales = check_scales(scales) if scales is not None else self.config.scales
+        if scales is not None:
+            if model:
+                raise ConfigError("a weight sweep (scales) takes a LoRA, not a fine-tuned pipeline")
+            scale = scales[-1]
         target = Personalization(lora=lora, model=model, scale=scale)
 
         # 1. check the personalization against the base, and the prompts against the text window, before any image
         with timings("check"):
             checked = self.check_personalization(target)
             self.check_prompts_fit()
+            below = [(s, self.check_personalization(replace(target, scale=s))) for s in (scales or [])[:-1]]
 
         # 2.-6. paired sampling (same prompts and seeds, hence noise, for both models; cached by content), optional
         # VLM concept proposals, CLIP embeddings, text directions, and the decomposition of V_div onto them: in
-        # rounds of pairs until every verdict is settled with samples='auto'
+        # rounds of pairs until every verdict is settled with samples='auto'; for a sweep, at every scale
+        swept = [self._rounds(replace(target, scale=s), c, timings)[3] for s, c in below]
         bank, proposals, note, done = self._rounds(target, checked, timings)
 
         # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
@@ -604,6 +646,9 @@ class ExplainPipeline:
         explanation = self._explanation(target, checked, bank, proposals, note, done, timings)
         explanation.samples = samples
         explanation.embeddings = done.embeddings
+        if scales:
+            explanation.sweep = sweep_record(scales, [*swept, done])
+            explanation.check()
         return explanation
 
     def _rounds(self, target: Personalization, checked: Checked, timings: Timings):
@@ -829,11 +874,43 @@ class ExplainPipeline:
         return bank, proposals, None
 
 
+def check_scales(scales) -> list[float]:
+    """A weight sweep's scales: two or more distinct finite numbers above 0, in increasing order."""
+    values = [float(s) for s in scales]
+    bad = [s for s in values if not math.isfinite(s) or s <= 0]
+    if bad:
+        raise ConfigError(f"a weight sweep's scales must be finite numbers above 0; got {bad[0]:g}")
+    if len(values) < 2 or len(set(values)) != len(values):
+        raise ConfigError(
+            f"a weight sweep needs two or more distinct scales; got {', '.join(f'{s:g}' for s in values)}"
+        )
+    return sorted(values)
+
+
+def sweep_record(scales: list[float], runs: list[Rounds]) -> dict:
+    """What a weight sweep found, per aspect: score, interval, direction and verdict at every scale; the
+    ``onset``, the smallest scale at which the aspect is CHANGED (None: at none); ``steady``: every next scale's
+    score reaches at least the lower end of the interval before it (it grows, up to the noise)."""
+    by_aspect: dict[str, dict] = {}
+    for run in runs:
+        for a in run.decomposed.aspects:
+            row = by_aspect.setdefault(a.aspect, {"score": [], "interval": [], "direction": [], "changed": []})
+            row["score"].append(round(float(a.score), 6))
+            row["interval"].append([round(float(x), 6) for x in a.interval])
+            row["direction"].append(a.direction)
+            row["changed"].append(bool(a.changed))
+    for row in by_aspect.values():
+        row["onset"] = next((s for s, c in zip(scales, row["changed"], strict=True) if c), None)
+        row["steady"] = all(row["score"][i + 1] >= row["interval"][i][0] for i in range(len(scales) - 1))
+    return {"scales": scales, "pairs": [len(run.images.seeds) for run in runs], "aspects": by_aspect}
+
+
 def explain(
     lora: str | None = None,
     model: str | None = None,
     *,
     scale: float = 1.0,
+    scales: list[float] | None = None,
     config: ExplainConfig | None = None,
     progress: bool = False,
     **settings,
@@ -844,6 +921,8 @@ def explain(
         lora: a LoRA ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``.
         model: a fine-tuned diffusers pipeline folder (instead of ``lora``).
         scale: LoRA strength.
+        scales: a weight sweep: the LoRA explained at each of these strengths on the same base images
+            (``Explanation.sweep``); the explanation is the one at the largest.
         config: all settings at once; or give them as keywords (``base=``, ``prompts=[...]`` or a file, ``clip=``,
             ``concepts=``, ``samples=``, ``device=``, ... see :class:`ExplainConfig`).
         progress: show progress bars.
@@ -861,4 +940,4 @@ def explain(
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; see finexl.ExplainConfig")
         config = ExplainConfig(**settings)
-    return ExplainPipeline(config, progress=progress)(lora=lora, model=model, scale=scale)
+    return ExplainPipeline(config, progress=progress)(lora=lora, model=model, scale=scale, scales=scales)

@@ -153,6 +153,8 @@ class Explanation:
     sentences: dict | None = None
     # samples='auto': the rounds drawn and what was left to settle after each (see sequential.py)
     sequential: dict | None = None
+    # a weight sweep: the LoRA at several scales on the same base images (see ``pipeline.sweep_record``)
+    sweep: dict | None = None
     finexl_version: str | None = None
     schema: str = SCHEMA
     # the kept pairs and change maps (saved beside the JSON by ``save``, never inside it)
@@ -343,4 +345,31 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
             f"unexplained part of the divergence: {res['value']:.3f} [{low:.3f}, {high:.3f}]   ({n_pairs} pairs, "
             f"method {expl['method']})"
         )
+    return "\n".join(lines)
+
+
+def format_sweep(sweep: dict, top: int | None = None) -> str:
+    """A weight sweep as a table: each aspect's score per scale (``*`` where CHANGED), its onset and whether it
+    grows steadily; aspects by their onset, the earliest first."""
+    scales = sweep["scales"]
+    head = "".join(f"{s:>9g}" for s in scales)
+    lines = [
+        f"weight sweep: score at each LoRA scale (* CHANGED), {', '.join(map(str, sweep.get('pairs', [])))} pairs"
+    ]
+    lines.append(f"{'aspect':<12}{head}   onset   steady")
+    order = sorted(
+        sweep["aspects"].items(),
+        key=lambda item: (item[1]["onset"] is None, item[1]["onset"] or 0, -item[1]["score"][-1]),
+    )
+    for name, row in order[:top]:
+        cells = "".join(
+            f"{score:>8.3f}{'*' if changed else ' '}"
+            for score, changed in zip(row["score"], row["changed"], strict=True)
+        )
+        onset = "-" if row["onset"] is None else f"{row['onset']:g}"
+        lines.append(f"{name:<12}{cells}   {onset:>5}   {'yes' if row['steady'] else 'no'}")
+    lines.append(
+        "onset: the smallest scale at which the aspect is CHANGED; steady: each next score reaches the lower end "
+        "of the interval before it"
+    )
     return "\n".join(lines)

@@ -159,6 +159,46 @@ def chart_rows(e: Explanation) -> list[dict]:
     ]
 
 
+SWEEP_W, SWEEP_H, SWEEP_PAD = 220, 90, 14  # one aspect's curve in a weight sweep
+
+
+def sweep_charts(e: Explanation) -> list[dict]:
+    """A weight sweep's curves, one small chart per aspect (the earliest onset first): the score at each scale
+    with its interval as a band, CHANGED scales marked, SVG coordinates computed here."""
+    if not e.sweep:
+        return []
+    scales = e.sweep["scales"]
+    lo_s, hi_s = min(scales), max(scales)
+
+    def x(s: float) -> float:
+        return round(SWEEP_PAD + (s - lo_s) / (hi_s - lo_s) * (SWEEP_W - 2 * SWEEP_PAD), 1)
+
+    def y(v: float) -> float:
+        return round(SWEEP_H - SWEEP_PAD - max(0.0, min(1.0, v)) * (SWEEP_H - 2 * SWEEP_PAD), 1)
+
+    charts = []
+    for name, row in e.sweep["aspects"].items():
+        points = [(x(s), y(v)) for s, v in zip(scales, row["score"], strict=True)]
+        upper = [(x(s), y(i[1])) for s, i in zip(scales, row["interval"], strict=True)]
+        lower = [(x(s), y(i[0])) for s, i in zip(scales, row["interval"], strict=True)]
+        charts.append(
+            {
+                "aspect": name,
+                "line": " ".join(f"{px},{py}" for px, py in points),
+                "band": " ".join(f"{px},{py}" for px, py in upper + lower[::-1]),
+                "marks": [
+                    {"x": px, "y": py, "changed": c, "scale": s, "score": v}
+                    for (px, py), c, s, v in zip(points, row["changed"], scales, row["score"], strict=True)
+                ],
+                "ticks": [{"x": x(s), "label": f"{s:g}"} for s in scales],
+                "onset": row["onset"],
+                "steady": row["steady"],
+            }
+        )
+    charts.sort(key=lambda c: (c["onset"] is None, c["onset"] or 0, -c["marks"][-1]["score"]))
+    return charts
+
+
 def rule(e: Explanation) -> str:
     """The CHANGED rule of this explanation, as computed."""
     return changed_rule(e.settings.get("confidence", 0.9), any(a.joint_score is not None for a in e.aspects))
@@ -244,6 +284,8 @@ def render_report(e: Explanation, samples: Samples | None) -> str:
             verdict=verdict(e),
             sentences=sentences(e),
             rows=chart_rows(e),
+            sweep=sweep_charts(e),
+            sweep_size=(SWEEP_W, SWEEP_H),
             width=CHART_WIDTH,
             rule=rule(e),
             joint=any(a.joint_score is not None for a in e.aspects),

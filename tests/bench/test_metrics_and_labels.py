@@ -16,7 +16,10 @@ from finexl.bench.metrics import (
     markdown_table,
     method_metrics,
     metric_units,
+    truth_of,
 )
+from finexl.cli import main
+from finexl.errors import InputError
 
 ASPECTS = ("colour", "blur", "size")
 
@@ -32,11 +35,24 @@ def result(scores: dict, changed=(), directions=None, toward=None):
     return {"aspects": aspects, "ranking": sorted(ASPECTS, key=lambda a: -aspects[a]["score"])}
 
 
+def judged(shifts) -> dict:
+    """The judge's readings of a model that realized its shifts (0.4 x strength) and nothing else, and its verdicts
+    against its null: the shifted aspects moved, the others not."""
+    judge = {"colour": {"red": 0.0, "blue": 0.0}, "blur": 0.0, "size": 0.0}
+    for aspect, target, strength in shifts:
+        if aspect == "colour":
+            judge["colour"] = {target: 0.4 * strength, "blue": -0.4 * strength}
+        else:
+            judge[aspect] = 0.4 * strength * (1 if target == "more" else -1)
+    moved = {a: any(a == shift[0] for shift in shifts) for a in ASPECTS}
+    return {"judge": judge, "judge_null": {a: 0.05 for a in ASPECTS}, "judge_moved": moved}
+
+
 def single(aspect, target, level, method_result):
     return {
         "id": f"{aspect}-{level}", "kind": "single", "spec": f"{aspect}={target}@{level / 5:g}", "level": level,
-        "shifts": [[aspect, target, level / 5]], "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": method_result},
-    }  # fmt: skip
+        "shifts": [[aspect, target, level / 5]], "methods": {"m": method_result},
+    } | judged([[aspect, target, level / 5]])  # fmt: skip
 
 
 def perfect_records():
@@ -46,14 +62,14 @@ def perfect_records():
         records.append(single("colour", "red", level, result({"colour": s}, ["colour"], toward={"colour": "scarlet"})))
         records.append(single("blur", "less", level, result({"blur": s}, ["blur"], {"blur": "decrease"})))
     records.append({"id": "null-0", "kind": "null", "spec": None, "level": 0, "shifts": [],
-                    "judge": {a: 0.0 for a in ASPECTS}, "methods": {"m": result({})}})  # fmt: skip
+                    "methods": {"m": result({})}} | judged([]))  # fmt: skip
     for p, (a, b) in enumerate([(0.75, 0.25), (0.25, 0.75)], start=1):
         records.append({
             "id": f"mix-{p}", "kind": "multi", "spec": f"colour=red@{a},blur=less@{b}", "level": p,
-            "shifts": [["colour", "red", a], ["blur", "less", b]], "judge": {},
+            "shifts": [["colour", "red", a], ["blur", "less", b]],
             "methods": {"m": result({"colour": a, "blur": b}, ["colour", "blur"], {"blur": "decrease"},
                                     {"colour": "red"})},
-        })  # fmt: skip
+        } | judged([["colour", "red", a], ["blur", "less", b]]))  # fmt: skip
     return records
 
 
@@ -91,8 +107,12 @@ def test_labels_round_trip_and_scoring(tmp_path):
     for r in records:
         for a, _, _ in r["shifts"]:
             r["judge"][a] = {"red": 0.4} if a == "colour" else -0.2
-    labels = labels_from_records(records)
-    assert Label("colour-5", "colour", "increase", 3, "colour=red@1 (spec)") in labels
+    assert Label("colour-5", "colour", "increase", 3, "colour=red@1 (spec)") in labels_from_records(records, "spec")
+    labels = labels_from_records(records)  # the judge's verdicts: every judged aspect, moved or not
+    assert Label("colour-5", "colour", "increase", 3, "judge: red by 0.400") in labels
+    assert Label("blur-5", "blur", "decrease", 2, "judge: less by 0.200") in labels
+    assert Label("blur-5", "size", "none", 0, "judge: not moved (more by 0.000)") in labels
+    assert len(labels) == len(records) * len(ASPECTS)
     assert all(label.level == 0 for label in labels if label.model == "null-0")
     write_labels(tmp_path / "labels.jsonl", labels)
     back = read_labels(tmp_path / "labels.jsonl", list(ASPECTS))
@@ -346,3 +366,38 @@ def test_dreambooth_records_alone_score_only_dreambooth_recall():
     m = method_metrics([subject], "m")
     assert m == {"dreambooth_recall": 1.0}  # no (aspect, direction) pairs or sentences to score: not 0 or 1
     assert "precision" in method_metrics(perfect_records(), "m")
+
+
+def test_the_truth_is_what_the_judge_reads_past_its_null(tmp_path, capsys):
+    # a blur LoRA that did not realize its shift (blur -0.03, under its null) but made its shapes smaller (size
+    # -0.12, past its null of 0.10: a side effect); colour's +0.11 is judge noise (under its null of 0.16) that a
+    # fixed 0.10 counts as moved
+    r = single("blur", "less", 1, result({"blur": 0.02, "size": 0.3}, ["size"], {"size": "decrease"}))
+    r["judge"] = {"colour": {"red": 0.11, "blue": -0.11}, "blur": -0.03, "size": -0.12}
+    r["judge_null"] = {"colour": 0.16, "blur": 0.06, "size": 0.10}
+    r["judge_moved"] = {"colour": False, "blur": False, "size": True}
+    assert truth_of(r) == {"size": "less"}
+    assert truth_of(r, "spec") == {"blur": "less"}
+    assert truth_of(r, "fixed") == {"colour": "red", "size": "less"}
+    by_judge, by_spec, fixed = (method_metrics([r], "m", truth) for truth in ("judge", "spec", "fixed"))
+    assert (by_judge["precision"], by_judge["recall"]) == (1.0, 1.0)  # it reported the side effect, and only it
+    assert (by_spec["precision"], by_spec["recall"]) == (0.0, 0.0)
+    assert (fixed["precision"], fixed["recall"]) == (1.0, 0.5)
+    assert by_judge["sentence_f1"] == 1.0 and by_spec["sentence_f1"] == 0.0
+    labels = {(label.aspect, label.direction, label.level) for label in labels_from_records([r])}
+    assert labels == {("colour", "none", 0), ("blur", "none", 0), ("size", "decrease", 1)}
+    assert ("colour", "increase", 1) in {(x.aspect, x.direction, x.level) for x in labels_from_records([r], "fixed")}
+    with pytest.raises(ValueError, match="unknown truth 'people'"):
+        truth_of(r, "people")
+
+    # records made before the judge had a null: the default names the problem; the spec still scores them
+    old = [{k: v for k, v in x.items() if k not in ("judge_null", "judge_moved")} for x in two_methods()]
+    with pytest.raises(InputError, match="no judge null"):
+        method_metrics(old, "m")
+    assert method_metrics(old, "m", "spec")["f1"] == 1.0
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"config": {"methods": ["m", "w"]}, "records": old}))
+    assert main(["bench", "compare", str(path), "--reference", "m", "--resamples", "20"]) == 0
+    assert "truth: spec" in capsys.readouterr().out  # a file without its truth was made against the spec
+    assert main(["bench", "compare", str(path), "--reference", "m", "--truth", "judge"]) == 2
+    assert "has no judge null" in capsys.readouterr().err

@@ -223,3 +223,39 @@ def test_a_collection_made_with_the_defaults_is_searchable(tmp_path):
     again = explain_many(manifest, out, ExplainConfig(cache_dir=str(tmp_path / "cache")), report=False)
     assert sorted(again.skipped) == ["off", "red"] and again.explained == []
     assert [(h.id, h.score, h.interval) for h in search(out, "red")] == [(h.id, h.score, h.interval) for h in hits]
+
+
+def test_a_sweep_is_indexed_and_search_filters_on_its_onset(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    from finexl.collection.index import connect, put_explained
+
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "full", "path": "lora"}])
+    cfg = settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir, scales=[0.5, 1.0])
+    out = tmp_path / "out"
+    assert explain_many(manifest, out, cfg).explained == ["full"]
+    expl = json.loads((out / "models" / "full" / "explanation.json").read_text())
+    assert expl["sweep"]["scales"] == [0.5, 1.0] and expl["settings"]["scales"] == [0.5, 1.0]
+
+    def rows():
+        with sqlite3.connect(out / "index.sqlite") as conn:
+            return dict(conn.execute("SELECT aspect, scores FROM sweep WHERE model_id = 'full'").fetchall())
+
+    assert {a: json.loads(v) for a, v in rows().items()} == {
+        a: r["score"] for a, r in expl["sweep"]["aspects"].items()
+    }
+    before = rows()
+    (out / "index.sqlite").unlink()
+    assert rebuild_index(out) == 1 and rows() == before
+    # the filter keeps a model whose aspect is CHANGED by the scale given: the tiny LoRA's own onsets, then one
+    # set to 0.5 in the stored explanation and indexed again
+    for aspect, row in expl["sweep"]["aspects"].items():
+        kept = [h.id for h in search(out, "red", filters=[f"{aspect}@0.5"])]
+        assert kept == (["full"] if row["onset"] is not None and row["onset"] <= 0.5 else [])
+    expl["sweep"]["aspects"]["colour"] |= {"changed": [True, True], "onset": 0.5}
+    with connect(out / "index.sqlite") as conn:
+        digest = conn.execute("SELECT digest FROM models WHERE id = 'full'").fetchone()[0]
+        put_explained(conn, {"id": "full", "path": "lora"}, "models/full", digest, expl, np.zeros(4))
+    assert [h.id for h in search(out, "red", filters=["colour@0.5"])] == ["full"]
+    assert search(out, "red", filters=["colour@0.25"]) == []
+    with pytest.raises(ConfigError, match="not a number"):
+        search(out, "red", filters=["colour@half"])

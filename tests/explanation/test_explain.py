@@ -211,3 +211,43 @@ def test_prompts_that_would_give_zero_directions_are_refused(tmp_path, tiny_pipe
     (tmp_path / "nul.txt").write_bytes(b"a shape\x00 on a table\n")
     with pytest.raises(PromptsError, match="control character"):
         read_prompts(tmp_path / "nul.txt")
+
+
+def test_a_weight_sweep_is_each_scale_explained_on_the_same_base_images(
+    tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir
+):
+    from finexl.explanation.result import Explanation
+
+    run = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), scales=[1.0, 0.5, 0.25])
+    swept = explain(run)
+    sweep = swept["sweep"]
+    assert sweep["scales"] == [0.25, 0.5, 1.0] and sweep["pairs"] == [6, 6, 6]
+    assert swept["models"]["personalized"]["scale"] == 1.0  # the explanation is the largest scale's
+    # base and null images are made once: 6 per scale, 6 base, 6 null
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 6 * 3 + 12
+    # every column is the explanation at that scale alone, on the same pairs
+    for k, scale in enumerate(sweep["scales"]):
+        alone = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), lora_scale=scale))
+        for a in alone["aspects"]:
+            row = sweep["aspects"][a["aspect"]]
+            assert row["score"][k] == pytest.approx(a["score"], abs=1e-6)
+            assert row["interval"][k] == pytest.approx(a["interval"], abs=1e-6)
+            assert row["changed"][k] == a["changed"]
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 6 * 3 + 12  # nothing sampled again
+    for name, row in sweep["aspects"].items():
+        onset = next((s for s, c in zip(sweep["scales"], row["changed"]) if c), None)
+        assert row["onset"] == onset, name
+    # the settings say how to make it again: the sweep comes back from the file's own config
+    e = Explanation.from_dict(swept)
+    assert ExplainConfig.from_explanation(e).scales == [0.25, 0.5, 1.0]
+
+
+def test_bad_weight_sweeps_are_refused_before_any_image(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir,
+                                                        capsys):  # fmt: skip
+    for scales in ([0.0, 1.0], [-0.5, 1.0], [float("nan"), 1.0], [1.0], [0.5, 0.5]):
+        with pytest.raises(ConfigError, match="weight sweep"):
+            config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, scales=scales)
+    for text in ("0,1", "-1,1", "nan,1", "0.5,abc"):
+        assert main(["explain", "--lora", str(tiny_lora_dir), "--scales", text, "--cache", str(tmp_path)]) == 2
+        assert "scales" in capsys.readouterr().err
+    assert not (tmp_path / "images").exists()

@@ -30,6 +30,21 @@ def make_hostile(red_folder, dst):
     e["sentences"]["text"] = "\n".join(f"- {tag(line)}" for line in e["sentences"]["text"].splitlines())
     e["settings"].update(prompts=[tag("prompt")], collection={"entry": {"id": tag("id"), "tags": [tag("t")]}})
     e["method"] = e["method"]  # a known method: the schema names them
+    e["sweep"] = {  # a weight sweep over the hostile aspect names: its charts are drawn from them too
+        "scales": [0.5, 1.0],
+        "pairs": [8, 8],
+        "aspects": {
+            a["aspect"]: {
+                "score": [a["score"] / 2, a["score"]],
+                "interval": [[x / 2 for x in a["interval"]], a["interval"]],
+                "direction": [a["direction"]] * 2,
+                "changed": [False, a["changed"]],
+                "onset": 1.0 if a["changed"] else None,
+                "steady": True,
+            }
+            for a in e["aspects"]
+        },
+    }
     (folder / "explanation.json").write_text(json.dumps(e))
     samples = json.loads((folder / "samples" / "samples.json").read_text())
     samples["prompts"] = [tag(p) for p in samples["prompts"]]

@@ -240,6 +240,9 @@ def test_hostile_text_in_every_field_is_escaped_in_the_pages(red_folder, tmp_pat
         tags = parsed_tags(html)
         assert not [t for t, attrs in tags if t == "script" or {"onerror", "data-pwned"} & set(attrs)]
         assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in html  # shown as text
+    charts = [attrs for t, attrs in parsed_tags(pages[0]) if t == "figure" and "data-aspect" in attrs]
+    assert len(charts) == len(json.loads((folder / "explanation.json").read_text())["sweep"]["aspects"])
+    assert all(c["data-aspect"].endswith(HOSTILE) for c in charts)  # the attribute holds the text, inert
     card = model_card(folder, overwrite=True).read_text()
     assert "<script" not in card and "<img" not in card and "<b " not in card and "[link](javascript" not in card
     assert "&lt;script&gt;" in card and "\\*\\*x\\*\\*" in card and "\\| y" in card
