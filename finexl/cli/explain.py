@@ -17,7 +17,7 @@ from finexl.cli.common import (
 from finexl.config import add_arguments, from_args
 from finexl.errors import InputError
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline
-from finexl.explanation.result import Explanation, format_sweep
+from finexl.explanation.result import Explanation, format_stack, format_sweep, format_trigger
 from finexl.narrate.narrator import narrate_explanation
 from finexl.narrate.templates import check_aspects
 from finexl.report import write_report
@@ -47,13 +47,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, api_key_env=args.llm_api_key_env, **({} if out is not None else {"report_pairs": 0}))
     pipeline = ExplainPipeline(cfg, progress=not args.quiet)  # checks every setting and file up front
     check_aspects(pipeline.bank.aspects + (["proposed"] if cfg.vlm or cfg.vlm_endpoint else []), asked)
-    if getattr(args, "scales", None) is not None and args.scale != 1.0:  # an option left out is not set
+    if getattr(args, "scales", None) is not None and args.scale:  # an option left out is not set
         raise InputError("give --scale or --scales (a weight sweep), not both")
-    explanation = pipeline(lora=args.lora, model=args.model, scale=args.scale)
+    loras, scales = args.lora, args.scale or [1.0]
+    if loras and len(scales) not in (1, len(loras)):
+        raise InputError(f"{len(loras)} --lora take one --scale for all or one each, got {len(scales)}")
+    lora = (loras[0] if len(loras) == 1 else loras) if loras else None
+    explanation = pipeline(lora=lora, model=args.model, scale=scales[0] if len(scales) == 1 else scales)
     print(explanation.table(top=args.top))
     if explanation.sweep:
         print()
         print(format_sweep(explanation.sweep, top=args.top))
+    if explanation.stack:
+        print()
+        print(format_stack(explanation.stack, top=args.top))
+    if explanation.trigger:
+        print()
+        print(format_trigger(explanation.to_dict(), top=args.top))
     if out is not None:  # saved before the optional sentences, which may fail or wait on a network
         explanation.save(out, overwrite=True)
     _narrate(explanation, args, asked, cfg.device, cfg.cache_dir)
@@ -150,11 +160,18 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--lora",
+        action="append",
         help="LoRA file (.safetensors), a folder holding pytorch_lora_weights.safetensors, or "
-        "a shipped toy LoRA by name (toy:red, toy:darker; finexl env lists them)",
+        "a shipped toy LoRA by name (toy:red, toy:darker; finexl env lists them). Repeat it to explain a stack "
+        "(the LoRAs fused together; see --interaction)",
     )
     what.add_argument("--model", help="fine-tuned diffusers pipeline folder (a full fine-tune / DreamBooth)")
-    p.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument(
+        "--scale",
+        type=finite_float,
+        action="append",
+        help="LoRA strength (default 1.0); with a stack, one for all or one per --lora, in their order",
+    )
     p.add_argument(
         "--out", help="write OUT/explanation.json, the kept pairs and maps (OUT/samples/) and OUT/report.html"
     )

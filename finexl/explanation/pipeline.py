@@ -34,11 +34,12 @@ from finexl.explanation.result import AspectScore, Explanation, Samples
 from finexl.explanation.scoring import Decomposed, decompose_divergence
 from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
 from finexl.loading import DTYPES, check_device, fingerprint_folder, fuse_lora, load_lora, load_pipeline, native_size
-from finexl.loading.lora_formats import resolve_lora_file
+from finexl.loading.lora_formats import LoraError, resolve_lora_file
 from finexl.loading.pipelines import read_model_index
 from finexl.presets import PRESETS, get_preset, resolve_preset
 from finexl.records import recorded_base
 from finexl.sampling import SamplerConfig, sampled_with
+from finexl.stats import bootstrap_sample, percentile_interval
 from finexl.utils import default_cache_dir, read_text
 from finexl.validation import load_json
 from finexl.version import __version__
@@ -149,6 +150,27 @@ class ExplainConfig(Config):
         DEFAULT_METHOD,
         choices=tuple(ESTIMATORS),
         help="decomposition (see finexl/explanation/decompose.py)",
+    )
+    concepts_from_tags: int = setting(
+        0,
+        minimum=0,
+        metavar="N",
+        help="add the LoRA file's N most frequent training tags (kohya's ss_tag_frequency, common words left out) to "
+        "the concept bank as their own aspect, 'tags' (a tag the bank holds already stays in its aspect): the "
+        "explanation says which trained tags the outputs moved toward; 0: none",
+    )
+    trigger: str | None = setting(
+        None,
+        help="explain the LoRA twice from the same base images: its prompts with this trigger word ('WORD, "
+        "prompt'; a finexl DreamBooth model's class prompt becomes its instance prompt) and without it, the leak. "
+        "'auto': the file's trigger phrase (modelspec.trigger_phrase), else its most frequent training tag that is "
+        "not a common word, else the identifier of finexl's DreamBooth instance prompt (finexl inspect shows them)",
+    )
+    interaction: bool = setting(
+        False,
+        help="with a stack (--lora A --lora B): also explain each LoRA alone on the same base images and say per "
+        "aspect whether the stack's effect is their sum (additive), more (strengthened), less (weakened), or "
+        "CHANGED where no LoRA alone changes it (new)",
     )
     scales: list[float] | None = setting(
         None,
@@ -278,12 +300,48 @@ class Personalization:
     lora: str | None = None
     model: str | None = None
     scale: float = 1.0
+    others: tuple[tuple[str, float], ...] = ()  # a stack: more LoRAs fused with ``lora``, each at its scale
+    trigger: str | None = None  # a trigger word the personalized model's prompts get (the base's do not)
+    instance: tuple[str, str] | None = None  # a DreamBooth model's (class prompt, instance prompt)
 
     def __post_init__(self) -> None:
         if bool(self.lora) == bool(self.model):
             raise ConfigError("give exactly one of a LoRA (lora) and a fine-tuned pipeline (model)")
-        if not math.isfinite(self.scale):
-            raise ConfigError(f"LoRA scale must be a finite number, got {self.scale}")
+        for _, scale in ((self.lora, self.scale), *self.others):
+            if not math.isfinite(scale):
+                raise ConfigError(f"LoRA scale must be a finite number, got {scale}")
+        if self.others and self.model:
+            raise ConfigError("a stack is of LoRAs on the base, not of a fine-tuned pipeline")
+
+    def tuned_prompt(self, prompt: str) -> str:
+        """The personalized model's prompt for a base prompt: with the trigger (a DreamBooth model's class prompt
+        becomes its instance prompt; any other prompt gets ``TRIGGER, `` in front), or the prompt itself."""
+        if self.trigger is None:
+            return prompt
+        if self.instance is not None and prompt == self.instance[0]:
+            return self.instance[1]
+        return f"{self.trigger}, {prompt}"
+
+    @property
+    def loras(self) -> list[tuple[str, float]]:
+        """Every LoRA with its scale: one, or the stack's."""
+        return [(self.lora, self.scale), *self.others] if self.lora else []
+
+    @classmethod
+    def of(cls, lora=None, model=None, scale=1.0) -> Personalization:
+        """From the call's arguments: ``lora`` a path or a list of paths (a stack), ``scale`` a number or one per
+        LoRA."""
+        if not isinstance(lora, (list, tuple)):
+            if isinstance(scale, (list, tuple)):
+                raise ConfigError("one LoRA takes one scale")
+            return cls(lora=lora, model=model, scale=float(scale))
+        scales = list(scale) if isinstance(scale, (list, tuple)) else [scale] * len(lora)
+        if len(scales) != len(lora):
+            raise ConfigError(f"a stack of {len(lora)} LoRAs takes one scale or one per LoRA, got {len(scales)}")
+        if not lora:
+            raise ConfigError("no LoRA given")
+        others = tuple((str(p), float(s)) for p, s in zip(lora[1:], scales[1:], strict=True))
+        return cls(lora=str(lora[0]), model=model, scale=float(scales[0]), others=others)
 
 
 @dataclass
@@ -349,6 +407,7 @@ class Checked:
     lora_file: str | None
     fingerprint: str
     trained_on: str | None
+    stack: tuple[tuple[str, float], ...] = ()  # a stack's LoRA files and scales, the first one's included
 
 
 class Timings:
@@ -443,20 +502,34 @@ class ExplainPipeline:
             if not (Path(target.model) / "model_index.json").is_file():
                 raise MissingInputError(f"no diffusers pipeline at {target.model}: model_index.json is missing")
             return Checked(lora_file=None, fingerprint=fingerprint_folder(target.model), trained_on=None)
-        lora_file = resolve_lora_file(target.lora)
-        trained_on = recorded_base(lora_file)
-        if trained_on is not None and trained_on != self.base_fingerprint:
-            message = (
-                f"the LoRA {lora_file} was trained by finexl on another base (fingerprint {trained_on}) than "
-                f"{self.base_dir} ({self.base_fingerprint})"
-            )
-            if not self.config.allow_other_base:
-                raise OtherBaseError(
-                    f"{message}; pass --allow-other-base to explain what it does to this base", trained_on
+        files, bases = [], []
+        for path, _ in target.loras:
+            lora_file = resolve_lora_file(path)
+            trained_on = recorded_base(lora_file)
+            if trained_on is not None and trained_on != self.base_fingerprint:
+                message = (
+                    f"the LoRA {lora_file} was trained by finexl on another base (fingerprint {trained_on}) than "
+                    f"{self.base_dir} ({self.base_fingerprint})"
                 )
-            logger.warning("%s: explaining what it does to this base", message)
-        fingerprint = lora_fingerprint(self.base_fingerprint, fingerprint_folder(lora_file), target.scale)
-        return Checked(lora_file=str(lora_file), fingerprint=fingerprint, trained_on=trained_on)
+                if not self.config.allow_other_base:
+                    raise OtherBaseError(
+                        f"{message}; pass --allow-other-base to explain what it does to this base", trained_on
+                    )
+                logger.warning("%s: explaining what it does to this base", message)
+            files.append(lora_file)
+            bases.append(trained_on)
+        if not target.others:
+            fingerprint = lora_fingerprint(self.base_fingerprint, fingerprint_folder(files[0]), target.scale)
+            return Checked(lora_file=str(files[0]), fingerprint=fingerprint, trained_on=bases[0])
+        check_stack(files)
+        scales = [s for _, s in target.loras]
+        parts = "+".join(f"{fingerprint_folder(f)}*{s!r}" for f, s in zip(files, scales, strict=True))
+        return Checked(
+            lora_file=str(files[0]),
+            fingerprint=lora_fingerprint(self.base_fingerprint, parts, 1.0),
+            trained_on=bases[0],
+            stack=tuple((str(f), s) for f, s in zip(files, scales, strict=True)),
+        )
 
     def sample(
         self,
@@ -476,7 +549,7 @@ class ExplainPipeline:
         tuned = cached_samples(
             lambda: self._tuned_pipe(target, checked),
             checked.fingerprint,
-            prompts,
+            [target.tuned_prompt(p) for p in prompts],
             seeds,
             self.sampler,
             self.cache,
@@ -573,6 +646,74 @@ class ExplainPipeline:
             cfg.seed,
         )
 
+    def bank_with_tags(self, checked: Checked):
+        """The concept bank with the LoRA files' ``concepts_from_tags`` most frequent training tags added as the
+        aspect ``tags``; refused in one line when the files hold no training tags."""
+        from finexl.loading.inspection import STOP_WORDS, inspect
+
+        files = [f for f, _ in checked.stack] or [checked.lora_file]
+        counts: dict[str, int] = {}
+        for f in files:
+            for tag, n in inspect(f).tags:
+                if tag.lower() not in STOP_WORDS and not CONTROL_CHARACTERS.search(tag):
+                    counts[tag] = counts.get(tag, 0) + n
+        if not counts:
+            raise ConfigError(
+                f"--concepts-from-tags: {', '.join(Path(f).name for f in files)} holds no training tags "
+                "(kohya's ss_tag_frequency); finexl inspect shows the file's metadata"
+            )
+        top = sorted(counts, key=lambda t: (-counts[t], t))[: self.config.concepts_from_tags]
+        return self.bank.extended("tags", top, group="tags")
+
+    def resolve_trigger(self, lora_file: str) -> dict:
+        """The trigger word of ``config.trigger`` (a word, or ``auto``: from the LoRA file, see
+        :func:`finexl.loading.inspection.trigger_from`), where it came from, and a finexl DreamBooth model's
+        (class prompt, instance prompt); refused in one line when there is none or the base's tokenizer cannot
+        read it."""
+        from finexl.loading.inspection import inspect, trigger_from
+
+        asked = self.config.trigger.strip()
+        info = inspect(lora_file)
+        record = info.finexl_record or {}
+        if asked.lower() == "auto":
+            word = trigger_from(info)
+            if word is None:
+                raise ConfigError(
+                    f"--trigger auto: {Path(lora_file).name} names no trigger phrase, training tags or instance "
+                    "prompt; give the word (--trigger WORD)"
+                )
+            source = (
+                "the trigger phrase in the file"
+                if word == info.trigger
+                else "the most frequent training tag"
+                if any(word == t for t, _ in info.tags)
+                else "finexl's DreamBooth instance prompt"
+            )
+        else:
+            word, source = asked, "given"
+        if not word or CONTROL_CHARACTERS.search(word):
+            raise ConfigError(f"trigger word {word!r} is empty or holds a control character")
+        self._check_readable(word)
+        instance, cls = record.get("instance prompt"), record.get("class prompt")
+        pair = (cls, instance) if instance and cls and word in instance.split() else None
+        return {"word": word, "source": source, "instance": pair}
+
+    def _check_readable(self, word: str) -> None:
+        """The base's tokenizers must read every character of ``word`` (no unknown token)."""
+        from transformers import AutoTokenizer
+
+        for name in ("tokenizer", "tokenizer_2"):
+            folder = self.base_dir / name
+            if not folder.is_dir():
+                continue
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+                raise ConfigError(
+                    f"the base's {name} cannot read the trigger word {word!r} (unknown tokens): the model never saw "
+                    "it in training either"
+                )
+
     def check_prompts_fit(self) -> None:
         """The prompts the directions are built from must leave room in the CLIP text window for every concept
         phrase: a prompt cut at the window would give "prompt, phrase" and "prompt" the same embedding, so a
@@ -606,35 +747,52 @@ class ExplainPipeline:
 
     def __call__(
         self,
-        lora: str | None = None,
+        lora: str | list[str] | None = None,
         model: str | None = None,
-        scale: float = 1.0,
+        scale: float | list[float] = 1.0,
         scales: list[float] | None = None,
     ) -> Explanation:
-        """Explain ``lora`` at ``scale`` (or a fine-tuned pipeline folder ``model``). ``scales`` (default: the
-        config's): a weight sweep,
-        the LoRA explained at every scale on the same base and null images (``Explanation.sweep``: each aspect's
-        score, interval and verdict per scale, its onset and whether it grows steadily); the explanation itself is
-        the one at the largest scale."""
+        """Explain ``lora`` at ``scale`` (or a fine-tuned pipeline folder ``model``).
+
+        ``lora`` a list: a stack, the LoRAs fused together, each at its ``scale`` (one number for all, or one per
+        LoRA); with the config's ``interaction`` each is also explained alone on the same base images and
+        ``Explanation.stack`` says per aspect whether the stack's effect is the sum of theirs. ``scales`` (default:
+        the config's): a weight sweep, the LoRA explained at every scale on the same base and null images
+        (``Explanation.sweep``: each aspect's score, interval and verdict per scale, its onset and whether it grows
+        steadily); the explanation itself is the one at the largest scale."""
         timings = Timings()
         scales = check_scales(scales) if scales is not None else self.config.scales
+        target = Personalization.of(lora, model, scale)
         if scales is not None:
-            if model:
-                raise ConfigError("a weight sweep (scales) takes a LoRA, not a fine-tuned pipeline")
-            scale = scales[-1]
-        target = Personalization(lora=lora, model=model, scale=scale)
+            if model or target.others:
+                raise ConfigError("a weight sweep (scales) takes one LoRA, not a fine-tuned pipeline or a stack")
+            target = replace(target, scale=scales[-1])
+        if self.config.trigger and (model or target.others or scales):
+            raise ConfigError("a trigger word is explained on one LoRA, not a pipeline folder, a stack or a sweep")
+        alone = [Personalization(lora=p, scale=s) for p, s in target.loras] if target.others else []
+        if self.config.interaction and not alone:
+            raise ConfigError("interaction compares a stack of LoRAs with each alone: give two or more LoRAs")
 
         # 1. check the personalization against the base, and the prompts against the text window, before any image
         with timings("check"):
             checked = self.check_personalization(target)
             self.check_prompts_fit()
             below = [(s, self.check_personalization(replace(target, scale=s))) for s in (scales or [])[:-1]]
+            singles = [(t, self.check_personalization(t)) for t in alone] if self.config.interaction else []
+            trigger = self.resolve_trigger(checked.lora_file) if self.config.trigger else None
+            bank = self.bank_with_tags(checked) if self.config.concepts_from_tags else self.bank
+            plain = target
+            if trigger is not None:
+                target = replace(target, trigger=trigger["word"], instance=trigger.pop("instance"))
 
         # 2.-6. paired sampling (same prompts and seeds, hence noise, for both models; cached by content), optional
         # VLM concept proposals, CLIP embeddings, text directions, and the decomposition of V_div onto them: in
-        # rounds of pairs until every verdict is settled with samples='auto'; for a sweep, at every scale
-        swept = [self._rounds(replace(target, scale=s), c, timings)[3] for s, c in below]
-        bank, proposals, note, done = self._rounds(target, checked, timings)
+        # rounds of pairs until every verdict is settled with samples='auto'; for a sweep at every scale, for a
+        # stack's interaction each LoRA alone too
+        swept = [self._rounds(replace(target, scale=s), c, timings, bank)[3] for s, c in below]
+        each = [self._rounds(t, c, timings, bank)[3] for t, c in singles]
+        leak = self._rounds(plain, checked, timings, bank)[3] if trigger is not None else None
+        bank, proposals, note, done = self._rounds(target, checked, timings, bank)
 
         # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
         samples = None
@@ -648,10 +806,15 @@ class ExplainPipeline:
         explanation.embeddings = done.embeddings
         if scales:
             explanation.sweep = sweep_record(scales, [*swept, done])
-            explanation.check()
+        if leak is not None:
+            explanation.trigger = trigger_record(trigger, target, done, leak)
+        if each:
+            directions = self.directions(requests(self.prompts, self.config.n_pairs, self.config.seed)[0], bank)
+            explanation.stack = interaction_record(target, done, each, directions, self.config)
+        explanation.check()
         return explanation
 
-    def _rounds(self, target: Personalization, checked: Checked, timings: Timings):
+    def _rounds(self, target: Personalization, checked: Checked, timings: Timings, bank=None):
         """Stages 2 to 6 over the rounds of pairs: one round of ``samples`` pairs, or with ``samples='auto'``
         rounds of ``auto_round`` pairs (each the first n of the same pairs) until :func:`sequential.unsettled`
         finds every verdict settled or ``auto_cap`` is reached. Returns the bank (with VLM proposals), the
@@ -661,7 +824,7 @@ class ExplainPipeline:
         plan = rounds(cfg.auto_round, cfg.auto_round, cfg.auto_cap) if auto else [cfg.samples]
         bar = tqdm(total=plan[-1], desc="explain", unit="pair", disable=not self.progress, dynamic_ncols=True)
         bar.set_postfix_str(f"round 1 of at most {len(plan)}" if auto else "sampling")
-        bank, proposals, note = self.bank, [], None
+        bank, proposals, note = bank or self.bank, [], None
         embeddings, looks = None, []
         for k, n in enumerate(plan):
             with timings("sample"), self._no_batch_bars():
@@ -760,6 +923,7 @@ class ExplainPipeline:
                     "scale": target.scale,
                     "fingerprint": checked.fingerprint,
                     "trained_on": checked.trained_on,
+                    **({"stack": [{"lora": p, "scale": s} for p, s in target.loras]} if target.others else {}),
                 },
                 "clip": {"name": self.embedder.name, "fingerprint": self.embedder.fingerprint},
             },
@@ -847,9 +1011,17 @@ class ExplainPipeline:
             self._fused[1].apply(pipe)
         else:
             self._fused = None  # another LoRA's weights are not kept
-            name = load_lora(pipe, checked.lora_file, scale=target.scale)  # checks every module against the base
-            # sampled at the base's speed; the personalized weights kept only for the rounds of samples='auto'
-            self._fused = (checked.fingerprint, fuse_lora(pipe, name, keep_tuned=cfg.samples == "auto"))
+            keep = cfg.samples == "auto"  # the personalized weights kept only for the rounds of samples='auto'
+            if checked.stack:  # each LoRA an adapter at its weight (diffusers' set_adapters), all fused at once
+                names = [
+                    load_lora(pipe, f, scale=s, adapter_name=f"finexl_{k}") for k, (f, s) in enumerate(checked.stack)
+                ]
+                pipe.set_adapters(names, adapter_weights=[s for _, s in checked.stack])
+                self._fused = (checked.fingerprint, fuse_lora(pipe, names, keep_tuned=keep))
+            else:
+                name = load_lora(pipe, checked.lora_file, scale=target.scale)  # checks every module against the base
+                # sampled at the base's speed
+                self._fused = (checked.fingerprint, fuse_lora(pipe, name, keep_tuned=keep))
         self._lora_on_base = True
         return pipe
 
@@ -872,6 +1044,99 @@ class ExplainPipeline:
             return self.bank, [], note
         bank = self.bank.extended("proposed", [p for p, _ in proposals]) if proposals else self.bank
         return bank, proposals, None
+
+
+def check_stack(files: list[Path]) -> None:
+    """A stack of LoRAs: no file twice, and every LoRA for the same base family (read from the files' keys and
+    shapes, :func:`finexl.loading.inspection.inspect`), before any image."""
+    from finexl.loading.inspection import FAMILY_NAMES, inspect
+
+    seen = {}
+    for f in files:
+        key = f.resolve()
+        if key in seen:
+            raise ConfigError(f"the stack names one LoRA twice: {seen[key]} and {f}")
+        seen[key] = f
+    family = {f: inspect(f).family for f in files}
+    known = [f for f in files if family[f] != "unknown"]
+    other = next((f for f in known if family[f] != family[known[0]]), None)
+    if other is not None:
+        raise LoraError(
+            f"the stack's LoRAs are for different bases: {known[0].name} fits {FAMILY_NAMES[family[known[0]]]}, "
+            f"{other.name} fits {FAMILY_NAMES[family[other]]}"
+        )
+
+
+def trigger_record(trigger: dict, target: Personalization, done: Rounds, leak: Rounds) -> dict:
+    """A trigger word's record: the word and where it came from, a prompt with it, and what changes without it
+    (the leak): every aspect's score, interval, null threshold and verdict on the prompts without the trigger, from
+    the same base images."""
+    rows = {
+        a.aspect: {
+            "score": round(float(a.score), 6),
+            "interval": [round(float(x), 6) for x in a.interval],
+            "threshold": a.threshold,
+            "direction": a.direction,
+            "toward": a.toward,
+            "changed": bool(a.changed),
+        }
+        for a in leak.decomposed.aspects
+    }
+    first = done.images.prompts[0]
+    return {
+        "word": trigger["word"],
+        "source": trigger["source"],
+        "example": {"base": first, "with": target.tuned_prompt(first), "without": first},
+        "pairs": len(leak.images.seeds),
+        "leak": rows,
+        "leaked": [a for a, r in rows.items() if r["changed"]],
+    }
+
+
+def interaction_record(target: Personalization, stack: Rounds, singles: list[Rounds], directions, cfg) -> dict:
+    """How a stack's effect compares with the sum of its LoRAs' effects alone, per aspect, on the same pairs.
+
+    Along each aspect's direction (its concept's text direction, pointing the way the stack moved it), every pair's
+    move under the stack and under each LoRA alone; the interaction is the stack's move minus the sum of the single
+    moves, averaged over the pairs, with a bootstrap interval over the pairs. Verdict: ``new`` where the stack is
+    CHANGED, ``strengthened`` or ``weakened`` where the interval lies above or below 0, else ``additive``;
+    ``new`` instead of ``strengthened`` where no LoRA alone is CHANGED; ``none`` where nothing is CHANGED."""
+    n = min(len(r.images.seeds) for r in (stack, *singles))  # the first n pairs are the same in every run
+    base = stack.embeddings.base[:n]
+    moved = stack.embeddings.tuned[:n] - base
+    alone = [r.embeddings.tuned[:n] - base for r in singles]
+    rng = np.random.default_rng(cfg.seed)
+    draws = np.stack([bootstrap_sample(rng, n) for _ in range(cfg.n_bootstrap)])
+    verdicts = [{a.aspect: a for a in r.decomposed.aspects} for r in singles]
+    aspects = {}
+    for a in stack.decomposed.aspects:
+        u = aspect_direction(directions, a.concept, "decrease" if a.direction == "decrease" else "increase")
+        on_stack, on_each = moved @ u, [d @ u for d in alone]
+        interaction = on_stack - np.sum(on_each, axis=0)
+        low, high = percentile_interval(interaction[draws].mean(axis=1), cfg.confidence)
+        single_changed = [v[a.aspect].changed for v in verdicts]
+        if not (a.changed or any(single_changed)):
+            verdict = "none"
+        elif low > 0:
+            verdict = "strengthened" if any(single_changed) else "new"
+        else:
+            verdict = "weakened" if high < 0 else "additive"
+        aspects[a.aspect] = {
+            "toward": a.toward,
+            "stack": round(float(on_stack.mean()), 6),
+            "alone": [round(float(m.mean()), 6) for m in on_each],
+            "sum": round(float(np.sum(on_each, axis=0).mean()), 6),
+            "interaction": round(float(interaction.mean()), 6),
+            "interval": [round(float(low), 6), round(float(high), 6)],
+            "changed": {"stack": bool(a.changed), "alone": single_changed},
+            "verdict": verdict,
+        }
+    return {
+        "loras": [{"lora": p, "scale": s} for p, s in target.loras],
+        "pairs": n,
+        "confidence": cfg.confidence,
+        "aspects": aspects,
+    }
 
 
 def check_scales(scales) -> list[float]:
@@ -906,10 +1171,10 @@ def sweep_record(scales: list[float], runs: list[Rounds]) -> dict:
 
 
 def explain(
-    lora: str | None = None,
+    lora: str | list[str] | None = None,
     model: str | None = None,
     *,
-    scale: float = 1.0,
+    scale: float | list[float] = 1.0,
     scales: list[float] | None = None,
     config: ExplainConfig | None = None,
     progress: bool = False,
@@ -918,9 +1183,10 @@ def explain(
     """Explain how a personalized model differs from its base.
 
     Args:
-        lora: a LoRA ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``.
+        lora: a LoRA ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``; a list of
+            them explains the stack (see ``interaction``).
         model: a fine-tuned diffusers pipeline folder (instead of ``lora``).
-        scale: LoRA strength.
+        scale: LoRA strength (a stack: one for all, or one per LoRA).
         scales: a weight sweep: the LoRA explained at each of these strengths on the same base images
             (``Explanation.sweep``); the explanation is the one at the largest.
         config: all settings at once; or give them as keywords (``base=``, ``prompts=[...]`` or a file, ``clip=``,

@@ -155,6 +155,10 @@ class Explanation:
     sequential: dict | None = None
     # a weight sweep: the LoRA at several scales on the same base images (see ``pipeline.sweep_record``)
     sweep: dict | None = None
+    # a stack explained with its LoRAs alone: per aspect, the stack's effect against their sum
+    stack: dict | None = None
+    # explained with a trigger word: what changes without it (the leak), from the same base images
+    trigger: dict | None = None
     finexl_version: str | None = None
     schema: str = SCHEMA
     # the kept pairs and change maps (saved beside the JSON by ``save``, never inside it)
@@ -207,6 +211,8 @@ class Explanation:
         """What was explained, as :class:`~finexl.explanation.pipeline.ExplainPipeline` takes it: ``lora``,
         ``model`` and ``scale``."""
         p = self.models.get("personalized", {})
+        if p.get("stack"):
+            return {"lora": [x["lora"] for x in p["stack"]], "model": None, "scale": [x["scale"] for x in p["stack"]]}
         return {"lora": p.get("lora"), "model": p.get("model"), "scale": p.get("scale", 1.0)}
 
     def check(self) -> None:
@@ -371,5 +377,57 @@ def format_sweep(sweep: dict, top: int | None = None) -> str:
     lines.append(
         "onset: the smallest scale at which the aspect is CHANGED; steady: each next score reaches the lower end "
         "of the interval before it"
+    )
+    return "\n".join(lines)
+
+
+def format_stack(stack: dict, top: int | None = None) -> str:
+    """A stack against its LoRAs alone: per aspect, the move along it under the stack, under each LoRA alone, their
+    sum, the interaction (stack minus sum) with its interval, and the verdict; aspects with a verdict first."""
+    names = [
+        Path(x["lora"]).parent.name if Path(x["lora"]).name.endswith(".safetensors") else x["lora"]
+        for x in stack["loras"]
+    ]
+    alone = "".join(f"{n[:10]:>11}" for n in names)
+    lines = [f"the stack against its LoRAs alone ({stack['pairs']} pairs; moves along each aspect, CLIP units)"]
+    level = f"{int(stack['confidence'] * 100)}% interval"
+    lines.append(f"{'aspect':<12}{'stack':>9}{alone}{'sum':>9}  {'stack - sum':>12}  {level:<20} verdict")
+    rank = {"new": 0, "strengthened": 1, "weakened": 1, "additive": 2, "none": 3}
+    rows = sorted(stack["aspects"].items(), key=lambda item: (rank[item[1]["verdict"]], -abs(item[1]["stack"])))
+    for name, r in rows[:top]:
+        cells = "".join(f"{m:>11.4f}" for m in r["alone"])
+        lo, hi = r["interval"]
+        span = f"[{lo:+.4f}, {hi:+.4f}]"
+        lines.append(
+            f"{name:<12}{r['stack']:>9.4f}{cells}{r['sum']:>9.4f}  {r['interaction']:>+12.4f}  "
+            f"{span:<20} {r['verdict']}"
+        )
+    lines.append(
+        "additive: the interval holds 0; strengthened / weakened: the stack moves further / less than the sum; new: "
+        "strengthened where no LoRA alone is CHANGED; none: CHANGED nowhere"
+    )
+    return "\n".join(lines)
+
+
+def format_trigger(expl: dict, top: int | None = None) -> str:
+    """With the trigger and without it, side by side: each aspect's score, interval and verdict."""
+    trigger = expl["trigger"]
+    leak = trigger["leak"]
+    lines = [
+        f"trigger {trigger['word']!r} ({trigger['source']}): with it ({trigger['example']['with']!r}) and without it "
+        f"({trigger['example']['without']!r}), the same base images"
+    ]
+    lines.append(f"{'aspect':<12} {'with trigger':<30} {'without (leak)':<30}")
+    for a in expl["aspects"][:top]:
+        w, o = a, leak[a["aspect"]]
+
+        def cell(r):
+            mark = "CHANGED" if r["changed"] else "-"
+            return f"{r['score']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}] {mark}"
+
+        lines.append(f"{a['aspect']:<12} {cell(w):<30} {cell(o):<30}")
+    leaked = trigger["leaked"]
+    lines.append(
+        f"leaks without the trigger: {', '.join(leaked)}" if leaked else "no aspect changes without the trigger"
     )
     return "\n".join(lines)

@@ -175,13 +175,14 @@ def _copy_into(pipe, values: dict) -> None:
             target.copy_(value.to(target.device, target.dtype))
 
 
-def fuse_lora(pipe, adapter_name: str = "finexl", keep_tuned: bool = True) -> FusedLora:
-    """Merge the loaded LoRA into the weights and take its adapter layers out (an unfused LoRA adds two small
-    matmuls per layer); the pipeline is left with the personalized weights. Returns the :class:`FusedLora` that
-    switches it back to the base and (with ``keep_tuned``) forth again."""
+def fuse_lora(pipe, adapter_name: str | list[str] = "finexl", keep_tuned: bool = True) -> FusedLora:
+    """Merge the loaded LoRA (or several, a stack: each at the weight ``set_adapters`` gave it) into the weights and
+    take the adapter layers out (an unfused LoRA adds two small matmuls per layer); the pipeline is left with the
+    personalized weights. Returns the :class:`FusedLora` that switches it back to the base and (with
+    ``keep_tuned``) forth again."""
     params = _lora_parameters(pipe)
     base = {key: p.detach().to("cpu", copy=True) for key, p in params.items()}
-    pipe.fuse_lora(adapter_names=[adapter_name])
+    pipe.fuse_lora(adapter_names=[adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
     tuned = {key: p.detach().to("cpu", copy=True) for key, p in params.items()} if keep_tuned else None
     pipe.unload_lora_weights()  # the merged weights stay; the layers are the base's own modules again
     return FusedLora(base, tuned)

@@ -70,7 +70,7 @@ _KOHYA_COMPONENTS = (  # kohya's prefixes, longest first
     ("lora_unet_", "unet"),
     ("lora_transformer_", "transformer"),
 )
-_STOP_WORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "by", "to", "for", "is", "1girl", "solo"}
+STOP_WORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "by", "to", "for", "is", "1girl", "solo"}
 
 
 @dataclass
@@ -407,12 +407,12 @@ def trigger_from(inspection: Inspection) -> str | None:
     if inspection.trigger:
         return inspection.trigger
     for tag, _ in inspection.tags:
-        if tag.lower() not in _STOP_WORDS and len(tag) > 1:
+        if tag.lower() not in STOP_WORDS and len(tag) > 1:
             return tag
     record = inspection.finexl_record or {}
     instance, cls = record.get("instance prompt"), record.get("class prompt") or ""
     if instance:
-        new = [w for w in instance.split() if w not in cls.split() and w.lower() not in _STOP_WORDS]
+        new = [w for w in instance.split() if w not in cls.split() and w.lower() not in STOP_WORDS]
         return new[0] if new else None
     return None
 

@@ -199,6 +199,28 @@ def sweep_charts(e: Explanation) -> list[dict]:
     return charts
 
 
+def stack_rows(e: Explanation) -> dict | None:
+    """A stack against its LoRAs alone (``Explanation.stack``): the LoRAs and one row per aspect, verdicts first."""
+    if not e.stack:
+        return None
+    rank = {"new": 0, "strengthened": 1, "weakened": 1, "additive": 2, "none": 3}
+    rows = sorted(e.stack["aspects"].items(), key=lambda item: (rank[item[1]["verdict"]], -abs(item[1]["stack"])))
+    return {
+        "loras": e.stack["loras"],
+        "pairs": e.stack["pairs"],
+        "rows": [{"aspect": name, **r} for name, r in rows],
+    }
+
+
+def trigger_rows(e: Explanation) -> dict | None:
+    """With the trigger and without it (``Explanation.trigger``), one row per aspect in the explanation's order."""
+    if not e.trigger:
+        return None
+    leak = e.trigger["leak"]
+    rows = [{"aspect": a.aspect, "with": a, "without": leak[a.aspect]} for a in e.aspects if a.aspect in leak]
+    return {**{k: v for k, v in e.trigger.items() if k != "leak"}, "rows": rows}
+
+
 def rule(e: Explanation) -> str:
     """The CHANGED rule of this explanation, as computed."""
     return changed_rule(e.settings.get("confidence", 0.9), any(a.joint_score is not None for a in e.aspects))
@@ -285,6 +307,8 @@ def render_report(e: Explanation, samples: Samples | None) -> str:
             sentences=sentences(e),
             rows=chart_rows(e),
             sweep=sweep_charts(e),
+            stack=stack_rows(e),
+            trigger=trigger_rows(e),
             sweep_size=(SWEEP_W, SWEEP_H),
             width=CHART_WIDTH,
             rule=rule(e),

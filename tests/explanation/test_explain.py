@@ -235,7 +235,7 @@ def test_a_weight_sweep_is_each_scale_explained_on_the_same_base_images(
             assert row["changed"][k] == a["changed"]
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 6 * 3 + 12  # nothing sampled again
     for name, row in sweep["aspects"].items():
-        onset = next((s for s, c in zip(sweep["scales"], row["changed"]) if c), None)
+        onset = next((s for s, c in zip(sweep["scales"], row["changed"], strict=True) if c), None)
         assert row["onset"] == onset, name
     # the settings say how to make it again: the sweep comes back from the file's own config
     e = Explanation.from_dict(swept)
@@ -251,3 +251,135 @@ def test_bad_weight_sweeps_are_refused_before_any_image(tmp_path, tiny_pipeline_
         assert main(["explain", "--lora", str(tiny_lora_dir), "--scales", text, "--cache", str(tmp_path)]) == 2
         assert "scales" in capsys.readouterr().err
     assert not (tmp_path / "images").exists()
+
+
+def test_a_stack_is_its_loras_fused_together_and_compared_with_each_alone(
+    tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir
+):
+    import shutil
+
+    twin = shutil.copytree(tiny_lora_dir, tmp_path / "twin")
+    # LoRA updates add: the LoRA at 0.5 stacked with its copy at 0.5 is the LoRA at 1 (the same images, up to
+    # rounding), so the stack's explanation is the LoRA's at scale 1
+    stack = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=[str(tiny_lora_dir), str(twin)],
+                   lora_scale=0.5, interaction=True)  # fmt: skip
+    stacked = explain(stack)
+    single = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir)))
+    by_name = {a["aspect"]: a for a in single["aspects"]}
+    for a in stacked["aspects"]:
+        assert a["score"] == pytest.approx(by_name[a["aspect"]]["score"], abs=0.02)
+    assert [x["scale"] for x in stacked["models"]["personalized"]["stack"]] == [0.5, 0.5]
+    record = stacked["stack"]
+    assert record["pairs"] == 6 and [x["scale"] for x in record["loras"]] == [0.5, 0.5]
+    for name, r in record["aspects"].items():
+        assert r["sum"] == pytest.approx(sum(r["alone"]), abs=1e-5)
+        assert r["interaction"] == pytest.approx(r["stack"] - r["sum"], abs=1e-5)
+        assert r["interval"][0] <= r["interaction"] <= r["interval"][1]
+        assert r["alone"][0] == pytest.approx(r["alone"][1], abs=1e-5)  # the twin alone moves as the LoRA alone
+        changed = r["changed"]["stack"] or any(r["changed"]["alone"])
+        expected = ("none" if not changed else ("new" if not any(r["changed"]["alone"]) else "strengthened")
+                    if r["interval"][0] > 0 else "weakened" if r["interval"][1] < 0 else "additive")  # fmt: skip
+        assert r["verdict"] == expected, name
+    # the explanation's own settings and target make it again
+    from finexl.explanation.result import Explanation
+
+    e = Explanation.from_dict(stacked)
+    assert e.target == {"lora": [str(tiny_lora_dir), str(twin)], "model": None, "scale": [0.5, 0.5]}
+
+
+def test_bad_stacks_are_refused_before_any_image(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    twice = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=[str(tiny_lora_dir)] * 2)
+    with pytest.raises(ConfigError, match="names one LoRA twice"):
+        explain(twice)
+    with pytest.raises(ConfigError, match="interaction compares a stack"):
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), interaction=True))
+    with pytest.raises(ConfigError, match="takes one scale or one per LoRA"):
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=[str(tiny_lora_dir)] * 2,
+                       lora_scale=[1.0, 1.0, 1.0]))  # fmt: skip
+    # an SD 1.x LoRA and an SDXL one (cross-attention widths 768 and 2048)
+    for name, width in (("sd1", 768), ("sdxl", 2048)):
+        module = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+        save_file({f"{module}.lora_down.weight": torch.zeros(4, width), f"{module}.lora_up.weight": torch.zeros(8, 4)},
+                  tmp_path / f"{name}.safetensors")  # fmt: skip
+    args = ["explain", "--lora", str(tmp_path / "sd1.safetensors"), "--lora", str(tmp_path / "sdxl.safetensors")]
+    assert main([*args, "--cache", str(tmp_path / "cache")]) == 2
+    assert "the stack's LoRAs are for different bases: sd1.safetensors fits SD 1.x, sdxl.safetensors fits SDXL" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--scale", "1", "--scale", "1", "--scale", "1"]) == 2
+    assert "take one --scale for all or one each" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_trigger_is_explained_with_and_without_from_the_same_base_images(
+    tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir, capsys
+):
+    run = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), trigger="zq")
+    with_trigger = explain(run)
+    record = with_trigger["trigger"]
+    assert record["word"] == "zq" and record["source"] == "given" and record["pairs"] == 6
+    assert record["example"]["with"] == "zq, " + record["example"]["without"]
+    # 6 personalized images with the trigger, 6 without, 6 base and 6 null: the base's made once
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 24
+    # the leak is the plain explanation (the prompts without the trigger), number for number
+    plain = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir)))
+    for a in plain["aspects"]:
+        row = record["leak"][a["aspect"]]
+        assert row["score"] == pytest.approx(a["score"], abs=1e-6) and row["changed"] == a["changed"]
+    assert record["leaked"] == [a["aspect"] for a in plain["aspects"] if a["changed"]]
+    # with the trigger the personalized images differ: the scores are not the leak's
+    assert any(abs(a["score"] - record["leak"][a["aspect"]]["score"]) > 1e-4 for a in with_trigger["aspects"])
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 24
+
+    for word, message in (("日本", "cannot read the trigger word"), ("auto", "names no trigger phrase")):
+        with pytest.raises(ConfigError, match=message):
+            explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), trigger=word))
+    with pytest.raises(ConfigError, match="a trigger word is explained on one LoRA"):
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), trigger="zq",
+                       scales=[0.5, 1.0]))  # fmt: skip
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 24  # refused before any image
+
+
+def test_trigger_auto_reads_a_finexl_dreambooth_record(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    import shutil
+
+    from finexl.explanation.pipeline import ExplainPipeline
+    from finexl.records import TRAIN_RECORD
+
+    lora = shutil.copytree(tiny_lora_dir, tmp_path / "db")
+    record = json.loads((lora / TRAIN_RECORD).read_text())
+    record.update(instance_prompt="a sks shape", class_prompt="a shape")
+    (lora / TRAIN_RECORD).write_text(json.dumps(record))
+    _, cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, trigger="auto")
+    found = ExplainPipeline(cfg).resolve_trigger(str(lora / "pytorch_lora_weights.safetensors"))
+    assert found == {"word": "sks", "source": "finexl's DreamBooth instance prompt",
+                     "instance": ("a shape", "a sks shape")}  # fmt: skip
+    from finexl.explanation.pipeline import Personalization
+
+    target = Personalization(lora=str(lora), trigger="sks", instance=("a shape", "a sks shape"))
+    assert target.tuned_prompt("a shape") == "a sks shape" and target.tuned_prompt("a circle") == "sks, a circle"
+
+
+def test_training_tags_join_the_concept_bank_as_their_own_aspect(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                                 tiny_lora_dir):  # fmt: skip
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    lora = shutil.copytree(tiny_lora_dir, tmp_path / "tagged")
+    file = lora / "pytorch_lora_weights.safetensors"
+    with safe_open(str(file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tags = {"img": {"solo": 9, "zebra hide": 7, "a circle": 5, "scarlet": 2}}
+    save_file(load_file(str(file)), str(file), metadata=metadata | {"ss_tag_frequency": json.dumps(tags)})
+    res = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(lora), concepts_from_tags=2))
+    assert "tags" in res["concept_bank"]["aspects"]
+    tag_aspect = next(a for a in res["aspects"] if a["aspect"] == "tags")
+    assert tag_aspect["group"] == "tags" and tag_aspect["concept"] in ("zebra hide", "a circle")  # "solo" is common
+    assert {c["phrase"] for c in res["concepts"] if c["aspect"] == "tags"} == {"zebra hide", "a circle"}
+    with pytest.raises(ConfigError, match="holds no training tags"):
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), concepts_from_tags=2))

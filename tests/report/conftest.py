@@ -45,6 +45,23 @@ def make_hostile(red_folder, dst):
             for a in e["aspects"]
         },
     }
+    e["trigger"] = {  # a trigger record: the word and the prompts hostile too
+        "word": tag("w"), "source": tag("s"), "example": {"base": tag("p"), "with": tag("w p"), "without": tag("p")},
+        "pairs": 8, "leaked": [e["aspects"][0]["aspect"]],
+        "leak": {a["aspect"]: {"score": 0.1, "interval": [0.05, 0.15], "threshold": 0.1, "direction": "increase",
+                               "toward": a["toward"], "changed": False} for a in e["aspects"]},
+    }  # fmt: skip
+    e["stack"] = {  # a stack record over the hostile aspect names and LoRA paths
+        "loras": [{"lora": tag("a"), "scale": 1.0}, {"lora": tag("b"), "scale": 0.5}],
+        "pairs": 8,
+        "confidence": 0.9,
+        "aspects": {
+            a["aspect"]: {"toward": a["toward"], "stack": 0.1, "alone": [0.05, 0.04], "sum": 0.09,
+                          "interaction": 0.01, "interval": [-0.01, 0.03],
+                          "changed": {"stack": True, "alone": [True, False]}, "verdict": "additive"}
+            for a in e["aspects"]
+        },
+    }  # fmt: skip
     (folder / "explanation.json").write_text(json.dumps(e))
     samples = json.loads((folder / "samples" / "samples.json").read_text())
     samples["prompts"] = [tag(p) for p in samples["prompts"]]

@@ -243,6 +243,8 @@ def test_hostile_text_in_every_field_is_escaped_in_the_pages(red_folder, tmp_pat
     charts = [attrs for t, attrs in parsed_tags(pages[0]) if t == "figure" and "data-aspect" in attrs]
     assert len(charts) == len(json.loads((folder / "explanation.json").read_text())["sweep"]["aspects"])
     assert all(c["data-aspect"].endswith(HOSTILE) for c in charts)  # the attribute holds the text, inert
+    stack_rows = [attrs for t, attrs in parsed_tags(pages[0]) if t == "tr" and attrs.get("data-aspect")]
+    assert len([r for r in stack_rows if r["data-aspect"].endswith(HOSTILE)]) >= len(charts)  # scores + stack rows
     card = model_card(folder, overwrite=True).read_text()
     assert "<script" not in card and "<img" not in card and "<b " not in card and "[link](javascript" not in card
     assert "&lt;script&gt;" in card and "\\*\\*x\\*\\*" in card and "\\| y" in card
