@@ -3,10 +3,10 @@
 Tables: ``models`` (one row per manifest id: status ``explained`` or ``failed`` with its error, path, base, scale,
 tags, fingerprints, settings, sentences, residual, the divergence V_div itself as float32 bytes), ``aspects`` and
 ``concepts`` (every score with its interval, threshold and CHANGED flag), ``sweep`` (a weight sweep's onset,
-steadiness, scales, scores and verdicts per aspect). Each model is written in one transaction,
-after its folder is complete (a failure: after ``failures.json``); a run starts by indexing any finished folder the
-index lacks (a kill between the two), and ``rebuild`` makes the whole index again from the folders and
-``failures.json``, into a new file renamed over the old one.
+steadiness, scales, scores and verdicts per aspect), ``leak`` (with a trigger word: each aspect without it). Each
+model is written in one transaction, after its folder is complete (a failure: after ``failures.json``); a run
+starts by indexing any finished folder the index lacks (a kill between the two), and ``rebuild`` makes the whole
+index again from the folders and ``failures.json``, into a new file renamed over the old one.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS aspects (
 CREATE TABLE IF NOT EXISTS sweep (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, onset REAL,
     steady INTEGER, scales TEXT, scores TEXT, changed TEXT, PRIMARY KEY (model_id, aspect)
+);
+CREATE TABLE IF NOT EXISTS leak (
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, trigger TEXT, score REAL,
+    low REAL, high REAL, changed INTEGER, PRIMARY KEY (model_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS concepts (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, phrase TEXT NOT NULL, aspect TEXT, score REAL,
@@ -146,6 +150,7 @@ def put_explained(conn: sqlite3.Connection, entry: dict, folder: str, digest: st
             ],
         )
         _put_sweep(conn, entry["id"], expl.get("sweep"))
+        _put_leak(conn, entry["id"], expl.get("trigger"))
 
 
 def _put_sweep(conn: sqlite3.Connection, model_id: str, sweep: dict | None) -> None:
@@ -168,6 +173,18 @@ def _put_sweep(conn: sqlite3.Connection, model_id: str, sweep: dict | None) -> N
     )
 
 
+def _put_leak(conn: sqlite3.Connection, model_id: str, trigger: dict | None) -> None:
+    if not trigger:
+        return
+    conn.executemany(
+        "INSERT INTO leak VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (model_id, aspect, trigger["word"], r["score"], r["interval"][0], r["interval"][1], int(r["changed"]))
+            for aspect, r in trigger["leak"].items()
+        ],
+    )
+
+
 def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
     with conn:
         _delete(conn, entry["id"])
@@ -186,7 +203,13 @@ def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
 
 
 def _delete(conn: sqlite3.Connection, model_id: str) -> None:
-    for table, column in (("aspects", "model_id"), ("concepts", "model_id"), ("sweep", "model_id"), ("models", "id")):
+    for table, column in (
+        ("aspects", "model_id"),
+        ("concepts", "model_id"),
+        ("sweep", "model_id"),
+        ("leak", "model_id"),
+        ("models", "id"),
+    ):
         conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (model_id,))
 
 

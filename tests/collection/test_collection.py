@@ -259,3 +259,16 @@ def test_a_sweep_is_indexed_and_search_filters_on_its_onset(tmp_path, tiny_pipel
     assert search(out, "red", filters=["colour@0.25"]) == []
     with pytest.raises(ConfigError, match="not a number"):
         search(out, "red", filters=["colour@half"])
+
+
+def test_a_trigger_leak_is_indexed(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "m", "path": "lora"}])
+    out = tmp_path / "out"
+    explain_many(manifest, out, settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir, trigger="zq"))
+    expl = json.loads((out / "models" / "m" / "explanation.json").read_text())
+    with sqlite3.connect(out / "index.sqlite") as conn:
+        rows = conn.execute("SELECT aspect, trigger, score, changed FROM leak WHERE model_id = 'm'").fetchall()
+    assert {a: (t, s, bool(c)) for a, t, s, c in rows} == {
+        a: ("zq", r["score"], r["changed"]) for a, r in expl["trigger"]["leak"].items()
+    }
