@@ -78,7 +78,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest file (.jsonl or .csv)")
     p.add_argument("--out", required=True, help="collection folder (models/, bases/, index.sqlite)")
     p.add_argument("--no-report", action="store_true", help="skip each model's report.html")
-    add_settings_arguments(p)
+    add_settings_arguments(p, skip=("interaction",))  # a manifest row is one model: no stacks
     g = p.add_argument_group("executor")
     g.add_argument(
         "--executor",

@@ -161,6 +161,7 @@ class ExplainConfig(Config):
     )
     trigger: str | None = setting(
         None,
+        metavar="WORD|auto",
         help="explain the LoRA twice from the same base images: its prompts with this trigger word ('WORD, "
         "prompt'; a finexl DreamBooth model's class prompt becomes its instance prompt) and without it, the leak. "
         "'auto': the file's trigger phrase (modelspec.trigger_phrase), else its most frequent training tag that is "
