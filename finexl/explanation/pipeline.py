@@ -34,6 +34,7 @@ from finexl.explanation.result import AspectScore, Explanation, Samples
 from finexl.explanation.scoring import Decomposed, decompose_divergence
 from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
 from finexl.loading import DTYPES, check_device, fingerprint_folder, fuse_lora, load_lora, load_pipeline, native_size
+from finexl.loading.inspection import FAMILY_NAMES, STOP_WORDS, inspect, trigger_from
 from finexl.loading.lora_formats import LoraError, resolve_lora_file
 from finexl.loading.pipelines import read_model_index
 from finexl.presets import PRESETS, get_preset, resolve_preset
@@ -650,8 +651,6 @@ class ExplainPipeline:
     def bank_with_tags(self, checked: Checked):
         """The concept bank with the LoRA files' ``concepts_from_tags`` most frequent training tags added as the
         aspect ``tags``; refused in one line when the files hold no training tags."""
-        from finexl.loading.inspection import STOP_WORDS, inspect
-
         files = [f for f, _ in checked.stack] or [checked.lora_file]
         counts: dict[str, int] = {}
         for f in files:
@@ -671,8 +670,6 @@ class ExplainPipeline:
         :func:`finexl.loading.inspection.trigger_from`), where it came from, and a finexl DreamBooth model's
         (class prompt, instance prompt); refused in one line when there is none or the base's tokenizer cannot
         read it."""
-        from finexl.loading.inspection import inspect, trigger_from
-
         asked = self.config.trigger.strip()
         info = inspect(lora_file)
         record = info.finexl_record or {}
@@ -1050,8 +1047,6 @@ class ExplainPipeline:
 def check_stack(files: list[Path]) -> None:
     """A stack of LoRAs: no file twice, and every LoRA for the same base family (read from the files' keys and
     shapes, :func:`finexl.loading.inspection.inspect`), before any image."""
-    from finexl.loading.inspection import FAMILY_NAMES, inspect
-
     seen = {}
     for f in files:
         key = f.resolve()

@@ -25,9 +25,24 @@ def test_bench_run_prints_the_table_and_writes_records(tiny_suite, capsys):
             "--methods", "finexl,paper,visdiff", "-q"]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].startswith("| method | level_mae")
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:5]] == ["finexl", "paper", "visdiff"]
+    assert table.splitlines()[0] == (
+        "precision, recall and F1 against: the aspects the judge reads moving past its own null (95 %)"
+    )
+    assert table.splitlines()[1].startswith("| method | level_mae")
+    assert [line.split("|")[1].strip() for line in table.splitlines()[3:6]] == ["finexl", "paper", "visdiff"]
     result = json.loads((out / "bench.json").read_text())
+    assert result["config"]["truth"] == "judge"
+    # each record holds the judge's null per aspect, and "moved" is its change clearing it
+    from finexl.bench.metrics import judge_change
+
+    for r in result["records"]:
+        assert set(r["judge_null"]) == set(r["judge_moved"]) == set(r["judge"])
+        for a, reading in r["judge"].items():
+            assert r["judge_moved"][a] == (judge_change(reading)[0] > r["judge_null"][a]) and r["judge_null"][a] > 0
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == sum(len(r["judge"]) for r in result["records"])  # every judged aspect of every model
+    moved = {(r["id"], a) for r in result["records"] for a, m in r["judge_moved"].items() if m}
+    assert {(x["model"], x["aspect"]) for x in labels if x["level"] > 0} == moved
     assert [r["id"] for r in result["records"]] == ["colour-red-L1", "null-0"]
     assert {k for k in result["metrics"] if not k.startswith("_")} == {"finexl", "paper", "visdiff"}
     # the judge read the one single-aspect model: top-1 against it is scored, and the judge's own top-1 reported
