@@ -57,10 +57,13 @@ def cmd_sweep(args) -> dict:
     scales = [0.2, 0.4, 0.6, 0.8, 1.0]
     cfg = ExplainConfig(preset="toy", samples=args.samples, cache_dir=args.cache, scales=scales, report_pairs=0)
     pipe, judge = ExplainPipeline(cfg), load_judge()
-    runs = sorted({m.id.rsplit("-", 1)[0] for m in suite_models("scale")})
+    # the scale suite's protocol: one run per shift on fully shifted data at the usual learning rate, its LoRA
+    # sampled at scales 0.2 ... 1.0. With --suite single: the single suite's L5 LoRAs, trained by that recipe
+    kind, level = ("scale", "W5") if args.suite == "scale" else ("single", "L5")
+    runs = sorted({m.id.rsplit("-", 1)[0] for m in suite_models(kind)})
     rows, agree, both_any = [], 0, 0
     for run in runs:
-        folder = Path(args.suites) / "scale" / "models" / f"{run}-W5"  # every level holds the run's one LoRA
+        folder = Path(args.suites) / kind / "models" / f"{run}-{level}"  # a scale level holds its run's one LoRA
         e = pipe(lora=str(folder))
         judge_flags: dict[str, list[bool]] = {}
         for s in scales:
@@ -89,6 +92,7 @@ def cmd_sweep(args) -> dict:
     return {
         "scales": scales,
         "samples": args.samples,
+        "loras": [f"{kind}/{run}-{level}" for run in runs],
         "rows": rows,
         "share_within_one_step": agree / len(rows),
         "share_within_one_step_where_either_has_an_onset": (
@@ -182,6 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["sweep", "stack", "trigger"])
     ap.add_argument("--suites", default="runs/suites")
+    ap.add_argument("--suite", choices=["scale", "single"], default="scale", help="sweep: whose LoRAs")
     ap.add_argument("--lora", action="append")
     ap.add_argument("--scale", type=float, action="append")
     ap.add_argument("--samples", type=int, default=64)

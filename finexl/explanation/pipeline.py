@@ -692,8 +692,11 @@ class ExplainPipeline:
         if not word or CONTROL_CHARACTERS.search(word):
             raise ConfigError(f"trigger word {word!r} is empty or holds a control character")
         self._check_readable(word)
-        instance, cls = record.get("instance prompt"), record.get("class prompt")
-        pair = (cls, instance) if instance and cls and word in instance.split() else None
+        instance = record.get("instance prompt")
+        pair = None
+        if instance and word in instance.split():  # the class prompt: the record's, else the instance's without it
+            cls = record.get("class prompt") or " ".join(w for w in instance.split() if w != word)
+            pair = (cls, instance)
         return {"word": word, "source": source, "instance": pair}
 
     def _check_readable(self, word: str) -> None:

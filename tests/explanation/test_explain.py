@@ -359,6 +359,9 @@ def test_trigger_auto_reads_a_finexl_dreambooth_record(tmp_path, tiny_pipeline_d
                      "instance": ("a shape", "a sks shape")}  # fmt: skip
     from finexl.explanation.pipeline import Personalization
 
+    record.update(class_prompt=None)  # without prior preservation: the instance prompt without its identifier
+    (lora / TRAIN_RECORD).write_text(json.dumps(record))
+    assert ExplainPipeline(cfg).resolve_trigger(str(lora))["instance"] == ("a shape", "a sks shape")
     target = Personalization(lora=str(lora), trigger="sks", instance=("a shape", "a sks shape"))
     assert target.tuned_prompt("a shape") == "a sks shape" and target.tuned_prompt("a circle") == "sks, a circle"
 
