@@ -354,6 +354,25 @@ def format_explanation(expl: dict, top: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def sweep_order(sweep: dict) -> list[tuple[str, dict]]:
+    """A sweep's aspects, the earliest onset first (none last), then by the score at the largest scale."""
+    return sorted(
+        sweep["aspects"].items(),
+        key=lambda item: (item[1]["onset"] is None, item[1]["onset"] or 0, -item[1]["score"][-1]),
+    )
+
+
+STACK_VERDICT_ORDER = {"new": 0, "strengthened": 1, "weakened": 1, "additive": 2, "none": 3}
+
+
+def stack_order(stack: dict) -> list[tuple[str, dict]]:
+    """A stack's aspects, those with a verdict first, then by the stack's move."""
+    return sorted(
+        stack["aspects"].items(),
+        key=lambda item: (STACK_VERDICT_ORDER[item[1]["verdict"]], -abs(item[1]["stack"])),
+    )
+
+
 def format_sweep(sweep: dict, top: int | None = None) -> str:
     """A weight sweep as a table: each aspect's score per scale (``*`` where CHANGED), its onset and whether it
     grows steadily; aspects by their onset, the earliest first."""
@@ -363,11 +382,7 @@ def format_sweep(sweep: dict, top: int | None = None) -> str:
         f"weight sweep: score at each LoRA scale (* CHANGED), {', '.join(map(str, sweep.get('pairs', [])))} pairs"
     ]
     lines.append(f"{'aspect':<12}{head}   onset   steady")
-    order = sorted(
-        sweep["aspects"].items(),
-        key=lambda item: (item[1]["onset"] is None, item[1]["onset"] or 0, -item[1]["score"][-1]),
-    )
-    for name, row in order[:top]:
+    for name, row in sweep_order(sweep)[:top]:
         cells = "".join(
             f"{score:>8.3f}{'*' if changed else ' '}"
             for score, changed in zip(row["score"], row["changed"], strict=True)
@@ -392,8 +407,7 @@ def format_stack(stack: dict, top: int | None = None) -> str:
     lines = [f"the stack against its LoRAs alone ({stack['pairs']} pairs; moves along each aspect, CLIP units)"]
     level = f"{int(stack['confidence'] * 100)}% interval"
     lines.append(f"{'aspect':<12}{'stack':>9}{alone}{'sum':>9}  {'stack - sum':>12}  {level:<20} verdict")
-    rank = {"new": 0, "strengthened": 1, "weakened": 1, "additive": 2, "none": 3}
-    rows = sorted(stack["aspects"].items(), key=lambda item: (rank[item[1]["verdict"]], -abs(item[1]["stack"])))
+    rows = stack_order(stack)
     for name, r in rows[:top]:
         cells = "".join(f"{m:>11.4f}" for m in r["alone"])
         lo, hi = r["interval"]

@@ -28,6 +28,8 @@ from finexl.explanation.result import (
     accounted_text,
     changed_rule,
     not_changed_reason,
+    stack_order,
+    sweep_order,
 )
 from finexl.narrate.narrator import narrate
 from finexl.report.images import data_uri, heat, overlay, png_bytes, scaled, strip
@@ -177,7 +179,7 @@ def sweep_charts(e: Explanation) -> list[dict]:
         return round(SWEEP_H - SWEEP_PAD - max(0.0, min(1.0, v)) * (SWEEP_H - 2 * SWEEP_PAD), 1)
 
     charts = []
-    for name, row in e.sweep["aspects"].items():
+    for name, row in sweep_order(e.sweep):  # the earliest onset first
         points = [(x(s), y(v)) for s, v in zip(scales, row["score"], strict=True)]
         upper = [(x(s), y(i[1])) for s, i in zip(scales, row["interval"], strict=True)]
         lower = [(x(s), y(i[0])) for s, i in zip(scales, row["interval"], strict=True)]
@@ -195,7 +197,6 @@ def sweep_charts(e: Explanation) -> list[dict]:
                 "steady": row["steady"],
             }
         )
-    charts.sort(key=lambda c: (c["onset"] is None, c["onset"] or 0, -c["marks"][-1]["score"]))
     return charts
 
 
@@ -203,8 +204,7 @@ def stack_rows(e: Explanation) -> dict | None:
     """A stack against its LoRAs alone (``Explanation.stack``): the LoRAs and one row per aspect, verdicts first."""
     if not e.stack:
         return None
-    rank = {"new": 0, "strengthened": 1, "weakened": 1, "additive": 2, "none": 3}
-    rows = sorted(e.stack["aspects"].items(), key=lambda item: (rank[item[1]["verdict"]], -abs(item[1]["stack"])))
+    rows = stack_order(e.stack)
     return {
         "loras": e.stack["loras"],
         "pairs": e.stack["pairs"],
