@@ -2,31 +2,37 @@
 
     python scripts/measure_lora_questions.py sweep --suites runs/suites --json docs/results/sweep_scale_suite.json
     python scripts/measure_lora_questions.py stack --lora toy:red --lora toy:darker --json FILE
-    python scripts/measure_lora_questions.py trigger --lora runs/suites/dreambooth/models/MODEL --json FILE
+    python scripts/measure_lora_questions.py train --spec brightness=more@1 --out runs/extra/brightness-more
+    python scripts/measure_lora_questions.py trigger --suites runs/suites --json FILE   # or --lora MODEL ...
 
 ``sweep``: every LoRA of the built ``scale`` suite explained with ``--scales`` at its five levels; at each scale the
 judge reads the same images against the base's and calls an aspect moved past its null. Per (LoRA, judged aspect):
 finexl's onset (the smallest scale at which it is CHANGED) against the judge's (the smallest at which it moved);
 the share within one step. ``stack``: a stack explained with ``--interaction``, and the judge's readings of the
-stack and of each LoRA alone on the same images (its change under the stack against the sum of the changes alone).
-``trigger``: a DreamBooth LoRA explained with ``--trigger auto`` on its class prompt, and the judge's readings of the
-images with the trigger (its instance prompt) and without it (the class prompt): the leak against the judge's.
+stack and of each LoRA alone on the same images: its change under the stack against the sum of the changes alone,
+per pair, with a bootstrap interval and the same verdict rule. ``trigger``: every LoRA of the built ``dreambooth``
+suite (or ``--lora``) explained on explain's defaults (a DreamBooth model: its class prompt, sampled as its instance
+prompt, and the leak on the class prompt), and the judge's readings of the same images with the trigger and
+without it: CHANGED against moved past the judge's null, per subject and summed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from finexl.bench.measure import compare_readings
 from finexl.bench.metrics import judge_change
-from finexl.bench.suites import CLASS_PROMPT, INSTANCE_PROMPT, suite_models
+from finexl.bench.suites import suite_models
 from finexl.explanation.pipeline import ExplainConfig, ExplainPipeline, Personalization
-from finexl.toyworld.judge import load_judge
+from finexl.stats import bootstrap_indices, percentile_interval
+from finexl.toyworld.judge import load_judge, read_images
 from finexl.utils import atomic_write_json
 
 
@@ -103,6 +109,26 @@ def cmd_sweep(args) -> dict:
     }
 
 
+def per_pair(reading, name: str, value: str) -> np.ndarray:
+    """The judge's reading of each image: 1 where it reads ``value`` (a categorical aspect), else the level."""
+    if name in reading.categorical:
+        return (np.array(reading.categorical[name]) == value).astype(float)
+    return np.asarray(reading.graded[name], dtype=float)
+
+
+def judge_interaction(base, stack, alone: list, name: str, value: str, sign: float, seed: int = 0) -> dict:
+    """The judge's stack minus the sum of the LoRAs alone on one aspect's value, along the stack's way (``sign``),
+    per pair (the same prompt and seed for every image set), with a 90 % bootstrap interval over the pairs (the
+    level of finexl's intervals) and the verdict by the rule finexl's stack table uses."""
+    b = per_pair(base, name, value)
+    x = sign * ((per_pair(stack, name, value) - b) - sum(per_pair(r, name, value) - b for r in alone))
+    rng = np.random.default_rng(seed)
+    means = [x[i].mean() for i in bootstrap_indices(rng, len(x), 2000)]
+    low, high = (float(v) for v in percentile_interval(np.array(means), 0.9))
+    verdict = "strengthened" if low > 0 else "weakened" if high < 0 else "additive"
+    return {"interaction": round(float(x.mean()), 4), "interval": [round(low, 4), round(high, 4)], "verdict": verdict}
+
+
 def cmd_stack(args) -> dict:
     cfg = ExplainConfig(preset="toy", samples=args.samples, cache_dir=args.cache, interaction=True, report_pairs=0)
     pipe, judge = ExplainPipeline(cfg), load_judge()
@@ -110,11 +136,13 @@ def cmd_stack(args) -> dict:
     target = Personalization.of(args.lora, scale=args.scale or 1.0)
     stack_images = pipe.sample(target)
     stack_reading = judged(compare_readings(judge, stack_images.base, stack_images.tuned, stack_images.null))
-    alone = []
+    alone, alone_read = [], []
     for lora, s in target.loras:
         images = pipe.sample(Personalization(lora=lora, scale=s))
         alone.append(compare_readings(judge, images.base, images.tuned, images.null))
+        alone_read.append(read_images(judge, images.tuned))
     reading = compare_readings(judge, stack_images.base, stack_images.tuned, stack_images.null)
+    base_read, stack_read = read_images(judge, stack_images.base), read_images(judge, stack_images.tuned)
     rows = {}
     for name in stack_reading:
         s_change, alone_changes = difference(reading, name), [difference(r, name) for r in alone]
@@ -124,16 +152,22 @@ def cmd_stack(args) -> dict:
         else:
             top, s_value, a_values = "level", s_change, alone_changes
         ours = e.stack["aspects"].get(name)
+        sign = 1.0 if s_value >= 0 else -1.0
+        theirs = judge_interaction(base_read, stack_read, alone_read, name, top, sign)
         rows[name] = {
             "judge": {"value": top, "stack": round(s_value, 4), "alone": [round(v, 4) for v in a_values],
                       "sum": round(float(np.sum(a_values)), 4), "stack_moved": stack_reading[name]["moved"],
-                      "null": round(stack_reading[name]["null"], 4)},
+                      "null": round(stack_reading[name]["null"], 4), **theirs},
             "finexl": ours,
             "finexl_changed": name in e.changed,
         }  # fmt: skip
     moved = {n for n, r in stack_reading.items() if r["moved"]}
     changed = {n for n in e.changed if n in stack_reading}
     tp = len(moved & changed)
+    # the interaction verdicts side by side where the judge's interval excludes 0 or finexl's does (finexl's new
+    # is its strengthened where no LoRA alone is CHANGED; none: it calls nothing CHANGED)
+    both = [(n, r["judge"]["verdict"], r["finexl"]["verdict"]) for n, r in rows.items() if r["finexl"]]
+    strong = {"new": "strengthened"}
     return {
         "loras": [{"lora": lora, "scale": s} for lora, s in target.loras],
         "samples": args.samples,
@@ -142,49 +176,86 @@ def cmd_stack(args) -> dict:
         "finexl_changed": sorted(changed),
         "precision": tp / len(changed) if changed else None,
         "recall": tp / len(moved) if moved else None,
+        "interaction_verdicts": {n: {"judge": j, "finexl": f} for n, j, f in both},
+        "interaction_agreement": sum(j == strong.get(f, f) for _, j, f in both if f != "none")
+        / max(1, sum(f != "none" for _, _, f in both)),
+        "judge_non_additive": sorted(n for n, j, _ in both if j != "additive"),
     }
 
 
 def cmd_trigger(args) -> dict:
-    cfg = ExplainConfig(
-        preset="toy", samples=args.samples, cache_dir=args.cache, trigger="auto", prompts=[CLASS_PROMPT],
-        direction_prompts=[CLASS_PROMPT], report_pairs=0,
-    )  # fmt: skip
+    """Each DreamBooth LoRA explained on explain's defaults (its class prompt, sampled as its instance prompt; the
+    leak on the class prompt); the judge reads the same images."""
+    cfg = ExplainConfig(preset="toy", samples=args.samples, cache_dir=args.cache, report_pairs=0)
     pipe, judge = ExplainPipeline(cfg), load_judge()
-    e = pipe(lora=args.lora)
-    with_trigger = Personalization(lora=args.lora, trigger=e.trigger["word"], instance=(CLASS_PROMPT, INSTANCE_PROMPT))
-    images = pipe.sample(with_trigger)
-    on = judged(compare_readings(judge, images.base, images.tuned, images.null))
-    images = pipe.sample(Personalization(lora=args.lora))
-    off = judged(compare_readings(judge, images.base, images.tuned, images.null))
-    leak = e.trigger["leak"]
+    loras = args.lora or [str(Path(args.suites) / "dreambooth" / "models" / m.id) for m in suite_models("dreambooth")]
+    subjects, totals = [], {"with_trigger": [0, 0, 0], "leak": [0, 0, 0]}  # true positives, CHANGED, moved
 
-    def agreement(changed: set, moved: set) -> dict:
+    def agreement(changed: set, moved: set, key: str) -> dict:
         tp = len(changed & moved)
+        for i, n in enumerate((tp, len(changed), len(moved))):
+            totals[key][i] += n
         return {"finexl": sorted(changed), "judge": sorted(moved), "precision": tp / len(changed) if changed else None,
                 "recall": tp / len(moved) if moved else None}  # fmt: skip
 
-    judged_names = set(on)
+    for lora in loras:
+        e = pipe(lora=lora)  # the defaults: no --trigger, no --prompts
+        example = e.trigger["example"]
+        cls, instance = example["base"], example["with"]
+        assert e.settings["prompts"] == [cls], "a DreamBooth model is explained on its class prompt by default"
+        same = ExplainPipeline(replace(cfg, prompts=[cls]))  # the explanation's images, from the cache
+        target = Personalization(lora=lora, trigger=e.trigger["word"], instance=(cls, instance))
+        images = same.sample(target)
+        on = judged(compare_readings(judge, images.base, images.tuned, images.null))
+        images = same.sample(Personalization(lora=lora))
+        off = judged(compare_readings(judge, images.base, images.tuned, images.null))
+        leak, names = e.trigger["leak"], set(on)
+        subjects.append({
+            "lora": lora,
+            "word": e.trigger["word"],
+            "source": e.trigger["source"],
+            "example": example,
+            "with_trigger": agreement({a for a in e.changed if a in names}, {a for a, r in on.items() if r["moved"]},
+                                      "with_trigger"),
+            "leak": agreement({a for a, r in leak.items() if r["changed"] and a in names},
+                              {a for a, r in off.items() if r["moved"]}, "leak"),
+            "judge_with": on,
+            "judge_without": off,
+        })  # fmt: skip
+        logging.info("%s done", Path(lora).name)
     return {
-        "lora": args.lora,
-        "word": e.trigger["word"],
-        "example": e.trigger["example"],
         "samples": args.samples,
-        "with_trigger": agreement(
-            {a for a in e.changed if a in judged_names}, {a for a, r in on.items() if r["moved"]}
-        ),
-        "leak": agreement(
-            {a for a, r in leak.items() if r["changed"] and a in judged_names},
-            {a for a, r in off.items() if r["moved"]},
-        ),
-        "judge_with": on,
-        "judge_without": off,
+        "subjects": subjects,
+        **{
+            key: {
+                "precision": tp / c if c else None,
+                "recall": tp / m if m else None,
+                "finexl_changed": c,
+                "judge_moved": m,
+                "both": tp,
+            }
+            for key, (tp, c, m) in totals.items()
+        },  # fmt: skip
     }
+
+
+def cmd_train(args) -> dict:
+    """One LoRA by the suites' recipe (a ``single`` L5 model: the spec at full strength, the build's defaults), e.g.
+    ``--spec brightness=more@1 --out runs/extra/brightness-more``: the partner of the opposite-pair stack."""
+    from finexl.bench.suites import BuildConfig, SuiteModel, build_model
+    from finexl.presets import get_preset
+
+    model_id = f"{args.spec.split('@')[0].replace('=', '-')}-L5"
+    seed = int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:4], "little") % 1_000_000
+    model = SuiteModel(model_id, "single", args.spec, 5, seed)
+    return build_model(model, Path(args.out), BuildConfig(), get_preset("toy").base)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sweep", "stack", "trigger"])
+    ap.add_argument("what", choices=["sweep", "stack", "trigger", "train"])
+    ap.add_argument("--spec", help="train: the shift, e.g. brightness=more@1")
+    ap.add_argument("--out", help="train: the LoRA's folder")
     ap.add_argument("--suites", default="runs/suites")
     ap.add_argument("--suite", choices=["scale", "single"], default="scale", help="sweep: whose LoRAs")
     ap.add_argument("--lora", action="append")
@@ -199,10 +270,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.what == "trigger":
-        args.lora = args.lora[0]
-    result = {"sweep": cmd_sweep, "stack": cmd_stack, "trigger": cmd_trigger}[args.what](args)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "judge_with", "judge_without")}, indent=1))
+    result = {"sweep": cmd_sweep, "stack": cmd_stack, "trigger": cmd_trigger, "train": cmd_train}[args.what](args)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "subjects")}, indent=1))
     if args.json:
         atomic_write_json(args.json, result)
 

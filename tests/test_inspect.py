@@ -106,6 +106,36 @@ def test_trigger_guess_skips_common_tags(tmp_path):
     assert i.trigger is None and i.tags[0] == ("mrkx", 55) and trigger_from(i) == "mrkx"
 
 
+def test_a_kohya_dreambooth_layout_gives_the_instance_and_class_prompts(tmp_path, capsys):
+    from finexl.loading.inspection import dreambooth_of
+
+    metadata = {
+        "ss_dataset_dirs": json.dumps({"10_ohwx dog": {"n_repeats": 10, "img_count": 20}}),
+        "ss_reg_dataset_dirs": json.dumps(
+            {"1_cat": {"n_repeats": 1, "img_count": 200}, "1_dog": {"n_repeats": 1, "img_count": 200}}
+        ),
+        "ss_tag_frequency": json.dumps({"10_ohwx dog": {"ohwx dog": 20}}),
+    }
+    path, _ = kohya_sdxl(tmp_path, metadata)
+    i = inspect(path)
+    assert i.dreambooth == ("dog", "ohwx dog") == dreambooth_of(path) and i.identifier == "ohwx"
+    assert trigger_from(i) == "ohwx"  # the identifier before the caption tag "ohwx dog"
+    assert main(["inspect", str(path)]) == 0
+    assert "instance prompt 'ohwx dog', class prompt 'dog'" in capsys.readouterr().out
+    # not DreamBooth: no regularization folders, two training folders, a folder that is not REPEATS_NAME, no class
+    for train, reg in (
+        ({"10_ohwx dog": {}}, None),
+        ({"10_ohwx dog": {}, "5_ohwx dog sitting": {}}, {"1_dog": {}}),
+        ({"ohwx dog": {}}, {"1_dog": {}}),
+        ({"10_ohwx dog": {}}, {"1_cat": {}}),
+    ):
+        metadata = {"ss_dataset_dirs": json.dumps(train)} | ({"ss_reg_dataset_dirs": json.dumps(reg)} if reg else {})
+        path, _ = kohya_sdxl(tmp_path, metadata)
+        assert inspect(path).dreambooth is None and dreambooth_of(path) is None, (train, reg)
+    path, _ = kohya_sdxl(tmp_path, {"ss_dataset_dirs": "{not json", "ss_reg_dataset_dirs": "[]"})
+    assert dreambooth_of(path) is None
+
+
 def test_lycoris_loha_and_a_flux_lora(tmp_path):
     g = torch.Generator().manual_seed(3)
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"

@@ -68,17 +68,21 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="explain every model of a manifest against shared base images, into folders and a searchable index",
         description="MANIFEST is JSONL or CSV with columns id, path (a LoRA file or folder, or a fine-tuned "
-        "pipeline folder), and optionally base, scale, tags (';'-separated in CSV); relative paths are read from "
-        "the manifest's folder. The base's images, null images, embeddings and text directions are made once per "
-        "base. Each model goes to OUT/models/ID/ (explanation.json, samples, report.html, embeddings.npz), written "
-        "whole, and into OUT/index.sqlite. Rerun to resume: finished models are skipped unless their files or the "
-        "settings changed. A model that fails is recorded with its error and the run goes on; the exit status is "
-        "1 if any failed. A duplicate id or an unknown column stops the run before any work.",
+        "pipeline folder; a list of LoRAs, ';'-separated in CSV, is a stack), and optionally base, scale (one "
+        "per LoRA of a stack, or one for all), tags (';'-separated in CSV); relative paths are read from the "
+        "manifest's folder. "
+        "--interaction explains each stack's LoRAs alone too (the other rows are unaffected); a DreamBooth model "
+        "is explained on its instance prompt and its leak on its class prompt (see explain --trigger). The base's"
+        " images, null images, embeddings and text directions are made once per base. Each model goes to "
+        "OUT/models/ID/ (explanation.json, samples, report.html, embeddings.npz), written whole, and into "
+        "OUT/index.sqlite. Rerun to resume: finished models are skipped unless their files or the settings "
+        "changed. A model that fails is recorded with its error and the run goes on; the exit status is 1 if any "
+        "failed. A duplicate id or an unknown column stops the run before any work.",
     )
     p.add_argument("manifest", help="manifest file (.jsonl or .csv)")
     p.add_argument("--out", required=True, help="collection folder (models/, bases/, index.sqlite)")
     p.add_argument("--no-report", action="store_true", help="skip each model's report.html")
-    add_settings_arguments(p, skip=("interaction",))  # a manifest row is one model: no stacks
+    add_settings_arguments(p)
     g = p.add_argument_group("executor")
     g.add_argument(
         "--executor",
@@ -117,7 +121,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         metavar="FILTER",
         help="keep models whose stored scores pass: ASPECT (CHANGED), ASPECT=WORD (CHANGED toward it), "
         "ASPECT>X or ASPECT<X (score), ASPECT@S (a weight sweep's onset at scale S or below: CHANGED by S; "
-        "explain-many --scales); repeatable",
+        "explain-many --scales), ASPECT:VERDICT (a stack's interaction on the aspect: additive, strengthened, "
+        "weakened, new, none; explain-many --interaction); repeatable",
     )
     p.add_argument("--top", type=positive_int, default=10, help="models to list (default 10)")
     add_compute_arguments(p)

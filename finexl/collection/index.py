@@ -3,7 +3,9 @@
 Tables: ``models`` (one row per manifest id: status ``explained`` or ``failed`` with its error, path, base, scale,
 tags, fingerprints, settings, sentences, residual, the divergence V_div itself as float32 bytes), ``aspects`` and
 ``concepts`` (every score with its interval, threshold and CHANGED flag), ``sweep`` (a weight sweep's onset,
-steadiness, scales, scores and verdicts per aspect), ``leak`` (with a trigger word: each aspect without it). Each
+steadiness, scales, scores and verdicts per aspect), ``leak`` (with a trigger word: each aspect without it),
+``stack`` (a stack's LoRAs: ``members``; with its interaction, per aspect the stack's move against the sum of its
+LoRAs' alone, the interval of their difference and the verdict). Each
 model is written in one transaction, after its folder is complete (a failure: after ``failures.json``); a run
 starts by indexing any finished folder the index lacks (a kill between the two), and ``rebuild`` makes the whole
 index again from the folders and ``failures.json``, into a new file renamed over the old one.
@@ -52,6 +54,14 @@ CREATE TABLE IF NOT EXISTS sweep (
 CREATE TABLE IF NOT EXISTS leak (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, trigger TEXT, score REAL,
     low REAL, high REAL, changed INTEGER, PRIMARY KEY (model_id, aspect)
+);
+CREATE TABLE IF NOT EXISTS members (
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, position INTEGER NOT NULL, lora TEXT NOT NULL,
+    scale REAL NOT NULL, PRIMARY KEY (model_id, position)
+);
+CREATE TABLE IF NOT EXISTS stack (
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, aspect TEXT NOT NULL, verdict TEXT NOT NULL,
+    stack REAL, alone TEXT, sum REAL, interaction REAL, low REAL, high REAL, PRIMARY KEY (model_id, aspect)
 );
 CREATE TABLE IF NOT EXISTS concepts (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE, phrase TEXT NOT NULL, aspect TEXT, score REAL,
@@ -151,6 +161,7 @@ def put_explained(conn: sqlite3.Connection, entry: dict, folder: str, digest: st
         )
         _put_sweep(conn, entry["id"], expl.get("sweep"))
         _put_leak(conn, entry["id"], expl.get("trigger"))
+        _put_stack(conn, entry["id"], models.get("personalized", {}).get("stack"), expl.get("stack"))
 
 
 def _put_sweep(conn: sqlite3.Connection, model_id: str, sweep: dict | None) -> None:
@@ -185,6 +196,32 @@ def _put_leak(conn: sqlite3.Connection, model_id: str, trigger: dict | None) -> 
     )
 
 
+def _put_stack(conn: sqlite3.Connection, model_id: str, members: list | None, stack: dict | None) -> None:
+    conn.executemany(
+        "INSERT INTO members VALUES (?, ?, ?, ?)",
+        [(model_id, i, m["lora"], m["scale"]) for i, m in enumerate(members or [])],
+    )
+    if not stack:
+        return
+    conn.executemany(
+        "INSERT INTO stack VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                model_id,
+                aspect,
+                r["verdict"],
+                r["stack"],
+                json.dumps(r["alone"]),
+                r["sum"],
+                r["interaction"],
+                r["interval"][0],
+                r["interval"][1],
+            )
+            for aspect, r in stack["aspects"].items()
+        ],
+    )
+
+
 def put_failed(conn: sqlite3.Connection, entry: dict, error: str) -> None:
     with conn:
         _delete(conn, entry["id"])
@@ -208,6 +245,8 @@ def _delete(conn: sqlite3.Connection, model_id: str) -> None:
         ("concepts", "model_id"),
         ("sweep", "model_id"),
         ("leak", "model_id"),
+        ("members", "model_id"),
+        ("stack", "model_id"),
         ("models", "id"),
     ):
         conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (model_id,))

@@ -3,7 +3,9 @@
 Columns: ``id`` (a name for the model's folder), ``path`` (a LoRA file, a folder holding
 ``pytorch_lora_weights.safetensors``, or a fine-tuned diffusers pipeline folder), and optionally ``base`` (the base
 pipeline folder; default the run's), ``scale`` (LoRA strength, default 1) and ``tags`` (a list in JSONL; in CSV,
-separated by ``;``). Relative paths are read from the manifest's own folder, so a manifest moves with its models.
+separated by ``;``). A stack of LoRAs: ``path`` a list of two or more LoRAs and ``scale`` one number or a list, one
+per LoRA (in CSV, both separated by ``;``). Relative paths are read from the manifest's own folder, so a manifest
+moves with its models.
 
 Every row is checked against ``finexl/schemas/manifest.schema.json``: a wrong type, a non-finite scale, an id that
 cannot be a folder name, an unknown column or a duplicate id stops the run before any work, naming the line. A row
@@ -42,7 +44,13 @@ class Entry:
     tags: tuple[str, ...] = ()
     line: int = 0
     problem: str | None = None  # why this row cannot be explained; None if it can
-    kind: str = field(default="lora")  # "lora" or "model" (a fine-tuned pipeline folder)
+    kind: str = field(default="lora")  # "lora", "model" (a fine-tuned pipeline folder) or "stack"
+    stack: tuple[tuple[str, float], ...] = ()  # a stack's LoRAs with their scales, ``path`` and ``scale`` the first's
+
+    @property
+    def shown_path(self) -> str | None:
+        """The path as the index shows it: a stack's LoRAs joined by `` + ``."""
+        return " + ".join(p for p, _ in self.stack) if self.stack else self.path
 
 
 def read_manifest(path: str | Path) -> list[Entry]:
@@ -77,9 +85,11 @@ def read_manifest(path: str | Path) -> list[Entry]:
     return entries
 
 
-def derived_id(model_path: str | None, manifest: Path, line: int) -> str:
+def derived_id(model_path: str | list | None, manifest: Path, line: int) -> str:
     """The id of a row without one: its path's file or folder name, without ``.safetensors``, with any character
-    a folder name cannot hold as ``-``. A row with neither is refused."""
+    a folder name cannot hold as ``-`` (a stack's names joined by ``__``). A row with neither is refused."""
+    if isinstance(model_path, list):
+        return "__".join(derived_id(p, manifest, line) for p in model_path)[:128].rstrip("._-")
     if not model_path or not str(model_path).strip():
         raise ManifestError(f"{manifest} line {line}: no id and no path")
     name = Path(str(model_path).strip().replace("toy:", "toy-")).name.removesuffix(".safetensors")
@@ -91,16 +101,38 @@ def derived_id(model_path: str | None, manifest: Path, line: int) -> str:
 
 def _entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
     raw_path = row.get("path")
+    if isinstance(raw_path, list):
+        return _stack_entry(row, model_id, line, root)
     if not raw_path or not str(raw_path).strip():
         return Entry(model_id, None, line=line, problem=f"line {line}: no path")
     target = _resolve(str(raw_path).strip(), root)
     base = _resolve(str(row["base"]).strip(), root) if row.get("base") not in (None, "") else None
+    if isinstance(row.get("scale"), list):
+        raise ManifestError(f"line {line}: a list of scales is for a stack (a list of paths); one LoRA takes one")
     scale = float(row["scale"]) if row.get("scale") is not None else 1.0  # a finite number (the schema)
     tags = tuple(row.get("tags") or ())
     if not Path(target).exists():
         return Entry(model_id, target, base, scale, tags, line, f"{target} does not exist")
     kind = "model" if (Path(target) / "model_index.json").is_file() else "lora"
     return Entry(model_id, target, base, scale, tags, line, None, kind)
+
+
+def _stack_entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
+    """A stack's row: two or more LoRAs, one scale for all or one each."""
+    paths = [_resolve(str(p).strip(), root) for p in row["path"]]
+    scales = row.get("scale")
+    scales = [float(s) for s in scales] if isinstance(scales, list) else [float(scales or 1.0)] * len(paths)
+    if len(scales) != len(paths):
+        raise ManifestError(f"line {line}: a stack of {len(paths)} LoRAs takes one scale or {len(paths)}")
+    base = _resolve(str(row["base"]).strip(), root) if row.get("base") not in (None, "") else None
+    stack = tuple(zip(paths, scales, strict=True))
+    tags = tuple(row.get("tags") or ())
+    missing = [p for p in paths if not p.strip() or not Path(p).exists()]
+    problem = f"{missing[0] or 'an empty path'} does not exist" if missing else None
+    folders = [p for p in paths if (Path(p) / "model_index.json").is_file()]
+    if folders and not problem:
+        problem = f"{folders[0]} is a fine-tuned pipeline folder: a stack is of LoRAs"
+    return Entry(model_id, paths[0], base, scales[0], tags, line, problem, "stack", stack)
 
 
 def _resolve(value: str, root: Path) -> str:
@@ -131,11 +163,16 @@ def _jsonl_rows(text: str, path: Path) -> list[tuple[int, dict]]:
 
 def _typed(row: dict) -> dict:
     """A CSV row's text as the schema's types: empty cells are absent, ``scale`` a number where it reads as one (a
-    cell that does not stays text, and the schema names it), ``tags`` split at ``;``."""
+    cell that does not stays text, and the schema names it), ``tags`` split at ``;``, and a ``path`` and a ``scale``
+    holding ``;`` (a stack) split too."""
     out = {k: v for k, v in row.items() if v not in (None, "")}
+    if ";" in out.get("path", ""):  # a stack
+        out["path"] = [p.strip() for p in out["path"].split(";") if p.strip()]
     if "scale" in out:
+        parts = [p.strip() for p in out["scale"].split(";")]
         try:
-            out["scale"] = float(out["scale"])
+            numbers = [float(p) for p in parts]
+            out["scale"] = numbers if len(parts) > 1 else numbers[0]
         except ValueError:
             pass
     if "tags" in out:

@@ -75,6 +75,8 @@ def run_digest(config: ExplainConfig, base_fingerprint: str, model_fingerprint: 
     """What makes a model's explanation: the settings that change numbers, the base, the model files, the scale."""
     settings = {k: v for k, v in asdict(config).items() if k not in VOLATILE}
     settings["sampler"].pop("batch_size")  # batching gives the same images
+    if not entry.stack:  # the interaction is explained for stacks only (a stack's fingerprint holds every LoRA's)
+        settings["interaction"] = False
     key = {"settings": settings, "base": base_fingerprint, "model": model_fingerprint, "scale": entry.scale}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -82,12 +84,18 @@ def run_digest(config: ExplainConfig, base_fingerprint: str, model_fingerprint: 
 def _target(entry: Entry) -> Personalization:
     if entry.kind == "model":
         return Personalization(model=entry.path)
+    if entry.stack:
+        return Personalization.of([p for p, _ in entry.stack], scale=[s for _, s in entry.stack])
     return Personalization(lora=entry.path, scale=entry.scale)
 
 
 def _explain(pipeline: ExplainPipeline, entry: Entry):
+    """One row: a stack with its interaction where the config asks for it (the other rows without)."""
     target = _target(entry)
-    return pipeline(lora=target.lora, model=target.model, scale=target.scale)
+    if target.others:
+        lora, scale = [p for p, _ in target.loras], [s for _, s in target.loras]
+        return pipeline(lora=lora, scale=scale, interaction=pipeline.config.interaction)
+    return pipeline(lora=target.lora, model=target.model, scale=target.scale, interaction=False)
 
 
 # one pipeline per base and per worker process, reused across the tasks a Ray worker runs
@@ -308,11 +316,12 @@ def _stored_seeds(path: Path) -> list[int]:
 def _entry_record(entry: Entry) -> dict:
     return {
         "id": entry.id,
-        "path": entry.path,
+        "path": entry.shown_path,
         "base": entry.base,
         "scale": entry.scale,
         "tags": list(entry.tags),
         "kind": entry.kind,
+        **({"stack": [{"lora": p, "scale": s} for p, s in entry.stack]} if entry.stack else {}),
     }
 
 
@@ -330,6 +339,12 @@ def _write_model(conn, out: Path, pipe: ExplainPipeline, entry: Entry, digest: s
         explanation.save(tmp, overwrite=True)
         if report:
             write_report(tmp, overwrite=True)
-        np.savez(tmp / EMBEDDINGS_FILE, tuned=emb.tuned.astype(np.float32), vdiv=vdiv.astype(np.float32))
+        arrays = {"tuned": emb.tuned.astype(np.float32), "vdiv": vdiv.astype(np.float32)}
+        if explanation.settings.get("prompts") != pipe.config.to_dict().get("prompts"):
+            # explained on prompts of its own (a DreamBooth model's class prompt): its own base images, for search
+            arrays["base"] = emb.base.astype(np.float32)
+            if emb.null is not None:
+                arrays["null"] = emb.null.astype(np.float32)
+        np.savez(tmp / EMBEDDINGS_FILE, **arrays)
     put_explained(conn, _entry_record(entry), str(folder.relative_to(out)), digest, explanation.to_dict(), vdiv)
     record_failure(out, _entry_record(entry), None)

@@ -22,12 +22,12 @@ from finexl.collection.index import BASES_DIR, EMBEDDINGS_FILE, MODELS_DIR, conn
 from finexl.errors import ConfigError, InputError, MissingInputError
 from finexl.explanation.concepts import compose, direction_prompts
 from finexl.explanation.embed import load_embedder
-from finexl.explanation.result import Explanation
+from finexl.explanation.result import STACK_VERDICT_ORDER, Explanation, format_stack, format_sweep, format_trigger
 from finexl.presets import get_preset
 from finexl.stats import bootstrap_indices, null_threshold, paired_moves, percentile_interval, sign_flips, spreads
 from finexl.utils import CACHE_READ_ERRORS
 
-FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<|@)\s*(.+?))?\s*$")
+FILTER = re.compile(r"^\s*([\w-]+)\s*(?:(=|>|<|@|:)\s*(.+?))?\s*$")
 
 
 @dataclass
@@ -107,11 +107,14 @@ def parse_filter(text: str, aspects: list[str]) -> tuple[str, str | None, str | 
     m = FILTER.match(text)
     if not m:
         raise ConfigError(
-            f"filter {text!r}: expected ASPECT, ASPECT=WORD, ASPECT>NUMBER, ASPECT<NUMBER or ASPECT@SCALE"
+            f"filter {text!r}: expected ASPECT, ASPECT=WORD, ASPECT>NUMBER, ASPECT<NUMBER, ASPECT@SCALE or "
+            "ASPECT:VERDICT"
         )
     name, op, value = m.groups()
     if name not in aspects:
         raise ConfigError(f"filter {text!r}: unknown aspect {name!r}; the index has {', '.join(aspects)}")
+    if op == ":" and value not in STACK_VERDICT_ORDER:
+        raise ConfigError(f"filter {text!r}: a stack's verdict is one of {', '.join(STACK_VERDICT_ORDER)}")
     if op in ("<", ">", "@"):
         try:
             float(value)
@@ -139,6 +142,8 @@ def _filtered_ids(conn: sqlite3.Connection, filters: list[str]) -> set[str]:
                 "SELECT model_id FROM sweep WHERE aspect = ? AND onset IS NOT NULL AND onset <= ?",
                 (name, float(value)),
             )
+        elif op == ":":  # a stack whose interaction on the aspect has this verdict
+            rows = conn.execute("SELECT model_id FROM stack WHERE aspect = ? AND verdict = ?", (name, value))
         else:
             query = f"SELECT model_id FROM aspects WHERE aspect = ? AND score {op} ?"  # op is '<' or '>'
             rows = conn.execute(query, (name, float(value)))
@@ -172,41 +177,52 @@ def search(
             f"the CLIP the index was made with ({rows[0][2]}) is not the one found now ({embedder.fingerprint})"
         )
     bases: dict[str, dict] = {}
+    directions: dict[tuple, np.ndarray] = {}
     hits = []
     for model_id, settings_json, _, base_fp, changed, sentences, model_path, tags in rows:
         if base_fp not in bases:
             bases[base_fp] = _load_base(folder, base_fp)
         base = bases[base_fp]
-        if "u" not in base:
-            s = json.loads(settings_json)
-            prompts = s["direction_prompts"] if isinstance(s.get("direction_prompts"), list) else base["prompts"]
-            base["u"] = query_direction(embedder, query, prompts)
+        s = json.loads(settings_json)
         tuned_file = folder / MODELS_DIR / model_id / EMBEDDINGS_FILE
         try:
             with np.load(tuned_file) as saved:
                 tuned = saved["tuned"].astype(np.float64)
+                own = {k: saved[k].astype(np.float64) for k in ("base", "null") if k in saved.files}
         except CACHE_READ_ERRORS as err:
             raise InputError(f"{tuned_file} is missing or damaged ({err}); rerun finexl explain-many") from err
-        # models stop at different pair counts (samples='auto'): pair i is the same (prompt, seed) for every model,
-        # so a model with n pairs is compared with the base's first n
+        # the query's direction over the prompts the model's directions were built from: its direction prompts,
+        # else the prompts of its own (a DreamBooth model's class prompt), else the run's (with the base's embeddings)
+        prompts = s["direction_prompts"] if isinstance(s.get("direction_prompts"), list) else base["prompts"]
+        if own and not isinstance(s.get("direction_prompts"), list):
+            prompts = s["prompts"]
+        if tuple(prompts) not in directions:
+            directions[tuple(prompts)] = query_direction(embedder, query, prompts)
         n = len(tuned)
-        if tuned.ndim != 2 or n > len(base["base"]) or tuned.shape[1] != base["base"].shape[1]:
-            raise InputError(
-                f"{tuned_file} holds {tuned.shape} embeddings; the base's file holds {base['base'].shape}: the "
-                "index is inconsistent, rerun finexl explain-many"
-            )
-        s = json.loads(settings_json)
-        if "seeds" in base and list(base["seeds"][:n]) != list(range(s.get("seed", 0), s.get("seed", 0) + n)):
-            raise InputError(
-                f"{model_id} was explained with seeds from {s.get('seed')}, the stored base images with seeds from "
-                f"{base['seeds'][0]}: rerun finexl explain-many with one --seed for the whole collection"
-            )
-        null = base.get("null")
+        if own:  # a model explained on prompts of its own stores its own base (and null) embeddings
+            base_e, null = own.get("base"), own.get("null")
+            if base_e is None or base_e.shape != tuned.shape:
+                raise InputError(f"{tuned_file} holds {tuned.shape} embeddings and a base of another shape: rerun "
+                                 "finexl explain-many")  # fmt: skip
+        else:
+            # models stop at different pair counts (samples='auto'): pair i is the same (prompt, seed) for every
+            # model, so a model with n pairs is compared with the base's first n
+            if tuned.ndim != 2 or n > len(base["base"]) or tuned.shape[1] != base["base"].shape[1]:
+                raise InputError(
+                    f"{tuned_file} holds {tuned.shape} embeddings; the base's file holds {base['base'].shape}: the "
+                    "index is inconsistent, rerun finexl explain-many"
+                )
+            if "seeds" in base and list(base["seeds"][:n]) != list(range(s.get("seed", 0), s.get("seed", 0) + n)):
+                raise InputError(
+                    f"{model_id} was explained with seeds from {s.get('seed')}, the stored base images with seeds "
+                    f"from {base['seeds'][0]}: rerun finexl explain-many with one --seed for the whole collection"
+                )
+            base_e, null = base["base"][:n], None if base.get("null") is None else base["null"][:n]
         moved = move_along(
-            base["base"][:n],
+            base_e,
             tuned,
-            None if null is None else null[:n],
-            base["u"],
+            null,
+            directions[tuple(prompts)],
             n_bootstrap=s.get("n_bootstrap", 200),
             n_null=s.get("n_null", 200),
             confidence=s.get("confidence", 0.9),
@@ -260,4 +276,11 @@ def show(folder: str | Path, model_id: str) -> str:
         return f"{head}\nerror: {error}"
     e = Explanation.from_json(Path(folder) / model_folder)
     text = (e.sentences or {}).get("text") or e.narrate().text
-    return f"{head}\n\n{e.table()}\n\n{text}"
+    parts = [head, e.table(), text]
+    if e.sweep:
+        parts.append(format_sweep(e.sweep))
+    if e.stack:
+        parts.append(format_stack(e.stack))
+    if e.trigger:
+        parts.append(format_trigger(e.to_dict()))
+    return "\n\n".join(parts)

@@ -34,7 +34,7 @@ from finexl.explanation.result import AspectScore, Explanation, Samples
 from finexl.explanation.scoring import Decomposed, decompose_divergence
 from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
 from finexl.loading import DTYPES, check_device, fingerprint_folder, fuse_lora, load_lora, load_pipeline, native_size
-from finexl.loading.inspection import FAMILY_NAMES, STOP_WORDS, inspect, trigger_from
+from finexl.loading.inspection import FAMILY_NAMES, STOP_WORDS, dreambooth_of, inspect, trigger_from
 from finexl.loading.lora_formats import LoraError, resolve_lora_file
 from finexl.loading.pipelines import read_model_index
 from finexl.presets import PRESETS, get_preset, resolve_preset
@@ -162,11 +162,13 @@ class ExplainConfig(Config):
     )
     trigger: str | None = setting(
         None,
-        metavar="WORD|auto",
+        metavar="WORD|auto|none",
         help="explain the LoRA twice from the same base images: its prompts with this trigger word ('WORD, "
-        "prompt'; a finexl DreamBooth model's class prompt becomes its instance prompt) and without it, the leak. "
-        "'auto': the file's trigger phrase (modelspec.trigger_phrase), else its most frequent training tag that is "
-        "not a common word, else the identifier of finexl's DreamBooth instance prompt (finexl inspect shows them)",
+        "prompt'; a DreamBooth model's class prompt becomes its instance prompt) and without it, the leak. 'auto': "
+        "the file's trigger phrase (modelspec.trigger_phrase), else a DreamBooth model's identifier, else its most "
+        "frequent training tag that is not a common word (finexl inspect shows them); 'none': no trigger",
+        default_text="a DreamBooth model's identifier (finexl's training record, or kohya's training and "
+        "regularization folders), explained on its class prompt unless --prompts is given; none for other LoRAs",
     )
     interaction: bool = setting(
         False,
@@ -475,7 +477,7 @@ class ExplainPipeline:
         self.base_dir = Path(cfg.base) if cfg.base else preset.base
         self.clip_spec = cfg.clip or preset.clip
         parse_clip_spec(self.clip_spec)
-        self.prompts = _prompt_list(cfg.prompts) or list(preset.prompts)
+        self.prompts = self.default_prompts = _prompt_list(cfg.prompts) or list(preset.prompts)
         self.direction_prompts = _prompt_list(cfg.direction_prompts)
         self.bank = load_concept_bank(cfg.concepts or preset.concepts)
         if not (self.base_dir / "model_index.json").is_file():
@@ -665,38 +667,42 @@ class ExplainPipeline:
         top = sorted(counts, key=lambda t: (-counts[t], t))[: self.config.concepts_from_tags]
         return self.bank.extended("tags", top, group="tags")
 
-    def resolve_trigger(self, lora_file: str) -> dict:
-        """The trigger word of ``config.trigger`` (a word, or ``auto``: from the LoRA file, see
-        :func:`finexl.loading.inspection.trigger_from`), where it came from, and a finexl DreamBooth model's
-        (class prompt, instance prompt); refused in one line when there is none or the base's tokenizer cannot
-        read it."""
-        asked = self.config.trigger.strip()
-        info = inspect(lora_file)
-        record = info.finexl_record or {}
-        if asked.lower() == "auto":
+    def resolve_trigger(self, lora_file: str) -> dict | None:
+        """The trigger word of ``config.trigger``, where it came from, and a DreamBooth model's (class prompt,
+        instance prompt); None for no trigger. ``None`` (the default): a DreamBooth model's identifier (see
+        :func:`finexl.loading.inspection.dreambooth_of`), no trigger for any other LoRA; ``none``: no trigger;
+        ``auto``: from the file (:func:`finexl.loading.inspection.trigger_from`); else the word itself. Refused in
+        one line when ``auto`` finds none or the base's tokenizer cannot read the word."""
+        asked = (self.config.trigger or "").strip()
+        if asked.lower() == "none":
+            return None
+        if not asked:
+            pair = dreambooth_of(lora_file)
+            if pair is None:
+                return None
+            info = inspect(lora_file)
+            word, source = info.identifier, "the DreamBooth instance prompt (the default for a DreamBooth model)"
+        elif asked.lower() == "auto":
+            info = inspect(lora_file)
             word = trigger_from(info)
             if word is None:
                 raise ConfigError(
-                    f"--trigger auto: {Path(lora_file).name} names no trigger phrase, training tags or instance "
-                    "prompt; give the word (--trigger WORD)"
+                    f"--trigger auto: {Path(lora_file).name} names no trigger phrase, DreamBooth instance prompt or "
+                    "training tags; give the word (--trigger WORD)"
                 )
             source = (
                 "the trigger phrase in the file"
                 if word == info.trigger
+                else "the DreamBooth instance prompt"
+                if word == info.identifier
                 else "the most frequent training tag"
-                if any(word == t for t, _ in info.tags)
-                else "finexl's DreamBooth instance prompt"
             )
         else:
-            word, source = asked, "given"
+            info, word, source = inspect(lora_file), asked, "given"
         if not word or CONTROL_CHARACTERS.search(word):
             raise ConfigError(f"trigger word {word!r} is empty or holds a control character")
         self._check_readable(word)
-        instance = record.get("instance prompt")
-        pair = None
-        if instance and word in instance.split():  # the class prompt: the record's, else the instance's without it
-            cls = record.get("class prompt") or " ".join(w for w in instance.split() if w != word)
-            pair = (cls, instance)
+        pair = info.dreambooth if info.dreambooth and word == info.identifier else None
         return {"word": word, "source": source, "instance": pair}
 
     def _check_readable(self, word: str) -> None:
@@ -752,68 +758,92 @@ class ExplainPipeline:
         model: str | None = None,
         scale: float | list[float] = 1.0,
         scales: list[float] | None = None,
+        interaction: bool | None = None,
     ) -> Explanation:
         """Explain ``lora`` at ``scale`` (or a fine-tuned pipeline folder ``model``).
 
         ``lora`` a list: a stack, the LoRAs fused together, each at its ``scale`` (one number for all, or one per
-        LoRA); with the config's ``interaction`` each is also explained alone on the same base images and
+        LoRA); with ``interaction`` (default: the config's) each is also explained alone on the same base images and
         ``Explanation.stack`` says per aspect whether the stack's effect is the sum of theirs. ``scales`` (default:
         the config's): a weight sweep, the LoRA explained at every scale on the same base and null images
         (``Explanation.sweep``: each aspect's score, interval and verdict per scale, its onset and whether it grows
-        steadily); the explanation itself is the one at the largest scale."""
+        steadily); the explanation itself is the one at the largest scale. With a trigger word (the config's
+        ``trigger``; by default a DreamBooth model's identifier) the LoRA is also explained without it, the leak
+        (``Explanation.trigger``); a DreamBooth model without ``prompts`` of the user's is explained on its class
+        prompt, which it is sampled on as its instance prompt."""
         timings = Timings()
         scales = check_scales(scales) if scales is not None else self.config.scales
+        interaction = self.config.interaction if interaction is None else interaction
         target = Personalization.of(lora, model, scale)
         if scales is not None:
             if model or target.others:
                 raise ConfigError("a weight sweep (scales) takes one LoRA, not a fine-tuned pipeline or a stack")
             target = replace(target, scale=scales[-1])
-        if self.config.trigger and (model or target.others or scales):
+        single = not (model or target.others or scales)
+        if (self.config.trigger or "none").strip().lower() != "none" and not single:
             raise ConfigError("a trigger word is explained on one LoRA, not a pipeline folder, a stack or a sweep")
         alone = [Personalization(lora=p, scale=s) for p, s in target.loras] if target.others else []
-        if self.config.interaction and not alone:
+        if interaction and not alone:
             raise ConfigError("interaction compares a stack of LoRAs with each alone: give two or more LoRAs")
 
-        # 1. check the personalization against the base, and the prompts against the text window, before any image
+        # 1. check the personalization against the base, the trigger word, and the prompts against the text window,
+        # before any image; a DreamBooth model (without prompts of the user's) is explained on its class prompt
         with timings("check"):
             checked = self.check_personalization(target)
-            self.check_prompts_fit()
-            below = [(s, self.check_personalization(replace(target, scale=s))) for s in (scales or [])[:-1]]
-            singles = [(t, self.check_personalization(t)) for t in alone] if self.config.interaction else []
-            trigger = self.resolve_trigger(checked.lora_file) if self.config.trigger else None
-            bank = self.bank_with_tags(checked) if self.config.concepts_from_tags else self.bank
-            plain = target
-            if trigger is not None:
-                target = replace(target, trigger=trigger["word"], instance=trigger.pop("instance"))
+            trigger = self.resolve_trigger(checked.lora_file) if single else None
+            pair = trigger.pop("instance") if trigger is not None else None
+            prompts = [pair[0]] if pair is not None and self.config.prompts is None else self.prompts
+        with self._prompts(prompts):
+            with timings("check"):
+                self.check_prompts_fit()
+                below = [(s, self.check_personalization(replace(target, scale=s))) for s in (scales or [])[:-1]]
+                singles = [(t, self.check_personalization(t)) for t in alone] if interaction else []
+                bank = self.bank_with_tags(checked) if self.config.concepts_from_tags else self.bank
+                plain = target
+                if trigger is not None:
+                    target = replace(target, trigger=trigger["word"], instance=pair)
+                    logger.info("trigger %r (%s); the leak: without it", trigger["word"], trigger["source"])
 
-        # 2.-6. paired sampling (same prompts and seeds, hence noise, for both models; cached by content), optional
-        # VLM concept proposals, CLIP embeddings, text directions, and the decomposition of V_div onto them: in
-        # rounds of pairs until every verdict is settled with samples='auto'; for a sweep at every scale, for a
-        # stack's interaction each LoRA alone too
-        swept = [self._rounds(replace(target, scale=s), c, timings, bank)[3] for s, c in below]
-        each = [self._rounds(t, c, timings, bank)[3] for t, c in singles]
-        leak = self._rounds(plain, checked, timings, bank)[3] if trigger is not None else None
-        bank, proposals, note, done = self._rounds(target, checked, timings, bank)
+            # 2.-6. paired sampling (same prompts and seeds, hence noise, for both models; cached by content),
+            # optional VLM concept proposals, CLIP embeddings, text directions, and the decomposition of V_div onto
+            # them: in rounds of pairs until every verdict is settled with samples='auto'; for a sweep at every
+            # scale, for a stack's interaction each LoRA alone too, with a trigger word the LoRA without it
+            swept = [self._rounds(replace(target, scale=s), c, timings, bank)[3] for s, c in below]
+            each = [self._rounds(t, c, timings, bank)[3] for t, c in singles]
+            leak = self._rounds(plain, checked, timings, bank)[3] if trigger is not None else None
+            bank, proposals, note, done = self._rounds(target, checked, timings, bank)
 
-        # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
-        samples = None
-        if self.config.report_pairs:
-            with timings("maps"), self._maps_bar(done.decomposed):
-                samples = self.where_changed(done.images, done.embeddings, bank, done.decomposed.aspects)
+            # 7. where it changed: the pairs kept for the report, and a map per CHANGED aspect
+            samples = None
+            if self.config.report_pairs:
+                with timings("maps"), self._maps_bar(done.decomposed):
+                    samples = self.where_changed(done.images, done.embeddings, bank, done.decomposed.aspects)
 
-        # 8. the explanation, with everything needed to trace it back and run it again
-        explanation = self._explanation(target, checked, bank, proposals, note, done, timings)
-        explanation.samples = samples
-        explanation.embeddings = done.embeddings
-        if scales:
-            explanation.sweep = sweep_record(scales, [*swept, done])
-        if leak is not None:
-            explanation.trigger = trigger_record(trigger, target, done, leak)
-        if each:
-            directions = self.directions(requests(self.prompts, self.config.n_pairs, self.config.seed)[0], bank)
-            explanation.stack = interaction_record(target, done, each, directions, self.config)
+            # 8. the explanation, with everything needed to trace it back and run it again
+            explanation = self._explanation(target, checked, bank, proposals, note, done, timings)
+            explanation.settings["interaction"] = bool(each)
+            if prompts is not self.default_prompts:
+                explanation.settings["prompts"] = list(prompts)
+            explanation.samples = samples
+            explanation.embeddings = done.embeddings
+            if scales:
+                explanation.sweep = sweep_record(scales, [*swept, done])
+            if leak is not None:
+                explanation.trigger = trigger_record(trigger, target, done, leak)
+            if each:
+                directions = self.directions(requests(self.prompts, self.config.n_pairs, self.config.seed)[0], bank)
+                explanation.stack = interaction_record(target, done, each, directions, self.config)
         explanation.check()
         return explanation
+
+    @contextmanager
+    def _prompts(self, prompts: list[str]) -> Iterator[None]:
+        """The prompts of one explanation (a DreamBooth model's class prompt), the pipeline's own again after it."""
+        self.prompts = prompts
+        try:
+            yield
+        finally:
+            self.prompts = self.default_prompts
 
     def _rounds(self, target: Personalization, checked: Checked, timings: Timings, bank=None):
         """Stages 2 to 6 over the rounds of pairs: one round of ``samples`` pairs, or with ``samples='auto'``

@@ -105,6 +105,18 @@ class Inspection:
     trigger: str | None
     finexl_record: dict | None
     problems: list[str] = field(default_factory=list)
+    # a DreamBooth model's (class prompt, instance prompt): finexl's training record, or kohya's training and
+    # regularization folders ("10_sks dog" with "1_dog")
+    dreambooth: tuple[str, str] | None = None
+
+    @property
+    def identifier(self) -> str | None:
+        """A DreamBooth model's identifier: the instance prompt's words that the class prompt lacks."""
+        if self.dreambooth is None:
+            return None
+        cls, instance = self.dreambooth
+        new = [w for w in instance.split() if w not in cls.split() and w.lower() not in STOP_WORDS]
+        return " ".join(new) or None
 
     @property
     def family_mismatch(self) -> bool:
@@ -142,6 +154,9 @@ class Inspection:
                 lines.append(f"  {key:<20} {value}")
         if self.trigger:
             lines.append(f"  {'trigger':<20} {self.trigger}")
+        if self.dreambooth:
+            cls, instance = self.dreambooth
+            lines.append(f"  {'DreamBooth':<20} instance prompt {instance!r}, class prompt {cls!r}")
         if self.tags:
             shown = ", ".join(f"{t} ({n})" for t, n in self.tags[:top_tags])
             lines.append(
@@ -402,18 +417,55 @@ def _training(metadata: dict, problems: list[str]) -> tuple[dict, list[tuple[str
 
 
 def trigger_from(inspection: Inspection) -> str | None:
-    """The word that triggers a LoRA: the metadata's trigger phrase, else the most frequent training tag that is
-    not a common word, else the identifier of finexl's DreamBooth instance prompt."""
+    """The word that triggers a LoRA: the metadata's trigger phrase, else a DreamBooth model's identifier, else the
+    most frequent training tag that is not a common word."""
     if inspection.trigger:
         return inspection.trigger
+    if inspection.identifier:
+        return inspection.identifier
     for tag, _ in inspection.tags:
         if tag.lower() not in STOP_WORDS and len(tag) > 1:
             return tag
-    record = inspection.finexl_record or {}
-    instance, cls = record.get("instance prompt"), record.get("class prompt") or ""
+    return None
+
+
+def dreambooth_of(lora: str | Path) -> tuple[str, str] | None:
+    """A DreamBooth model's (class prompt, instance prompt) from the file's header and finexl's training record
+    alone (no tensor is read): what ``explain`` samples it on by default. None for any other LoRA."""
+    path = resolve_lora_file(lora)
+    metadata = _read_header(path)[1]
+    return _dreambooth_pair(metadata, _finexl_record(path.parent, []))
+
+
+KOHYA_FOLDER = re.compile(r"^\d+_(.+)$")  # kohya's image folders: REPEATS_NAME
+
+
+def _dreambooth_pair(metadata: dict, record: dict | None) -> tuple[str, str] | None:
+    """(class prompt, instance prompt): finexl's training record; else kohya's DreamBooth layout, one training
+    folder "N_IDENTIFIER CLASS" and regularization folders, one of them "N_CLASS". None otherwise (a damaged
+    folder table is named by ``_training``)."""
+    record = record or {}
+    instance, cls = record.get("instance prompt"), record.get("class prompt")
     if instance:
-        new = [w for w in instance.split() if w not in cls.split() and w.lower() not in STOP_WORDS]
-        return new[0] if new else None
+        words = instance.split()
+        if not cls:  # without prior preservation: the instance prompt without its first uncommon word
+            rare = next((w for w in words if w.lower() not in STOP_WORDS), None)
+            cls = " ".join(w for w in words if w != rare)
+        return (cls, instance) if cls and cls != instance else None
+    try:
+        train = json.loads(metadata.get("ss_dataset_dirs") or "{}")
+        reg = json.loads(metadata.get("ss_reg_dataset_dirs") or "{}")
+    except ValueError:
+        return None
+    if not (isinstance(train, dict) and isinstance(reg, dict)) or len(train) != 1 or not reg:
+        return None
+    names = [KOHYA_FOLDER.match(str(k)) for k in (*train, *reg)]
+    if not all(names):
+        return None
+    instance, classes = names[0].group(1).strip(), [m.group(1).strip() for m in names[1:]]
+    for cls in classes:
+        if cls and instance.endswith(" " + cls):
+            return cls, instance
     return None
 
 
@@ -550,6 +602,7 @@ def inspect(lora: str | Path) -> Inspection:
         trigger=trigger,
         finexl_record=record,
         problems=problems,
+        dreambooth=_dreambooth_pair(metadata, record),
     )
     if inspection.family_mismatch:
         problems.append(

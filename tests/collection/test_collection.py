@@ -272,3 +272,124 @@ def test_a_trigger_leak_is_indexed(tmp_path, tiny_pipeline_dir, tiny_clip_dir, t
     assert {a: (t, s, bool(c)) for a, t, s, c in rows} == {
         a: ("zq", r["score"], r["changed"]) for a, r in expl["trigger"]["leak"].items()
     }
+
+
+def test_manifest_rows_can_be_stacks(tmp_path, tiny_pipeline_dir):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x")
+    m = write_jsonl(tmp_path / "m.jsonl", [
+        {"path": ["a.safetensors", "b.safetensors"], "scale": [0.8, 0.6]},
+        {"id": "same", "path": ["a.safetensors", "b.safetensors"], "scale": 0.5},
+        {"id": "gone", "path": ["a.safetensors", "nope.safetensors"]},
+        {"id": "folder", "path": ["a.safetensors", str(tiny_pipeline_dir)]},
+    ])  # fmt: skip
+    ab, same, gone, folder = read_manifest(m)
+    a, b = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    assert (ab.id, ab.kind, ab.stack, ab.problem, ab.shown_path) == ("a__b", "stack", ((a, 0.8), (b, 0.6)), None,
+                                                                     f"{a} + {b}")  # fmt: skip
+    assert same.stack == ((a, 0.5), (b, 0.5))
+    assert gone.problem.endswith("nope.safetensors does not exist")
+    assert folder.problem.endswith("is a fine-tuned pipeline folder: a stack is of LoRAs")
+    (tmp_path / "m.csv").write_text("id,path,scale\ns,a.safetensors;b.safetensors,0.8;0.6\none,a.safetensors,0.5\n")
+    s, one = read_manifest(tmp_path / "m.csv")
+    assert s.stack == ((a, 0.8), (b, 0.6)) and one.stack == () and one.scale == 0.5
+    for rows, message in (
+        ([{"path": ["a.safetensors", "b.safetensors"], "scale": [1, 1, 1]}], "a stack of 2 LoRAs takes one scale"),
+        ([{"path": "a.safetensors", "scale": [1, 1]}], "a list of scales is for a stack"),
+        ([{"path": ["a.safetensors"]}], "path"),  # the schema: two or more
+    ):
+        with pytest.raises(ManifestError, match=message):
+            read_manifest(write_jsonl(tmp_path / "bad.jsonl", rows))
+
+
+def test_a_stack_and_its_interaction_are_indexed_and_searchable(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
+                                                                tiny_lora_dir):  # fmt: skip
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    shutil.copytree(tiny_lora_dir, tmp_path / "twin")
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [
+        {"id": "stack", "path": ["lora", "twin"], "scale": [0.5, 0.5]},
+        {"id": "one", "path": "lora"},
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    cfg = settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir, interaction=True)
+    assert sorted(explain_many(manifest, out, cfg).explained) == ["one", "stack"]
+    stacked = json.loads((out / "models" / "stack" / "explanation.json").read_text())
+    single = json.loads((out / "models" / "one" / "explanation.json").read_text())
+    assert stacked["settings"]["interaction"] is True and stacked["stack"]["pairs"] == 6
+    assert single["settings"]["interaction"] is False and single.get("stack") is None  # a single row: no interaction
+
+    def rows():
+        with sqlite3.connect(out / "index.sqlite") as conn:
+            return (
+                conn.execute("SELECT model_id, position, lora, scale FROM members ORDER BY position").fetchall(),
+                conn.execute(
+                    "SELECT aspect, verdict, stack, sum, interaction, low, high FROM stack ORDER BY aspect"
+                ).fetchall(),
+                conn.execute("SELECT path, kind FROM models WHERE id = 'stack'").fetchone(),
+            )
+
+    members, table, model = rows()
+    lora, twin = str(tmp_path / "lora"), str(tmp_path / "twin")
+    assert members == [("stack", 0, lora, 0.5), ("stack", 1, twin, 0.5)] and model == (f"{lora} + {twin}", "stack")
+    assert {r[0]: r[1:] for r in table} == {
+        a: (r["verdict"], r["stack"], r["sum"], r["interaction"], *r["interval"])
+        for a, r in stacked["stack"]["aspects"].items()
+    }
+    before = rows()
+    (out / "index.sqlite").unlink()
+    assert rebuild_index(out) == 2 and rows() == before
+    # the filter ASPECT:VERDICT keeps the stacks whose interaction on the aspect has that verdict
+    for aspect, r in stacked["stack"]["aspects"].items():
+        for verdict in ("additive", "none"):
+            kept = [h.id for h in search(out, "red", filters=[f"{aspect}:{verdict}"])]
+            assert kept == (["stack"] if r["verdict"] == verdict else [])
+    with pytest.raises(ConfigError, match="a stack's verdict is one of"):
+        search(out, "red", filters=["colour:cancelled"])
+    from finexl.explanation.result import format_stack
+
+    assert show(out, "stack").endswith(format_stack(stacked["stack"])) and "LoRA alone" not in show(out, "one")
+    # without --interaction the single row is kept, the stack explained again (without its LoRAs alone)
+    again = explain_many(manifest, out, settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir))
+    assert again.skipped == ["one"] and again.explained == ["stack"]
+    assert rows()[1] == [] and rows()[0] == before[0]
+
+
+def test_a_dreambooth_row_is_explained_on_its_class_prompt_and_searched_against_its_own_base(
+    tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir
+):
+    from finexl.records import TRAIN_RECORD
+
+    db = shutil.copytree(tiny_lora_dir, tmp_path / "db")
+    record = json.loads((db / TRAIN_RECORD).read_text())
+    (db / TRAIN_RECORD).write_text(json.dumps(record | {"instance_prompt": "a sks shape", "class_prompt": "a shape"}))
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "db", "path": "db"}, {"id": "plain", "path": "lora"}])
+    out = tmp_path / "out"
+    assert sorted(explain_many(manifest, out, settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir)).explained) == [
+        "db", "plain"
+    ]  # fmt: skip
+    expl = json.loads((out / "models" / "db" / "explanation.json").read_text())
+    assert expl["trigger"]["word"] == "sks" and expl["settings"]["prompts"] == ["a shape"]
+    with sqlite3.connect(out / "index.sqlite") as conn:
+        leak = conn.execute("SELECT aspect, score FROM leak WHERE model_id = 'db'").fetchall()
+    assert dict(leak) == {a: r["score"] for a, r in expl["trigger"]["leak"].items()}
+    # the DreamBooth model's embeddings file holds its own base's (on "a shape"); the plain one's does not
+    with np.load(out / "models" / "db" / "embeddings.npz") as saved:
+        assert set(saved.files) == {"tuned", "vdiv", "base", "null"} and len(saved["base"]) == len(saved["tuned"])
+        vdiv = saved["vdiv"]
+        assert np.allclose(vdiv, (saved["tuned"] - saved["base"]).mean(axis=0), atol=1e-6)
+    with np.load(out / "models" / "plain" / "embeddings.npz") as saved:
+        assert set(saved.files) == {"tuned", "vdiv"}
+    # search scores it along the query over its class prompt, against its own base: the same number as the
+    # explanation's own machinery gives for the query as a one-concept move
+    hits = {h.id: h for h in search(out, "red")}
+    from finexl.collection.search import move_along, query_direction
+    from finexl.explanation.embed import load_embedder
+
+    with np.load(out / "models" / "db" / "embeddings.npz") as saved:
+        tuned, base, null = (saved[k].astype(np.float64) for k in ("tuned", "base", "null"))
+    u = query_direction(load_embedder(str(tiny_clip_dir)), "red", ["a shape"])
+    expected = move_along(base, tuned, null, u, n_bootstrap=20, n_null=20, confidence=0.9, null_quantile=0.95, seed=0)
+    assert hits["db"].score == pytest.approx(expected["score"]) and hits["db"].interval == pytest.approx(
+        expected["interval"]
+    )

@@ -343,27 +343,75 @@ def test_a_trigger_is_explained_with_and_without_from_the_same_base_images(
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 24  # refused before any image
 
 
-def test_trigger_auto_reads_a_finexl_dreambooth_record(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+def _dreambooth_copy(tmp_path, tiny_lora_dir, class_prompt="a shape"):
+    """The tiny LoRA with a finexl DreamBooth training record ("a sks shape")."""
     import shutil
 
-    from finexl.explanation.pipeline import ExplainPipeline
     from finexl.records import TRAIN_RECORD
 
-    lora = shutil.copytree(tiny_lora_dir, tmp_path / "db")
+    lora = shutil.copytree(tiny_lora_dir, tmp_path / "db", dirs_exist_ok=True)
     record = json.loads((lora / TRAIN_RECORD).read_text())
-    record.update(instance_prompt="a sks shape", class_prompt="a shape")
+    record.update(instance_prompt="a sks shape", class_prompt=class_prompt)
     (lora / TRAIN_RECORD).write_text(json.dumps(record))
+    return lora
+
+
+def test_trigger_auto_reads_a_finexl_dreambooth_record(tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir):
+    from finexl.explanation.pipeline import ExplainPipeline, Personalization
+
+    lora = _dreambooth_copy(tmp_path, tiny_lora_dir)
     _, cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, trigger="auto")
     found = ExplainPipeline(cfg).resolve_trigger(str(lora / "pytorch_lora_weights.safetensors"))
-    assert found == {"word": "sks", "source": "finexl's DreamBooth instance prompt",
+    assert found == {"word": "sks", "source": "the DreamBooth instance prompt",
                      "instance": ("a shape", "a sks shape")}  # fmt: skip
-    from finexl.explanation.pipeline import Personalization
-
-    record.update(class_prompt=None)  # without prior preservation: the instance prompt without its identifier
-    (lora / TRAIN_RECORD).write_text(json.dumps(record))
+    lora = _dreambooth_copy(tmp_path, tiny_lora_dir, class_prompt=None)  # without prior preservation
     assert ExplainPipeline(cfg).resolve_trigger(str(lora))["instance"] == ("a shape", "a sks shape")
     target = Personalization(lora=str(lora), trigger="sks", instance=("a shape", "a sks shape"))
     assert target.tuned_prompt("a shape") == "a sks shape" and target.tuned_prompt("a circle") == "sks, a circle"
+    # another word than the identifier: no instance prompt, the word in front of every prompt
+    _, cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, trigger="zq")
+    assert ExplainPipeline(cfg).resolve_trigger(str(lora))["instance"] is None
+
+
+def test_a_dreambooth_model_is_explained_on_its_instance_prompt_and_leaks_on_its_class_prompt_by_default(
+    tmp_path, tiny_pipeline_dir, tiny_clip_dir, tiny_lora_dir
+):
+    from finexl.explanation.pipeline import ExplainConfig
+    from finexl.explanation.result import Explanation
+
+    lora = str(_dreambooth_copy(tmp_path, tiny_lora_dir))
+    (_, _, _), cfg = config(tmp_path, tiny_pipeline_dir, tiny_clip_dir)
+    made = explain_(lora=lora, config=cfg)
+    assert made.samples.prompts == ["a shape"] * len(made.samples.prompts)  # the base's images shown
+    default = made.to_dict()
+    record = default["trigger"]
+    assert record["word"] == "sks" and record["source"].startswith("the DreamBooth instance prompt (the default")
+    assert record["example"] == {"base": "a shape", "with": "a sks shape", "without": "a shape"}
+    assert default["settings"]["prompts"] == ["a shape"] and default["settings"]["trigger"] is None
+    # 6 personalized images on "a sks shape", 6 on "a shape" (the leak), 6 base and 6 null on "a shape"
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 24
+    # the same numbers as the explicit run: the class prompt as the prompts, the identifier as the trigger
+    explicit = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=lora, prompts=["a shape"],
+                              trigger="sks"))  # fmt: skip
+    assert explicit["aspects"] == default["aspects"] and explicit["trigger"]["leak"] == record["leak"]
+    # the leak is the plain explanation on the class prompt, number for number
+    plain = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=lora, prompts=["a shape"],
+                           trigger="none"))  # fmt: skip
+    assert plain.get("trigger") is None
+    for a in plain["aspects"]:
+        assert record["leak"][a["aspect"]]["score"] == pytest.approx(a["score"], abs=1e-6)
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 24  # nothing sampled again
+    # the explanation's settings make it again
+    again = explain_(lora=lora, config=ExplainConfig.from_explanation(Explanation.from_dict(default))).to_dict()
+    assert again["aspects"] == default["aspects"]
+    # prompts of the user's are kept: the trigger goes in front of them
+    own = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=lora, prompts=["a circle"]))
+    assert own["trigger"]["example"] == {"base": "a circle", "with": "sks, a circle", "without": "a circle"}
+    # a LoRA that is not a DreamBooth model: no trigger by default
+    assert explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir))).get("trigger") is None
+    # a sweep of a DreamBooth model is not refused: it is explained without a trigger
+    swept = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=lora, scales=[0.5, 1.0]))
+    assert swept.get("trigger") is None and swept["sweep"]["scales"] == [0.5, 1.0]
 
 
 def test_training_tags_join_the_concept_bank_as_their_own_aspect(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
