@@ -779,9 +779,9 @@ class ExplainPipeline:
             if model or target.others:
                 raise ConfigError("a weight sweep (scales) takes one LoRA, not a fine-tuned pipeline or a stack")
             target = replace(target, scale=scales[-1])
-        single = not (model or target.others or scales)
+        single = not (model or target.others)  # a trigger word: one LoRA (a sweep's leak at its largest scale)
         if (self.config.trigger or "none").strip().lower() != "none" and not single:
-            raise ConfigError("a trigger word is explained on one LoRA, not a pipeline folder, a stack or a sweep")
+            raise ConfigError("a trigger word is explained on one LoRA, not a pipeline folder or a stack")
         alone = [Personalization(lora=p, scale=s) for p, s in target.loras] if target.others else []
         if interaction and not alone:
             raise ConfigError("interaction compares a stack of LoRAs with each alone: give two or more LoRAs")

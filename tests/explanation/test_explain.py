@@ -338,8 +338,8 @@ def test_a_trigger_is_explained_with_and_without_from_the_same_base_images(
         with pytest.raises(ConfigError, match=message):
             explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), trigger=word))
     with pytest.raises(ConfigError, match="a trigger word is explained on one LoRA"):
-        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir), trigger="zq",
-                       scales=[0.5, 1.0]))  # fmt: skip
+        explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=[str(tiny_lora_dir), str(tiny_lora_dir)],
+                       trigger="zq"))  # fmt: skip
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 24  # refused before any image
 
 
@@ -409,9 +409,12 @@ def test_a_dreambooth_model_is_explained_on_its_instance_prompt_and_leaks_on_its
     assert own["trigger"]["example"] == {"base": "a circle", "with": "sks, a circle", "without": "a circle"}
     # a LoRA that is not a DreamBooth model: no trigger by default
     assert explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=str(tiny_lora_dir))).get("trigger") is None
-    # a sweep of a DreamBooth model is not refused: it is explained without a trigger
+    # a sweep of a DreamBooth model: every scale on its instance prompt, the leak at the largest; the scale 1 column
+    # is the explanation above, number for number
     swept = explain(config(tmp_path, tiny_pipeline_dir, tiny_clip_dir, lora=lora, scales=[0.5, 1.0]))
-    assert swept.get("trigger") is None and swept["sweep"]["scales"] == [0.5, 1.0]
+    assert swept["trigger"]["leak"] == record["leak"] and swept["settings"]["prompts"] == ["a shape"]
+    for a in default["aspects"]:
+        assert swept["sweep"]["aspects"][a["aspect"]]["score"][-1] == pytest.approx(a["score"], abs=1e-6)
 
 
 def test_training_tags_join_the_concept_bank_as_their_own_aspect(tmp_path, tiny_pipeline_dir, tiny_clip_dir,
