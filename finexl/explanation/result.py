@@ -266,9 +266,13 @@ def accounted_text(a: dict) -> str:
     if not shares:
         return "no CHANGED aspect accounts for it"
     names = " and ".join(shares)
-    parts = f" ({', '.join(f'{v:.2f}' for v in shares.values())})" if len(shares) > 1 else ""
+    each = ", ".join(f"{v:.2f}" for v in shares.values())
     verb = "accounts" if len(shares) == 1 else "account"
-    return f"{names} {verb} for {sum(shares.values()):.2f} of its {a['score']:.2f}{parts}"
+    total = sum(shares.values())
+    if total >= a["score"]:  # the CHANGED aspects' change seen along it reaches its whole score, or more
+        along = f"{total:.2f}" + (" = " + " + ".join(f"{v:.2f}" for v in shares.values()) if len(shares) > 1 else "")
+        return f"{names} {verb} for all of its {a['score']:.2f} (the change along it: {along})"
+    return f"{names} {verb} for {total:.2f} of its {a['score']:.2f}" + (f" ({each})" if len(shares) > 1 else "")
 
 
 def not_changed_reason(a: dict | AspectScore) -> str:

@@ -216,3 +216,19 @@ def test_with_nothing_changed_an_aspect_above_its_null_is_accounted_for_by_nothi
     out = accounted_for(point, point, agg, design, bank, np.ones(len(design.rows)), none, ~none)
     assert out == {a: {} for a in bank.aspects}
     assert accounted_text({"accounted_for": {}, "score": 0.2}) == "no CHANGED aspect accounts for it"
+
+
+def test_the_accounted_share_never_reads_as_more_than_the_score():
+    from finexl.explanation.result import accounted_text
+
+    assert accounted_text({"accounted_for": {"colour": 0.1}, "score": 0.21}) == "colour accounts for 0.10 of its 0.21"
+    assert accounted_text({"accounted_for": {"colour": 0.06, "fill": 0.02}, "score": 0.15}) == (
+        "colour and fill account for 0.08 of its 0.15 (0.06, 0.02)"
+    )
+    # the CHANGED aspects' change seen along it exceeds its own score: all of it, and by how much they move it
+    assert accounted_text({"accounted_for": {"colour": 0.24, "shape": 0.14}, "score": 0.33}) == (
+        "colour and shape account for all of its 0.33 (the change along it: 0.38 = 0.24 + 0.14)"
+    )
+    assert accounted_text({"accounted_for": {"shape": 0.16}, "score": 0.14}) == (
+        "shape accounts for all of its 0.14 (the change along it: 0.16)"
+    )
