@@ -681,7 +681,7 @@ class ExplainPipeline:
             if pair is None:
                 return None
             info = inspect(lora_file)
-            word, source = info.identifier, "the DreamBooth instance prompt (the default for a DreamBooth model)"
+            word, source = info.identifier, "the DreamBooth instance prompt, by default for a DreamBooth model"
         elif asked.lower() == "auto":
             info = inspect(lora_file)
             word = trigger_from(info)

@@ -385,7 +385,8 @@ def test_a_dreambooth_model_is_explained_on_its_instance_prompt_and_leaks_on_its
     assert made.samples.prompts == ["a shape"] * len(made.samples.prompts)  # the base's images shown
     default = made.to_dict()
     record = default["trigger"]
-    assert record["word"] == "sks" and record["source"].startswith("the DreamBooth instance prompt (the default")
+    assert record["word"] == "sks"
+    assert record["source"] == "the DreamBooth instance prompt, by default for a DreamBooth model"
     assert record["example"] == {"base": "a shape", "with": "a sks shape", "without": "a shape"}
     assert default["settings"]["prompts"] == ["a shape"] and default["settings"]["trigger"] is None
     # 6 personalized images on "a sks shape", 6 on "a shape" (the leak), 6 base and 6 null on "a shape"
