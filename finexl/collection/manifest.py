@@ -121,9 +121,11 @@ def _stack_entry(row: dict, model_id: str, line: int, root: Path) -> Entry:
     """A stack's row: two or more LoRAs, one scale for all or one each."""
     paths = [_resolve(str(p).strip(), root) for p in row["path"]]
     scales = row.get("scale")
-    scales = [float(s) for s in scales] if isinstance(scales, list) else [float(scales or 1.0)] * len(paths)
+    if not isinstance(scales, list):
+        scales = [float(scales) if scales is not None else 1.0] * len(paths)
     if len(scales) != len(paths):
         raise ManifestError(f"line {line}: a stack of {len(paths)} LoRAs takes one scale or {len(paths)}")
+    scales = [float(x) for x in scales]
     base = _resolve(str(row["base"]).strip(), root) if row.get("base") not in (None, "") else None
     stack = tuple(zip(paths, scales, strict=True))
     tags = tuple(row.get("tags") or ())

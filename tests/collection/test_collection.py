@@ -280,14 +280,15 @@ def test_manifest_rows_can_be_stacks(tmp_path, tiny_pipeline_dir):
     m = write_jsonl(tmp_path / "m.jsonl", [
         {"path": ["a.safetensors", "b.safetensors"], "scale": [0.8, 0.6]},
         {"id": "same", "path": ["a.safetensors", "b.safetensors"], "scale": 0.5},
+        {"id": "off", "path": ["a.safetensors", "b.safetensors"], "scale": 0},
         {"id": "gone", "path": ["a.safetensors", "nope.safetensors"]},
         {"id": "folder", "path": ["a.safetensors", str(tiny_pipeline_dir)]},
     ])  # fmt: skip
-    ab, same, gone, folder = read_manifest(m)
+    ab, same, off, gone, folder = read_manifest(m)
     a, b = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
     assert (ab.id, ab.kind, ab.stack, ab.problem, ab.shown_path) == ("a__b", "stack", ((a, 0.8), (b, 0.6)), None,
                                                                      f"{a} + {b}")  # fmt: skip
-    assert same.stack == ((a, 0.5), (b, 0.5))
+    assert same.stack == ((a, 0.5), (b, 0.5)) and off.stack == ((a, 0.0), (b, 0.0))
     assert gone.problem.endswith("nope.safetensors does not exist")
     assert folder.problem.endswith("is a fine-tuned pipeline folder: a stack is of LoRAs")
     (tmp_path / "m.csv").write_text("id,path,scale\ns,a.safetensors;b.safetensors,0.8;0.6\none,a.safetensors,0.5\n")
