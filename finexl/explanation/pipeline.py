@@ -34,7 +34,14 @@ from finexl.explanation.result import AspectScore, Explanation, Samples
 from finexl.explanation.scoring import Decomposed, decompose_divergence
 from finexl.explanation.sequential import VERDICT_RULES, Look, rounds, unsettled
 from finexl.loading import DTYPES, check_device, fingerprint_folder, fuse_lora, load_lora, load_pipeline, native_size
-from finexl.loading.inspection import FAMILY_NAMES, STOP_WORDS, dreambooth_of, inspect, trigger_from
+from finexl.loading.inspection import (
+    FAMILY_NAMES,
+    STOP_WORDS,
+    dreambooth_of,
+    identifier_of,
+    inspect,
+    trigger_from,
+)
 from finexl.loading.lora_formats import LoraError, resolve_lora_file
 from finexl.loading.pipelines import read_model_index
 from finexl.presets import PRESETS, get_preset, resolve_preset
@@ -676,15 +683,14 @@ class ExplainPipeline:
         asked = (self.config.trigger or "").strip()
         if asked.lower() == "none":
             return None
-        if not asked:
+        if not asked:  # a DreamBooth model by default: from the header and the training record, no tensor read
             pair = dreambooth_of(lora_file)
             if pair is None:
                 return None
-            info = inspect(lora_file)
-            word, source = info.identifier, "the DreamBooth instance prompt, by default for a DreamBooth model"
+            word, source = identifier_of(pair), "the DreamBooth instance prompt, by default for a DreamBooth model"
         elif asked.lower() == "auto":
             info = inspect(lora_file)
-            word = trigger_from(info)
+            pair, word = info.dreambooth, trigger_from(info)
             if word is None:
                 raise ConfigError(
                     f"--trigger auto: {Path(lora_file).name} names no trigger phrase, DreamBooth instance prompt or "
@@ -698,12 +704,11 @@ class ExplainPipeline:
                 else "the most frequent training tag"
             )
         else:
-            info, word, source = inspect(lora_file), asked, "given"
+            pair, word, source = dreambooth_of(lora_file), asked, "given"
         if not word or CONTROL_CHARACTERS.search(word):
             raise ConfigError(f"trigger word {word!r} is empty or holds a control character")
         self._check_readable(word)
-        pair = info.dreambooth if info.dreambooth and word == info.identifier else None
-        return {"word": word, "source": source, "instance": pair}
+        return {"word": word, "source": source, "instance": pair if word == identifier_of(pair) else None}
 
     def _check_readable(self, word: str) -> None:
         """The base's tokenizers must read every character of ``word`` (no unknown token)."""

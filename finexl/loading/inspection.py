@@ -111,12 +111,8 @@ class Inspection:
 
     @property
     def identifier(self) -> str | None:
-        """A DreamBooth model's identifier: the instance prompt's words that the class prompt lacks."""
-        if self.dreambooth is None:
-            return None
-        cls, instance = self.dreambooth
-        new = [w for w in instance.split() if w not in cls.split() and w.lower() not in STOP_WORDS]
-        return " ".join(new) or None
+        """A DreamBooth model's identifier (see :func:`identifier_of`)."""
+        return identifier_of(self.dreambooth)
 
     @property
     def family_mismatch(self) -> bool:
@@ -427,6 +423,16 @@ def trigger_from(inspection: Inspection) -> str | None:
         if tag.lower() not in STOP_WORDS and len(tag) > 1:
             return tag
     return None
+
+
+def identifier_of(pair: tuple[str, str] | None) -> str | None:
+    """A DreamBooth model's identifier from its (class prompt, instance prompt): the instance prompt's words that
+    the class prompt lacks."""
+    if pair is None:
+        return None
+    cls, instance = pair
+    new = [w for w in instance.split() if w not in cls.split() and w.lower() not in STOP_WORDS]
+    return " ".join(new) or None
 
 
 def dreambooth_of(lora: str | Path) -> tuple[str, str] | None:
